@@ -1,0 +1,51 @@
+"""Locate and load the models shipped in ``assets/``; errors name the rebuild command.
+
+Search order for an asset name (e.g. ``digits-unet``): ``$DIFFKIT_ASSETS/<name>``, the
+``assets/`` folder beside the package sources (editable installs, checkouts), then
+``./assets/<name>``. A path that exists is used as given.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["REBUILD", "assets_root", "asset_path", "AssetError"]
+
+#: name -> (what it is, the command that rebuilds it)
+REBUILD = {
+    "digits-unet": ("the class-conditional digits teacher", "diffkit train-teacher --output assets/digits-unet"),
+    "digits-features": ("the digits feature network", "diffkit train-features --output assets/digits-features"),
+    "text-radd": ("the character-level RADD text model", "diffkit text train --output assets/text-radd"),
+    "digits-onestep": ("the one-step digits generator", "diffkit distill --teacher assets/digits-unet --output assets/digits-onestep"),
+}
+
+
+class AssetError(FileNotFoundError):
+    pass
+
+
+def assets_root() -> Path:
+    env = os.environ.get("DIFFKIT_ASSETS")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent.parent / "assets"
+    if here.is_dir():
+        return here
+    return Path.cwd() / "assets"
+
+
+def asset_path(name_or_path: str | os.PathLike, required: tuple[str, ...] = ()) -> Path:
+    """Resolve an asset name or a directory, checking that ``required`` files exist in it."""
+    p = Path(name_or_path)
+    if not p.exists() and str(name_or_path) in REBUILD:
+        p = assets_root() / str(name_or_path)
+    name = p.name
+    what, cmd = REBUILD.get(name, ("this model", None))
+    hint = f"; rebuild it with `{cmd}`" if cmd else ""
+    if not p.is_dir():
+        raise AssetError(f"{what} not found at {p}{hint}")
+    missing = [r for r in required if not (p / r).exists()]
+    if missing:
+        raise AssetError(f"{what} at {p} is incomplete or corrupted (missing {', '.join(missing)}){hint}")
+    return p

@@ -1,0 +1,83 @@
+"""The ``diffkit`` command line: each subcommand is a module in ``diffkit.commands``.
+
+A command module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args)``
+(returning an exit code or None); it may define ``demo_step(ctx)`` and ``DEMO_ORDER`` to
+contribute a step to ``diffkit demo``. Modules are discovered, so adding a capability
+means adding one file. Subcommands whose module is not there yet are listed with the
+issue that brings them and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+PLANNED = {
+    "invert": "exact inversion of an image (BDIA-DDIM issue)",
+    "edit": "edit an image via exact inversion (editing issue)",
+    "train-teacher": "train the digits teacher (assets issue)",
+    "train-features": "train the digits feature network (assets issue)",
+    "text": "discrete text diffusion: sample / nll / train (RADD issues)",
+    "distill": "DisBack one-step distillation (DisBack issue)",
+    "fid": "FID/KID evaluation (FID issue)",
+    "analyze": "gauge / conservativity / intrinsic-dimension report (analysis issue)",
+}
+
+
+def command_modules():
+    import diffkit.commands as pkg
+
+    mods = []
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        mods.append(importlib.import_module(f"diffkit.commands.{info.name}"))
+    return mods
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from diffkit import __version__
+
+    parser = argparse.ArgumentParser(prog="diffkit", description="diffusion sampling, exact inversion and distillation")
+    parser.add_argument("--version", action="version", version=f"diffkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    present = set()
+    for mod in command_modules():
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+        present.add(mod.NAME)
+    for name, what in PLANNED.items():
+        if name not in present:
+            p = sub.add_parser(name, help=f"[not yet available] {what}", add_help=True)
+            p.add_argument("rest", nargs=argparse.REMAINDER)
+            p.set_defaults(_run=_not_yet(name, what))
+    return parser
+
+
+def _not_yet(name, what):
+    def run(args):
+        print(f"diffkit {name}: not yet available in this version ({what}).", file=sys.stderr)
+        return 2
+
+    return run
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 0
+    try:
+        code = args._run(args)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"diffkit {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

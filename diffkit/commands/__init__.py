@@ -1,0 +1,1 @@
+"""Subcommands of the diffkit CLI, one module each (discovered by diffkit.cli)."""

@@ -1,0 +1,40 @@
+"""diffkit info: versions, device and the usable attention backend."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import platform
+
+NAME = "info"
+HELP = "print versions, device and the attention backend diffkit would use"
+
+PACKAGES = ["diffkit", "torch", "torchvision", "diffusers", "accelerate", "transformers", "torchmetrics",
+            "clean-fid", "scipy", "safetensors", "xformers", "torch-fidelity"]
+
+
+def add_arguments(p):
+    p.add_argument("--device", default=None, help="device to probe (default: cuda if available, else cpu)")
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def run(args):
+    import torch
+
+    from diffkit.attention import probe_xformers
+
+    for k, v in versions().items():
+        print(f"{k:>14}: {v}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"{'device':>14}: {device}" + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""))
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    ok, reason = probe_xformers(device, dtype)
+    print(f"{'attention':>14}: {'xformers' if ok else 'sdpa'} ({'xformers ' + reason})")

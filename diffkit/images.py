@@ -1,0 +1,48 @@
+"""Image tensors <-> uint8 / PIL / PNG grids (images in [-1, 1], NCHW)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+
+__all__ = ["to_uint8", "make_grid", "save_grid", "save_png_atomic"]
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[-1, 1] NCHW float -> NHWC uint8 (round half to even after clamping)."""
+    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def make_grid(images: torch.Tensor, nrow: int | None = None, upscale: int = 1, pad: int = 1) -> np.ndarray:
+    """A HWC uint8 grid (grey images become RGB), optionally upscaled by pixel repetition."""
+    arr = to_uint8(images)
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    if upscale > 1:
+        arr = arr.repeat(upscale, axis=1).repeat(upscale, axis=2)
+    n, h, w, c = arr.shape
+    nrow = nrow or int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / nrow))
+    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for k in range(n):
+        r, col = divmod(k, nrow)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = arr[k]
+    return grid
+
+
+def save_png_atomic(array: np.ndarray, path: str) -> str:
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    Image.fromarray(array).save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def save_grid(images: torch.Tensor, path: str, nrow: int | None = None, upscale: int = 1) -> str:
+    return save_png_atomic(make_grid(images, nrow, upscale), path)

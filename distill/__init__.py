@@ -1,0 +1,1 @@
+"""diffkit.distill: score distillation into one-step generators."""

@@ -69,15 +69,20 @@ def _modules(obj):
     return [m for m in comps.values() if isinstance(m, torch.nn.Module)]
 
 
-def _set_sdpa(obj) -> None:
-    from diffusers.models.attention_processor import AttnProcessor2_0
+def attention_modules(obj):
+    """Every diffusers ``Attention`` layer inside a model or a pipeline's components."""
+    from diffusers.models.attention_processor import Attention
 
-    for mod in _modules(obj):
-        if hasattr(mod, "set_attn_processor") and hasattr(mod, "attn_processors"):
-            try:
-                mod.set_attn_processor(AttnProcessor2_0())
-            except Exception:  # models with processors of other kinds keep their own
-                pass
+    return [m for mod in _modules(obj) for m in mod.modules() if isinstance(m, Attention)]
+
+
+def _set_sdpa(obj) -> None:
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0, XFormersAttnProcessor
+
+    for attn in attention_modules(obj):
+        # only plain processors are swapped: IP-adapter/added-KV/joint processors keep their own
+        if type(attn.processor) in (AttnProcessor, AttnProcessor2_0, XFormersAttnProcessor):
+            attn.set_processor(AttnProcessor2_0())
 
 
 def enable_best(pipe_or_model, prefer: str = "auto") -> AttentionChoice:

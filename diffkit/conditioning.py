@@ -140,6 +140,7 @@ def prompt_guidance(pipe, prompt: str | Sequence[str], negative_prompt: str | Se
     device = device or getattr(pipe, "_execution_device", None) or pipe.device
     cfg = guidance_scale != 1.0
     neg = negative_prompt if negative_prompt is not None else ""
+    neg = [neg] * len(prompts) if isinstance(neg, str) else list(neg)
     if hasattr(pipe, "text_encoder_2"):  # SDXL
         pe, npe, pooled, npooled = pipe.encode_prompt(
             prompt=prompts, prompt_2=None, device=device, num_images_per_prompt=1,

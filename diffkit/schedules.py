@@ -16,6 +16,7 @@ Conventions used everywhere in diffkit:
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -121,7 +122,7 @@ class VPSchedule:
 
         # DDIM computes betas -> alphas_cumprod exactly as DDPM/Euler/... do; only keys
         # DDIM knows are forwarded, so Euler-only keys do not warn.
-        known = set(DDIMScheduler.__init__.__code__.co_varnames)
+        known = set(inspect.signature(DDIMScheduler.__init__).parameters) - {"self"}
         ddim = DDIMScheduler(**{k: v for k, v in cfg.items() if k in known and not k.startswith("_")})
         ac = ddim.alphas_cumprod.to(torch.float64)
         final = float(ddim.final_alpha_cumprod.to(torch.float64))

@@ -1,1 +1,40 @@
-"""diffkit.analysis"""
+"""diffkit.analysis: conservativity, conservative/gauge split and intrinsic dimension of score fields.
+
+Works on any score function ``s(x, t)`` over a noising process (VP or VE; see
+:mod:`.processes`), including diffusers UNets through :class:`UNetScore` (VP score
+s = -ε/std_vp). Background and the closed forms the tests use: Horvat & Pfister, "On
+gauge freedom, conservativity and intrinsic dimensionality estimation in diffusion
+models" (ICLR 2024, arXiv 2402.03845).
+
+Modules: ``processes`` (VE/VP processes, probability flow), ``score`` (interface, UNet
+adapter), ``jacobian`` (J, NAsym), ``circulation`` (loop circulation, path dependence),
+``gauge`` (potential fit, split, gauge residual, DSM decomposition), ``intrinsic_dim``
+(normal-bundle, Jacobian, flow-Jacobian, TwoNN, MLE), ``fixtures`` (exact-score data),
+``report`` (the digits report behind ``diffkit analyze``).
+"""
+
+from .circulation import LoopCirculation, line_integral, loop_circulation, path_dependence
+from .fixtures import (LinearGaussianManifold, SphereManifold, conservative_part_linear, gauge_field,
+                       random_antisymmetric, rotation_field, scaled_field)
+from .gauge import (DSMDecomposition, GaugeResidual, GaugeSplit, PotentialFit, PotentialMLP, PotentialScore,
+                    QuadraticPotential, ScoreBank, dsm_decomposition, fit_potential, gauge_residual, gauge_split,
+                    make_bank)
+from .intrinsic_dim import (FlowJacobian, IDResult, NBResult, flow_jacobian, jacobian_id, mle_id, nb_id,
+                            principal_angles, spectral_gap, twonn_id)
+from .jacobian import Asymmetry, asymmetry, jacobian
+from .processes import (DiscreteVPProcess, VEProcess, VPLinearProcess, log_sigma_grid, noise, pf_step,
+                        probability_flow)
+from .score import UNetScore, math_attention
+
+__all__ = [
+    "VEProcess", "VPLinearProcess", "DiscreteVPProcess", "noise", "log_sigma_grid", "pf_step", "probability_flow",
+    "UNetScore", "math_attention",
+    "jacobian", "asymmetry", "Asymmetry",
+    "loop_circulation", "line_integral", "path_dependence", "LoopCirculation",
+    "QuadraticPotential", "PotentialMLP", "PotentialScore", "ScoreBank", "make_bank", "fit_potential", "PotentialFit",
+    "gauge_split", "GaugeSplit", "gauge_residual", "GaugeResidual", "dsm_decomposition", "DSMDecomposition",
+    "spectral_gap", "nb_id", "NBResult", "jacobian_id", "IDResult", "flow_jacobian", "FlowJacobian",
+    "twonn_id", "mle_id", "principal_angles",
+    "LinearGaussianManifold", "SphereManifold", "gauge_field", "rotation_field", "scaled_field",
+    "random_antisymmetric", "conservative_part_linear",
+]

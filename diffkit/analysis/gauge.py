@@ -1,0 +1,301 @@
+"""Conservative/gauge split of a score field by potential distillation (spec §1).
+
+Any field splits as s = ∇φ_t + r_t with the gauge condition ∇·(p_t r_t) = 0, i.e.
+E_{p_t}[∇ψ·r_t] = 0 for every test function ψ (a weighted Helmholtz-Hodge split in
+L²(p_t)). ∇φ_t minimises E_{p_t}‖∇φ - s‖², so fitting a scalar network φ by least squares
+on forward-noised data recovers it; only ∇φ_t affects sampling (Horvat & Pfister 2024):
+sampling is exact iff ∇φ_t = ∇log p_t.
+
+Pipeline: :func:`make_bank` (forward-noised data x_t = α_t·x0 + σ_t·ε, their scores and ε) ->
+:func:`fit_potential` (minimise E σ_t²‖∇φ(x_t, t) - s(x_t, t)‖²; the weight σ_t² only
+rescales each t, so the per-t minimiser is unchanged) -> :func:`gauge_split`,
+:func:`gauge_residual` (E[∇ψ_k·r] on random Fourier test functions, ≈ 0 for a gauge r) and
+:func:`dsm_decomposition` (DSM(s) = DSM(∇φ) + E‖r‖² + cross, cross → 0 at the projection).
+
+Coordinates: the process's own (VP latent and VP score s = -ε/std_vp for UNets). The
+potentials take flattened x (B, D).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .processes import as_times
+from .score import flat
+
+__all__ = ["QuadraticPotential", "PotentialMLP", "PotentialScore", "ScoreBank", "make_bank", "PotentialFit",
+           "fit_potential", "GaugeSplit", "gauge_split", "GaugeResidual", "gauge_residual", "DSMDecomposition",
+           "dsm_decomposition"]
+
+
+# ----------------------------------------------------------------------- potentials
+class QuadraticPotential(nn.Module):
+    """φ(x) = -½xᵀMx + bᵀx with M symmetric (time-independent): ∇φ = -Mx + b."""
+
+    def __init__(self, D: int, dtype=torch.float64):
+        super().__init__()
+        self.P = nn.Parameter(torch.zeros(D, D, dtype=dtype))
+        self.b = nn.Parameter(torch.zeros(D, dtype=dtype))
+
+    @property
+    def M(self) -> torch.Tensor:
+        return 0.5 * (self.P + self.P.T)
+
+    def forward(self, x: torch.Tensor, t=None, labels=None) -> torch.Tensor:
+        return -0.5 * ((x @ self.M) * x).sum(1) + x @ self.b
+
+
+class PotentialMLP(nn.Module):
+    """A smooth (SiLU) scalar network φ(x, t[, class]) for the VP or VE score of data in R^D.
+
+    φ(x, t) = -½c²‖x‖² + h(c·x, e(t), class)/σ_t with c = 1/√(α_t²·data_var + σ_t²): the first
+    term is the score of N(0, (α²v+σ²)I), so ∇φ starts at a sensible field and h only
+    learns a correction; σ_t·∇φ = O(1) at every t. e(t) are Fourier features of log σ̃_t.
+    """
+
+    def __init__(self, D: int, process, hidden: int = 256, depth: int = 3, num_classes: Optional[int] = None,
+                 data_var: float = 0.5, n_freq: int = 16):
+        super().__init__()
+        if depth < 1 or hidden < 1:
+            raise ValueError(f"depth and hidden must be >= 1, got depth={depth}, hidden={hidden}")
+        self.D, self.process, self.data_var = int(D), process, float(data_var)
+        self.register_buffer("freqs", torch.arange(1, n_freq + 1, dtype=torch.float32) * (math.pi / 8))
+        emb = 2 * n_freq
+        self.embed = nn.Embedding(num_classes, emb) if num_classes else None
+        layers, width = [], D + emb
+        for _ in range(depth):
+            layers += [nn.Linear(width, hidden), nn.SiLU()]
+            width = hidden
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x: torch.Tensor, t, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        B = x.shape[0]
+        t = as_times(t, B)
+        a, s = self.process.alpha(t), self.process.sigma(t)
+        c = (1 / (a * a * self.data_var + s * s).sqrt()).to(x).reshape(B, 1)
+        ls = self.process.sigma_ve(t).log().to(x).reshape(B, 1)
+        ang = ls * self.freqs.to(x)
+        e = torch.cat([ang.sin(), ang.cos()], 1)
+        if self.embed is not None:
+            if labels is None:
+                raise ValueError("labels are required for a class-conditional PotentialMLP")
+            e = e + self.embed(torch.as_tensor(labels, device=x.device).reshape(-1).expand(B)).to(x)
+        h = self.net(torch.cat([c * x, e], 1).to(self.net[0].weight.dtype)).to(x).reshape(B)
+        return -0.5 * (c * c).reshape(B) * (x * x).sum(1) + h / s.to(x)
+
+
+class PotentialScore:
+    """∇_x φ as a score function s(x, t) (input shape kept). Differentiable: when x requires
+    grad (e.g. inside :func:`~.jacobian.jacobian`) the graph is kept, so J = Hessian of φ."""
+
+    def __init__(self, potential: nn.Module, label: Optional[int] = None, create_graph: bool = False):
+        self.potential, self.label, self.create_graph = potential, label, create_graph
+
+    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+        B = x.shape[0]
+        labels = None if self.label is None else torch.full((B,), int(self.label), dtype=torch.long)
+        return _grad_phi(self.potential, x.reshape(B, -1), t, labels,
+                         self.create_graph or x.requires_grad).reshape(x.shape)
+
+
+def _grad_phi(potential, xf, t, labels, create_graph: bool) -> torch.Tensor:
+    with torch.enable_grad():
+        xg = xf if xf.requires_grad else xf.detach().requires_grad_(True)
+        phi = potential(xg, as_times(t, xf.shape[0]), labels)
+        (g,) = torch.autograd.grad(phi.sum(), xg, create_graph=create_graph)
+    return g
+
+
+# ----------------------------------------------------------------------- data bank
+@dataclass
+class ScoreBank:
+    """Forward-noised samples x_t = α_t·x0 + σ_t·ε (flattened), their times, scores and ε."""
+
+    x: torch.Tensor  # (N, D)
+    t: torch.Tensor  # (N,) float64
+    score: torch.Tensor  # (N, D)
+    eps: torch.Tensor  # (N, D)
+    process: object
+    labels: Optional[torch.Tensor] = None  # (N,) long
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        return self.process.sigma(self.t).to(self.x)
+
+    def subset(self, idx) -> "ScoreBank":
+        return ScoreBank(self.x[idx], self.t[idx], self.score[idx], self.eps[idx], self.process,
+                         None if self.labels is None else self.labels[idx])
+
+    @staticmethod
+    def cat(banks: Sequence["ScoreBank"]) -> "ScoreBank":
+        if not banks:
+            raise ValueError("banks: need at least one ScoreBank")
+        labels = None
+        if any(b.labels is not None for b in banks):
+            if not all(b.labels is not None for b in banks):
+                raise ValueError("either every bank has labels or none")
+            labels = torch.cat([b.labels for b in banks])
+        return ScoreBank(torch.cat([b.x for b in banks]), torch.cat([b.t for b in banks]),
+                         torch.cat([b.score for b in banks]), torch.cat([b.eps for b in banks]), banks[0].process, labels)
+
+
+@torch.no_grad()
+def make_bank(score_fn: Callable, process, x0: torch.Tensor, t_values, n_noise: int = 1,
+              generator: Optional[torch.Generator] = None, label: Optional[int] = None,
+              max_batch: int = 1024) -> ScoreBank:
+    """Noise every datum ``n_noise`` times at times drawn uniformly from ``t_values`` and record the scores."""
+    t_values = process.check_t(torch.as_tensor(t_values, dtype=torch.float64).reshape(-1), "t_values")
+    if t_values.numel() == 0 or n_noise < 1:
+        raise ValueError("need at least one time in t_values and n_noise >= 1")
+    N, D = x0.shape[0], x0[0].numel()
+    f = flat(score_fn, x0.shape[1:])
+    xf = x0.reshape(N, D).repeat(n_noise, 1)
+    n = xf.shape[0]
+    t = t_values[torch.randint(0, t_values.numel(), (n,), generator=generator)]
+    eps = torch.randn(n, D, generator=generator, dtype=torch.float64).to(xf)
+    a, s = process.alpha(t).to(xf).reshape(n, 1), process.sigma(t).to(xf).reshape(n, 1)
+    x = a * xf + s * eps
+    scores = torch.cat([f(x[i:i + max_batch], t[i:i + max_batch]) for i in range(0, n, max_batch)])
+    labels = None if label is None else torch.full((n,), int(label), dtype=torch.long)
+    return ScoreBank(x, t, scores.detach(), eps, process, labels)
+
+
+# ----------------------------------------------------------------------- fitting
+@dataclass
+class PotentialFit:
+    potential: nn.Module
+    history: list = field(default_factory=list)  # weighted loss per step (Adam) / iteration (L-BFGS)
+
+    @property
+    def final_loss(self) -> float:
+        return self.history[-1] if self.history else float("nan")
+
+
+def _weighted_loss(potential, bank: ScoreBank, idx=None) -> torch.Tensor:
+    b = bank if idx is None else bank.subset(idx)
+    g = _grad_phi(potential, b.x, b.t, b.labels, create_graph=True)
+    return (b.sigma[:, None] ** 2 * (g - b.score) ** 2).sum(1).mean()
+
+
+def fit_potential(bank: ScoreBank, potential: nn.Module, steps: int = 2000, batch_size: int = 256, lr: float = 1e-3,
+                  optimizer: str = "adam", generator: Optional[torch.Generator] = None) -> PotentialFit:
+    """Fit φ by minimising the weighted least squares E σ_t²‖∇φ(x_t, t) - s(x_t, t)‖² over the bank.
+
+    ``optimizer="adam"``: minibatches of ``batch_size`` drawn from ``generator``, cosine-decayed
+    lr; ``"lbfgs"``: full batch, strong-Wolfe line search, ``steps`` iterations (exact for
+    potentials linear in their parameters, e.g. :class:`QuadraticPotential`).
+    """
+    if optimizer not in ("adam", "lbfgs"):
+        raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {optimizer!r}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    hist = []
+    params = [p for p in potential.parameters() if p.requires_grad]
+    if optimizer == "lbfgs":
+        opt = torch.optim.LBFGS(params, lr=1.0, max_iter=steps, tolerance_grad=1e-14, tolerance_change=1e-16,
+                                history_size=50, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = _weighted_loss(potential, bank)
+            loss.backward()
+            hist.append(float(loss))
+            return loss
+
+        opt.step(closure)
+        return PotentialFit(potential, hist)
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    n = len(bank)
+    for _ in range(steps):
+        idx = torch.randint(0, n, (min(batch_size, n),), generator=generator)
+        loss = _weighted_loss(potential, bank, idx)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        hist.append(float(loss))
+    return PotentialFit(potential, hist)
+
+
+# ----------------------------------------------------------------------- diagnostics
+@dataclass
+class GaugeSplit:
+    grad_phi: torch.Tensor  # conservative part ∇φ, shape of x
+    r: torch.Tensor  # gauge part s - ∇φ
+
+
+def gauge_split(score_fn: Callable, grad_phi_fn: Callable, x: torch.Tensor, t) -> GaugeSplit:
+    """s = ∇φ + r at x (e.g. ``grad_phi_fn = PotentialScore(fit.potential)``)."""
+    with torch.no_grad():
+        s = flat(score_fn, x.shape[1:])(x.reshape(x.shape[0], -1), t).reshape(x.shape)
+    g = flat(grad_phi_fn, x.shape[1:])(x.reshape(x.shape[0], -1), t).reshape(x.shape).detach()
+    return GaugeSplit(g, s - g)
+
+
+@dataclass
+class GaugeResidual:
+    value: torch.Tensor  # E[∇ψ_k·r], (n_test,)
+    stderr: torch.Tensor  # Monte Carlo standard error, (n_test,)
+    rms: torch.Tensor  # √E[(∇ψ_k·r)²]: the scale to compare |value| with
+
+    @property
+    def z(self) -> torch.Tensor:
+        """value / stderr: ~N(0, 1) for a gauge r."""
+        return self.value / self.stderr
+
+
+def gauge_residual(r: torch.Tensor, x: torch.Tensor, n_test: int = 16, freq_scale: Optional[float] = None,
+                   generator: Optional[torch.Generator] = None) -> GaugeResidual:
+    """Weak gauge condition E_{p_t}[∇ψ_k·r] on random Fourier test functions ψ_k = cos(ω_k·x + b_k).
+
+    ``x`` must be samples of p_t and ``r`` the field at them (same shape). ω_k ~ N(0, freq_scale²·I)
+    (default 1/std of x's coordinates), b_k ~ U(0, 2π). ∇ψ_k·r = -sin(ω_k·x + b_k)·(ω_k·r).
+    """
+    if r.shape != x.shape:
+        raise ValueError(f"r and x must have the same shape, got {tuple(r.shape)} and {tuple(x.shape)}")
+    N = x.shape[0]
+    if N < 2 or n_test < 1:
+        raise ValueError(f"need at least 2 samples and n_test >= 1, got {N} samples, n_test={n_test}")
+    xf, rf = x.reshape(N, -1).to(torch.float64), r.reshape(N, -1).to(torch.float64)
+    D = xf.shape[1]
+    scale = float(freq_scale) if freq_scale is not None else float(1 / xf.std().clamp_min(1e-12))
+    omega = torch.randn(n_test, D, generator=generator, dtype=torch.float64) * scale
+    b = torch.rand(n_test, generator=generator, dtype=torch.float64) * (2 * math.pi)
+    terms = -torch.sin(xf @ omega.T + b) * (rf @ omega.T)  # (N, n_test)
+    return GaugeResidual(terms.mean(0), terms.std(0) / N ** 0.5, (terms ** 2).mean(0).sqrt())
+
+
+@dataclass
+class DSMDecomposition:
+    """σ²-weighted DSM losses on a bank: ``dsm_score = dsm_conservative + gauge_energy + cross``
+    exactly; ``cross`` = 2E[σ²r·(∇φ + ε/σ)] → 0 when ∇φ is the L²(p_t) projection (then
+    DSM(s) - DSM(∇φ) = E‖r‖²: DSM penalises the gauge part that sampling ignores)."""
+
+    dsm_score: float  # E‖σ·s + ε‖²
+    dsm_conservative: float  # E‖σ·∇φ + ε‖²
+    gauge_energy: float  # E σ²‖r‖²
+    cross: float
+
+
+@torch.no_grad()
+def dsm_decomposition(bank: ScoreBank, potential: nn.Module, max_batch: int = 4096) -> DSMDecomposition:
+    g = torch.cat([_grad_phi(potential, bank.x[i:i + max_batch], bank.t[i:i + max_batch],
+                             None if bank.labels is None else bank.labels[i:i + max_batch], False)
+                   for i in range(0, len(bank), max_batch)]).detach()
+    s = bank.sigma[:, None].to(torch.float64)
+    eps, sc, g = bank.eps.to(torch.float64), bank.score.to(torch.float64), g.to(torch.float64)
+    r = sc - g
+    return DSMDecomposition(float(((s * sc + eps) ** 2).sum(1).mean()), float(((s * g + eps) ** 2).sum(1).mean()),
+                            float(((s * r) ** 2).sum(1).mean()), float((2 * (s * r) * (s * g + eps)).sum(1).mean()))

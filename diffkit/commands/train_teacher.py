@@ -1,0 +1,165 @@
+"""diffkit train-teacher: train the class-conditional digits teacher (assets/digits-unet).
+
+The recipe: a diffusers ``UNet2DModel`` (8×8, 1 channel, ``num_class_embeds = 11``: ten
+digits + the null class 10), the ε-prediction DDPM loss on a linear-β DDPM schedule
+(1,000 steps) with label dropout 0.1 to the null class, AdamW, EMA, on the train split of
+``diffkit.data``. The result is written with ``save_pretrained`` as a
+``ClassConditionalPipeline`` folder (``unet/`` with EMA weights, ``scheduler/`` a
+``DDIMScheduler`` config of the training schedule, ``model_index.json``), plus
+``training.json`` (the facts the model card quotes).
+
+Checkpoints go to ``--run-dir`` (default ``runs/<output folder name>``); ``--resume``
+continues from its latest checkpoint (or a given one) exactly. Because the learning rate is
+constant after warm-up, a run stopped at step N equals a ``--max-steps N`` run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+NAME = "train-teacher"
+HELP = "train the class-conditional digits teacher (rebuilds assets/digits-unet)"
+DEMO_ORDER = 10
+
+#: UNet2DModel presets: "digits" is the shipped teacher; "tiny" is for tests and examples.
+PRESETS = {
+    "digits": dict(block_out_channels=(64, 128), layers_per_block=1, norm_num_groups=32, attention_head_dim=32,
+                   down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D")),
+    "tiny": dict(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8, attention_head_dim=8,
+                 down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D")),
+}
+
+#: The training noise schedule, saved as the asset's scheduler (DDIM sampling by default).
+SCHEDULER = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                 clip_sample=False, set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading",
+                 prediction_type="epsilon")
+
+LABEL_DROPOUT = 0.1
+
+
+def add_arguments(p):
+    p.add_argument("--output", default="assets/digits-unet", help="pipeline folder to write (default assets/digits-unet)")
+    p.add_argument("--max-steps", type=int, default=4000, help="optimiser steps (default 4000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", nargs="?", const="latest", default=None,
+                   help="resume from the latest checkpoint in --run-dir, or from the given checkpoint folder")
+    p.add_argument("--run-dir", default=None, help="checkpoints and loss log (default runs/<output name>)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="digits", help="UNet size (tiny: tests)")
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--keep-checkpoints", type=int, default=2)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def unet_config(preset: str = "digits") -> dict:
+    from diffkit.data import NUM_CLASSES
+
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    return dict(sample_size=8, in_channels=1, out_channels=1, num_class_embeds=NUM_CLASSES + 1, **PRESETS[preset])
+
+
+def build_unet(preset: str = "digits", seed: int = 0):
+    import torch
+    from diffusers import UNet2DModel
+
+    # Initialise under a private generator state: the global RNG is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return UNet2DModel(**unet_config(preset))
+
+
+def build_scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(**SCHEDULER)
+
+
+def train_teacher(output, max_steps: int = 4000, seed: int = 0, resume=None, run_dir=None, batch_size: int = 128,
+                  lr: float = 1e-3, preset: str = "digits", checkpoint_every: int = 500, keep_checkpoints: int = 2,
+                  progress: bool = True, accelerator=None, command: str | None = None):
+    """Train (or resume) the teacher and export its EMA weights to ``output``; returns the TrainResult."""
+    from diffkit.data import NUM_CLASSES, TEST_EVERY, digits_tensors
+    from diffkit.train import DDPMEpsLoss, IndexedDataSource, Trainer, TrainConfig
+
+    output = Path(output)
+    run_dir = Path(run_dir) if run_dir else Path("runs") / output.name
+    x, y = digits_tensors("train")
+    scheduler = build_scheduler()
+    cfg = TrainConfig(max_steps=max_steps, batch_size=batch_size, lr=lr, warmup_steps=200, grad_clip=1.0,
+                      ema_decay=0.999, seed=seed, checkpoint_every=checkpoint_every,
+                      keep_checkpoints=keep_checkpoints, progress=progress)
+    trainer = Trainer(build_unet(preset, seed), DDPMEpsLoss(scheduler.config, seed=seed, label_dropout=LABEL_DROPOUT,
+                                                            null_class=NUM_CLASSES),
+                      IndexedDataSource(x, y, seed=seed), cfg, run_dir, accelerator=accelerator,
+                      meta={"preset": preset, "what": "digits teacher"})
+    result = trainer.fit(resume=resume)
+    if trainer.accelerator.is_main_process:
+        facts = {
+            "command": command,
+            "steps": result.step,
+            "batch_size": batch_size,
+            "learning_rate": lr,
+            "warmup_steps": cfg.warmup_steps,
+            "ema_decay": cfg.ema_decay,
+            "grad_clip": cfg.grad_clip,
+            "label_dropout": LABEL_DROPOUT,
+            "seed": seed,
+            "preset": preset,
+            "parameters": sum(p.numel() for p in trainer.unwrapped.parameters()),
+            "final_loss": result.final_loss,
+            "final_loss_window_steps": min(100, len(result.log)),
+            "wall_time_s": round(result.wall_time_s, 1),
+            "processes": trainer.accelerator.num_processes,
+            "machine": f"{platform.machine()} {os.cpu_count()}-core CPU, torch {__import__('torch').__version__}",
+            "data": f"sklearn load_digits train split ({len(y)} images; every {TEST_EVERY}th image of each class held out)",
+        }
+        export_pipeline(trainer.ema_model(), scheduler, output, facts)
+    trainer.accelerator.wait_for_everyone()
+    return result
+
+
+def export_pipeline(unet, scheduler, output, facts: dict | None = None) -> Path:
+    """Write a ClassConditionalPipeline folder atomically (tmp folder + os.replace)."""
+    from diffkit.pipelines.class_conditional import ClassConditionalPipeline
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    ClassConditionalPipeline(unet.eval(), scheduler).save_pretrained(str(tmp), safe_serialization=True)
+    if output.exists():  # keep files the quality report added (model card, PNGs) unless re-exported
+        for f in output.iterdir():
+            if f.name not in ("unet", "scheduler", "model_index.json", "training.json") and not (tmp / f.name).exists():
+                os.replace(f, tmp / f.name)
+    if facts is not None:
+        (tmp / "training.json").write_text(json.dumps(facts, indent=1) + "\n")
+    if output.exists():
+        old = output.with_name(f".{output.name}.old-{os.getpid()}")
+        os.replace(output, old)
+        os.replace(tmp, output)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, output)
+    return output
+
+
+def run(args):
+    command = "diffkit train-teacher " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else None
+    t0 = time.perf_counter()
+    res = train_teacher(args.output, max_steps=args.max_steps, seed=args.seed, resume=args.resume,
+                        run_dir=args.run_dir, batch_size=args.batch_size, lr=args.lr, preset=args.preset,
+                        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+                        progress=not args.no_progress, command=command)
+    loss = "n/a" if res.final_loss is None else f"{res.final_loss:.4f}"
+    print(f"trained {res.step} steps (final loss {loss}, {res.wall_time_s:.0f} s of training, "
+          f"{time.perf_counter() - t0:.0f} s this session); wrote {args.output}; checkpoints in {res.run_dir}")

@@ -1,0 +1,171 @@
+"""Tokenizers for text diffusion models: byte-level and character-level (self-contained, saved as
+one JSON file), and GPT-2's BPE from transformers when it is available locally (RADD's models
+use GPT-2's 50,257 tokens; nothing is downloaded).
+
+All share one small interface: ``vocab_size`` (real tokens V; the mask token is id V),
+``encode(text) -> list[int]``, ``decode(ids) -> str``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+__all__ = ["ByteTokenizer", "CharTokenizer", "gpt2_tokenizer", "load_tokenizer", "save_tokenizer",
+           "TOKENIZER_FILE"]
+
+TOKENIZER_FILE = "diffkit_tokenizer.json"
+
+
+def _ids(ids) -> list[int]:
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()
+    return [int(i) for i in ids]
+
+
+class ByteTokenizer:
+    """UTF-8 bytes: V = 256. Decoding replaces invalid byte sequences (and ids >= 256, e.g. the
+    mask token) with U+FFFD."""
+
+    kind = "byte"
+    vocab_size = 256
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return bytes(i if 0 <= i < 256 else 0xFF for i in _ids(ids)).decode("utf-8", errors="replace")
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind}
+
+
+class CharTokenizer:
+    """One id per character of ``alphabet`` (V = len(alphabet)). Characters outside it map to
+    ``unk`` if given (a character of the alphabet), else raise."""
+
+    kind = "char"
+
+    def __init__(self, alphabet: str, unk: str | None = None):
+        if len(set(alphabet)) != len(alphabet) or not alphabet:
+            raise ValueError("alphabet must be a non-empty string of distinct characters")
+        if unk is not None and unk not in alphabet:
+            raise ValueError(f"unk {unk!r} must be a character of the alphabet")
+        self.alphabet, self.unk = alphabet, unk
+        self._index = {c: i for i, c in enumerate(alphabet)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.alphabet)
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        out = []
+        for c in text:
+            i = self._index.get(c)
+            if i is None:
+                if self.unk is None:
+                    raise ValueError(f"character {c!r} is not in the tokenizer's alphabet (and no unk is set)")
+                i = self._index[self.unk]
+            out.append(i)
+        return out
+
+    def decode(self, ids: Iterable[int]) -> str:
+        a = self.alphabet
+        return "".join(a[i] if 0 <= i < len(a) else "\ufffd" for i in _ids(ids))
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "alphabet": self.alphabet, "unk": self.unk}
+
+
+class _HFTokenizer:
+    """Adapter giving a transformers tokenizer the interface above (no special tokens added)."""
+
+    kind = "hf"
+
+    def __init__(self, tok, name: str):
+        self.tok, self.name = tok, name
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tok)
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tok.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = [i for i in _ids(ids) if 0 <= i < self.vocab_size]
+        return self.tok.decode(ids)
+
+    def to_dict(self) -> dict:
+        return {"kind": "gpt2", "name": self.name}
+
+
+def gpt2_tokenizer(name: str = "gpt2"):
+    """GPT-2's tokenizer (V = 50,257) from the local Hugging Face cache only; a clear error if absent."""
+    try:
+        from transformers import GPT2TokenizerFast
+
+        return _HFTokenizer(GPT2TokenizerFast.from_pretrained(name, local_files_only=True), name)
+    except Exception as e:  # noqa: BLE001 -- any failure means "not available locally"
+        raise FileNotFoundError(
+            f"GPT-2 tokenizer {name!r} is not available locally ({type(e).__name__}); put it in the Hugging Face "
+            "cache (e.g. `huggingface-cli download gpt2 tokenizer.json vocab.json merges.txt` on a machine with "
+            "network) or pass a folder with a diffkit tokenizer") from None
+
+
+def tokenizer_from_dict(d: dict):
+    kind = d.get("kind")
+    if kind == "byte":
+        return ByteTokenizer()
+    if kind == "char":
+        return CharTokenizer(d["alphabet"], d.get("unk"))
+    if kind == "gpt2":
+        return gpt2_tokenizer(d.get("name", "gpt2"))
+    raise ValueError(f"unknown tokenizer kind {kind!r}; accepted: 'byte', 'char', 'gpt2'")
+
+
+def save_tokenizer(tok, folder) -> Path:
+    """Write ``folder/diffkit_tokenizer.json`` atomically."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{TOKENIZER_FILE}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(tok.to_dict(), f)
+    os.replace(tmp, folder / TOKENIZER_FILE)
+    return folder / TOKENIZER_FILE
+
+
+def load_tokenizer(spec, vocab_size: int | None = None):
+    """``"byte"``, ``"gpt2"``, ``"char:<alphabet>"``, or a folder holding ``diffkit_tokenizer.json``.
+    With ``vocab_size`` given, a tokenizer of another size is refused."""
+    if not isinstance(spec, (str, os.PathLike)):
+        tok = spec
+    elif str(spec) == "byte":
+        tok = ByteTokenizer()
+    elif str(spec) == "gpt2":
+        tok = gpt2_tokenizer()
+    elif str(spec).startswith("char:"):
+        tok = CharTokenizer(str(spec)[5:])
+    elif (Path(spec) / TOKENIZER_FILE).is_file():
+        tok = tokenizer_from_dict(json.loads((Path(spec) / TOKENIZER_FILE).read_text()))
+    else:
+        raise ValueError(f"tokenizer must be 'byte', 'gpt2', 'char:<alphabet>' or a folder with {TOKENIZER_FILE}; "
+                         f"got {spec!r}")
+    if vocab_size is not None and tok.vocab_size != vocab_size:
+        raise ValueError(f"tokenizer has {tok.vocab_size} tokens but the model has vocab_size {vocab_size}")
+    return tok

@@ -1,0 +1,316 @@
+"""DiscreteDiffusionPipeline: masked (absorbing) text diffusion with RADD's per-row cache.
+
+Model interface: ``transformer(ids [B, L]) -> [B, L, N]`` log-probs (or logits) whose column
+``v`` is token ``v``; the mask column, if any, is ignored, and so are outputs at unmasked
+positions. A network with ``time_conditioned = True`` (SEDD, MDLM with time conditioning) is
+called as ``transformer(ids, total_noise [B])`` and never cached.
+
+The cache (RADD §3.2, §J.4 "efficient batching"): a time-free network's output for a sequence
+is exact as long as no token of that sequence changed, so before each step the network runs
+only on the rows revealed something in the previous step, as a dynamic sub-batch, and their
+rows of the [B, L, N] output buffer are replaced. MDLM's ``ddpm_cache`` instead keeps one cache
+for the whole batch, which any change in any row invalidates.
+
+NFE is counted two ways (spec §7.7): ``nfe_per_sample`` = network evaluations of each row
+(the cost), and ``changes_per_sample`` = steps in which the row revealed >= 1 token (the
+paper's eq. D.17, whose mean follows n (1 - (1 - 1/n)^l) for any model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+
+from ..seeding import sample_generator
+
+__all__ = ["DiscreteDiffusionPipeline", "TextDiffusionOutput"]
+
+ORDERS = ("forward", "backward", "random")
+
+
+@dataclass
+class TextDiffusionOutput(BaseOutput):
+    """
+    sequences:          [B, L] token ids (no mask token).
+    texts:              decoded strings (``output_type="text"`` with a tokenizer), else None.
+    nfe:                mean network evaluations per sample (forward rows / B).
+    nfe_per_sample:     [B] network evaluations of each row.
+    nfe_changes:        mean number of steps with >= 1 reveal (RADD eq. D.17).
+    changes_per_sample: [B] steps with >= 1 reveal, per row.
+    num_generated:      [B] positions generated (l; prompt/fixed tokens excluded).
+    forward_calls:      number of (batched) network calls.
+    num_steps:          steps run.
+    """
+
+    sequences: torch.LongTensor
+    texts: Optional[list] = None
+    nfe: float = 0.0
+    nfe_per_sample: Optional[torch.Tensor] = None
+    nfe_changes: float = 0.0
+    changes_per_sample: Optional[torch.Tensor] = None
+    num_generated: Optional[torch.Tensor] = None
+    forward_calls: int = 0
+    num_steps: int = 0
+
+
+def _as_id_lists(x, batch: Optional[int], name: str, tokenizer) -> Optional[list[list[int]]]:
+    """str | list[str] | list[int] | list[list[int]] | LongTensor -> one id list per row."""
+    if x is None:
+        return None
+    if isinstance(x, torch.Tensor):
+        x = x.tolist()
+    if isinstance(x, str) or (isinstance(x, (list, tuple)) and x and isinstance(x[0], str)):
+        if tokenizer is None:
+            raise ValueError(f"{name} given as text but the pipeline has no tokenizer; pass token ids instead")
+        texts = [x] if isinstance(x, str) else list(x)
+        rows = [list(tokenizer.encode(t)) for t in texts]
+    elif isinstance(x, (list, tuple)) and (not x or isinstance(x[0], int)):
+        rows = [list(x)]
+    elif isinstance(x, (list, tuple)) and all(isinstance(r, (list, tuple)) for r in x):
+        rows = [list(r) for r in x]
+    else:
+        raise ValueError(f"{name} must be a string, a list of strings, a list of ids or a list of id lists")
+    if len(rows) == 1 and batch and batch > 1:
+        rows = rows * batch
+    return rows
+
+
+class DiscreteDiffusionPipeline(DiffusionPipeline):
+    """Sample text from a masked-diffusion denoiser (RADD, or any model with the interface above).
+
+    ``pipe(batch_size=4, num_inference_steps=1024)`` draws unconditionally; ``prompt=`` / ``suffix=``
+    (text or ids, one per row, different lengths allowed) and ``input_ids=`` (a [B, L] template with
+    the mask id where to generate) fix tokens anywhere -- they are placed once and never resampled.
+    ``order=`` ("forward", "backward", "random", or a permutation of positions) samples one position
+    per step in that order (any-order autoregressive sampling).
+    """
+
+    model_cpu_offload_seq = "transformer"
+
+    def __init__(self, transformer, scheduler, tokenizer=None):
+        super().__init__()
+        self.register_modules(transformer=transformer, scheduler=scheduler)
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_model(cls, transformer, tokenizer=None, **scheduler_kwargs):
+        """A pipeline whose RADDScheduler matches the model (mask id, noise schedule)."""
+        from ..samplers.radd import RADDScheduler
+
+        cfg = getattr(transformer, "config", None)
+        kw = dict(mask_token_id=int(transformer.mask_token_id))
+        if cfg is not None and "noise_schedule" in cfg:
+            kw.update(noise_schedule=cfg.noise_schedule, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max)
+        kw.update(scheduler_kwargs)
+        return cls(transformer, RADDScheduler(**kw), tokenizer)
+
+    # ------------------------------------------------------------------ saving with the tokenizer
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.tokenizer is not None and hasattr(self.tokenizer, "to_dict"):
+            from ..models.tokenizers import save_tokenizer
+
+            save_tokenizer(self.tokenizer, Path(save_directory) / "tokenizer")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, tokenizer=None, **kwargs):
+        pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        tok_dir = Path(pretrained_model_name_or_path) / "tokenizer"
+        if tokenizer is None and tok_dir.is_dir():
+            from ..models.tokenizers import load_tokenizer
+
+            tokenizer = load_tokenizer(tok_dir)
+        pipe.tokenizer = tokenizer
+        return pipe
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def mask_token_id(self) -> int:
+        return int(getattr(self.transformer, "mask_token_id", self.scheduler.config.mask_token_id))
+
+    @property
+    def vocab_size(self) -> int:
+        """Real tokens V (ids 0..V-1); the mask id is outside them."""
+        cfg = getattr(self.transformer, "config", None)
+        if cfg is not None and "vocab_size" in cfg:
+            return int(cfg.vocab_size)
+        return self.mask_token_id
+
+    def _device(self):
+        try:
+            return next(self.transformer.parameters()).device
+        except (AttributeError, StopIteration):
+            return torch.device("cpu")
+
+    def _initial_state(self, batch_size, seq_len, prompt, suffix, input_ids) -> torch.LongTensor:
+        mask_id, V = self.mask_token_id, self.vocab_size
+        if input_ids is not None:
+            x = torch.as_tensor(input_ids, dtype=torch.long)
+            if x.dim() == 1:
+                x = x[None]
+            if x.dim() != 2:
+                raise ValueError(f"input_ids must be [B, L] (mask id {mask_id} where to generate), got {tuple(x.shape)}")
+            bad = (x < 0) | ((x >= V) & (x != mask_id))
+            if bad.any():
+                raise ValueError(f"input_ids holds ids outside 0..{V - 1} that are not the mask id {mask_id}: "
+                                 f"{sorted(set(x[bad].tolist()))[:10]}")
+            if prompt is not None or suffix is not None:
+                raise ValueError("pass either input_ids or prompt/suffix, not both")
+            return x.clone()
+        pre = _as_id_lists(prompt, batch_size, "prompt", self.tokenizer)
+        suf = _as_id_lists(suffix, batch_size, "suffix", self.tokenizer)
+        n_rows = {len(r) for r in (pre, suf) if r is not None}
+        if len(n_rows) > 1:
+            raise ValueError(f"prompt and suffix have different numbers of rows: {sorted(n_rows)}")
+        B = n_rows.pop() if n_rows else (batch_size or 1)
+        if batch_size is not None and B != batch_size:
+            raise ValueError(f"batch_size={batch_size} but {B} prompts were given")
+        x = torch.full((B, seq_len), mask_id, dtype=torch.long)
+        for b in range(B):
+            p = pre[b] if pre else []
+            s = suf[b] if suf else []
+            for name, ids in (("prompt", p), ("suffix", s)):
+                if mask_id in ids:
+                    raise ValueError(f"{name} (row {b}) contains the mask token id {mask_id}")
+                out = [i for i in ids if not 0 <= i < V]
+                if out:
+                    raise ValueError(f"{name} (row {b}) holds ids outside the vocabulary 0..{V - 1}: {out[:10]}")
+            if len(p) + len(s) > seq_len:
+                raise ValueError(f"prompt ({len(p)} tokens) + suffix ({len(s)} tokens) of row {b} is longer than "
+                                 f"seq_len={seq_len}")
+            if p:
+                x[b, :len(p)] = torch.tensor(p)
+            if s:
+                x[b, seq_len - len(s):] = torch.tensor(s)
+        return x
+
+    def _order_ranks(self, x, order, gens) -> torch.LongTensor:
+        """rank[b, j] = the step at which position j of row b is generated (-1: fixed token)."""
+        B, L = x.shape
+        if isinstance(order, str):
+            if order not in ORDERS:
+                raise ValueError(f"order must be one of {ORDERS} or a permutation of 0..{L - 1}, got {order!r}")
+            if order == "forward":
+                perms = torch.arange(L).expand(B, L)
+            elif order == "backward":
+                perms = torch.arange(L - 1, -1, -1).expand(B, L)
+            else:
+                perms = torch.stack([torch.randperm(L, generator=g) for g in gens]) if isinstance(gens, list) else \
+                    torch.stack([torch.randperm(L, generator=gens) for _ in range(B)])
+        else:
+            perms = torch.as_tensor(order, dtype=torch.long)
+            perms = perms.expand(B, L) if perms.dim() == 1 else perms
+            if perms.shape != (B, L) or not (perms.sort(-1).values == torch.arange(L)).all():
+                raise ValueError(f"order must be a permutation of 0..{L - 1} (shape [L] or [B, L])")
+        masked = (x == self.mask_token_id).gather(1, perms)  # masked flags in generation order
+        step_of = torch.cumsum(masked.long(), dim=1) - 1
+        ranks = torch.full((B, L), -1, dtype=torch.long)
+        ranks.scatter_(1, perms, torch.where(masked, step_of, torch.full_like(step_of, -1)))
+        return ranks
+
+    def _forward(self, ids, chunk: Optional[int], total_noise=None):
+        def run(part, tn):
+            return self.transformer(part) if tn is None else self.transformer(part, tn)
+
+        if chunk is None or ids.shape[0] <= chunk:
+            return run(ids, total_noise)
+        return torch.cat([run(ids[i:i + chunk], None if total_noise is None else total_noise[i:i + chunk])
+                          for i in range(0, ids.shape[0], chunk)])
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def __call__(self, batch_size: Optional[int] = None, seq_len: Optional[int] = None, num_inference_steps: int = 128,
+                 prompt=None, suffix=None, input_ids=None, temperature: Optional[float] = None,
+                 top_k: Optional[int] = None, top_p: Optional[float] = None,
+                 order: Union[None, str, Sequence[int], torch.Tensor] = None, use_cache: bool = True,
+                 generator: Union[None, torch.Generator, list] = None, seed: int = 0,
+                 forward_batch_size: Optional[int] = None, output_type: str = "text", return_dict: bool = True,
+                 progress: bool = False):
+        """Draw ``batch_size`` sequences of ``seq_len`` tokens (default: the model's length).
+
+        Randomness: ``generator`` (one, or a list with one per row), else per-row generators from
+        (``seed``, row index) -- then row k does not depend on the batch it is drawn in.
+        ``use_cache=False`` re-runs the whole batch every step (the baseline; same samples).
+        ``forward_batch_size`` splits network calls into chunks of at most that many rows."""
+        if output_type not in ("text", "ids"):
+            raise ValueError(f"output_type must be 'text' or 'ids', got {output_type!r}")
+        if forward_batch_size is not None and forward_batch_size < 1:
+            raise ValueError(f"forward_batch_size must be >= 1 or None, got {forward_batch_size}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        sched = self.scheduler
+        mask_id = self.mask_token_id
+        if sched.config.mask_token_id != mask_id:
+            raise ValueError(f"scheduler mask_token_id {sched.config.mask_token_id} != model mask id {mask_id}; "
+                             "build the pipeline with DiscreteDiffusionPipeline.from_model(model)")
+        if seq_len is None:
+            cfg = getattr(self.transformer, "config", None)
+            seq_len = int(cfg.length) if cfg is not None and "length" in cfg else None
+            if seq_len is None and input_ids is None:
+                raise ValueError("seq_len is required for a model without config.length")
+        if seq_len is not None and seq_len < 1:
+            raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+
+        device = self._device()
+        x = self._initial_state(batch_size, seq_len, prompt, suffix, input_ids)
+        B, L = x.shape
+        gens = generator if generator is not None else [sample_generator(seed, b, "radd") for b in range(B)]
+        num_generated = (x == mask_id).sum(1)
+
+        ranks = None
+        if order is not None:
+            ranks = self._order_ranks(x, order, gens).to(device)
+            num_inference_steps = max(int(num_generated.max()), 1)
+        x = x.to(device)
+        sched.set_timesteps(num_inference_steps, device=device)
+        time_cond = bool(getattr(self.transformer, "time_conditioned", False))
+        cache_rows = use_cache and not time_cond
+
+        fwd = torch.zeros(B, dtype=torch.long, device=device)
+        changes = torch.zeros(B, dtype=torch.long, device=device)
+        need = torch.ones(B, dtype=torch.bool, device=device)
+        cache, calls, remaining = None, 0, int(num_generated.sum())
+        filt = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+        steps = self.progress_bar(range(sched.num_inference_steps)) if progress else range(sched.num_inference_steps)
+        for i in steps:
+            if not cache_rows:
+                tn = None
+                if time_cond:
+                    tn = torch.full((B,), sched.total_noise(i), device=device, dtype=torch.float32)
+                cache = self._forward(x, forward_batch_size, tn)
+                fwd += 1
+                calls += 1
+            else:
+                idx = need.nonzero().squeeze(1)
+                k = idx.numel()
+                if k == B:
+                    cache = self._forward(x, forward_batch_size)
+                elif k:
+                    cache[idx] = self._forward(x[idx], forward_batch_size)
+                if k:
+                    fwd[idx] += 1
+                    calls += 1
+            unmask = None if ranks is None else ranks == i
+            res = sched.step(cache, i, x, generator=gens, unmask=unmask, return_dict=False, **filt)
+            x, revealed, need = res[0], res[4], res[5]
+            changes += need
+            if cache_rows:
+                remaining -= int(revealed.sum())
+                if remaining == 0:  # nothing left to reveal: no call can be needed any more
+                    break
+        if (x == mask_id).any():  # the final step reveals every mask; this guards the contract
+            raise RuntimeError("internal error: a mask token survived the final step")
+
+        texts = None
+        if output_type == "text" and self.tokenizer is not None:
+            texts = [self.tokenizer.decode(row) for row in x.tolist()]
+        out = TextDiffusionOutput(sequences=x, texts=texts, nfe=float(fwd.float().mean()), nfe_per_sample=fwd,
+                                  nfe_changes=float(changes.float().mean()), changes_per_sample=changes,
+                                  num_generated=num_generated, forward_calls=calls,
+                                  num_steps=sched.num_inference_steps)
+        return out if return_dict else (x, texts)

@@ -1,0 +1,379 @@
+"""``BDIADDIMScheduler``: BDIA-DDIM as a drop-in diffusers scheduler (a thin adapter over
+:mod:`diffkit.samplers.bdia`).
+
+    pipe.scheduler = BDIADDIMScheduler.from_config(pipe.scheduler.config, gamma=0.94)
+
+Same config keys as ``DDIMScheduler`` plus ``gamma``, same ``step`` signature, same cost
+(one model evaluation per step). What it does:
+
+* **γ = 0** hands every call to ``DDIMScheduler.step`` -- DDIM bit for bit (dtype, η,
+  ``clip_sample``, thresholding, off-grid timesteps).
+* **γ > 0**: the first step of a loop is a plain DDIM step (there is no z_{i+1} yet); every
+  later step, the last one included, is the BDIA update
+  z_{i-1} = γ·z_{i+1} − γ·D_{i→i+1}(z_i) + D_{i→i-1}(z_i). D_{i→i-1} targets the level
+  DDIM's step targets (``t − T//N``, or ``final_alpha_cumprod`` past the end); D_{i→i+1}
+  targets the level of the timestep passed to the previous ``step`` call (the level z_{i+1}
+  was evaluated at). For 'leading' spacing and for 'trailing' when N divides T these are the
+  grid neighbours; for 'linspace' (e.g. 999, 888, … at N = 10, T//N = 100) and 'trailing'
+  with N not dividing T, ``t − T//N`` is not the next grid entry -- DDIM's own convention,
+  kept so that γ = 0 stays DDIM; the recurrence is exactly invertible either way.
+* **Precision**: the recurrence runs in float64 with the ᾱ table of
+  :class:`diffkit.schedules.VPSchedule` (diffusers' float32 table upcast, never
+  recomputed); only the model sees its own dtype. ``prev_sample`` comes back in the
+  sample's dtype while the scheduler keeps a float64 shadow of it, which it uses for as long
+  as the pipeline hands back exactly that tensor (checked by identity and the tensor's
+  version counter -- never by comparing values, which would synchronise the GPU every step).
+  If the latents are replaced or modified in between (a ``callback_on_step_end`` that edits
+  latents, a dtype cast), the given sample is used and an :class:`ExactnessWarning` is
+  issued once per loop: sampling still works, but the run is no longer exactly invertible.
+* State (the float64 z_{i+1} and its level, the shadow, the step index) is reset by
+  ``set_timesteps``, so consecutive pipeline calls are independent. ``set_begin_index`` is
+  provided for img2img pipelines (diffusers 0.42's ``DDIMScheduler`` has none).
+* Refused: γ outside [0, 1]; η > 0 with γ > 0 (BDIA is deterministic; the inverse has no
+  noise term); zero-terminal-SNR schedules with ε-prediction when γ > 0 (x̂0 undefined at
+  ᾱ_T = 0). A non-finite model output raises :class:`NonFiniteOutputError` naming the step:
+  checked at once on CPU, and on accelerators every ``check_every`` steps and at the last
+  grid step (a per-step check would synchronise the device every step).
+
+:meth:`BDIADDIMScheduler.inverse_step` is the exact inverse of one step. Exact inversion of
+whole images (and regeneration from the inverted latent pair) runs in
+:mod:`diffkit.samplers.inversion`, which drives the model directly, because a pipeline's
+``__call__`` resets scheduler state.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler
+from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin  # noqa: F401
+from diffusers.utils import BaseOutput
+
+from diffkit.denoisers import to_eps_x0
+from diffkit.schedules import VPSchedule
+
+from .bdia import bdia_inverse_step, bdia_step, check_gamma, ddim_map
+
+# SchedulerMixin is imported by name on purpose: a saved pipeline records this module as the
+# scheduler's library, and diffusers' loader looks for a SchedulerMixin attribute in it.
+
+__all__ = ["BDIADDIMScheduler", "BDIAInverseOutput", "ExactnessWarning", "NonFiniteOutputError", "FiniteWatch", "SchedulerMixin"]
+
+
+class ExactnessWarning(UserWarning):
+    """The latents handed to ``step`` are not the ones the scheduler returned: exact invertibility is lost."""
+
+
+class NonFiniteOutputError(ValueError):
+    """The model output contained NaN or inf."""
+
+
+class FiniteWatch:
+    """Raises :class:`NonFiniteOutputError` naming the first step whose tensor had NaN/inf.
+
+    On CPU the check is immediate (free). On accelerators a device-side flag records the
+    first bad step and is read only when ``flush`` is requested, so the loop does not
+    synchronise the device every step.
+    """
+
+    def __init__(self, what: str = "model output"):
+        self.what = what
+        self._first: Optional[torch.Tensor] = None
+        self._timesteps: dict[int, object] = {}
+
+    def update(self, x: torch.Tensor, k: int, t=None, flush: bool = False) -> None:
+        bad = ~torch.isfinite(x).all()
+        if x.device.type == "cpu":
+            if bool(bad):
+                raise self.error(k, t)
+            return
+        self._timesteps[k] = t
+        if self._first is None:
+            self._first = torch.full((), -1, dtype=torch.long, device=x.device)
+        self._first = torch.where(bad & (self._first < 0), k, self._first)
+        if flush:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._first is None:
+            return
+        first = int(self._first)  # the one device sync
+        if first >= 0:
+            raise self.error(first, self._timesteps.get(first))
+
+    def error(self, k: int, t) -> NonFiniteOutputError:
+        return NonFiniteOutputError(
+            f"{self.what} contains NaN or inf at step {k} (timestep {t}); every later latent would be invalid. "
+            "Check the model's dtype (float16 overflow) and its inputs.")
+
+
+@dataclass
+class BDIAInverseOutput(BaseOutput):
+    """Output of :meth:`BDIADDIMScheduler.inverse_step`.
+
+    next_sample: z_{i+1}, the noisier latent (at ``next_timestep``), in the sample's dtype.
+    pred_original_sample: x̂0 predicted at (z_i, t_i).
+    """
+
+    next_sample: torch.Tensor
+    pred_original_sample: Optional[torch.Tensor] = None
+
+
+class BDIADDIMScheduler(DDIMScheduler):
+    """DDIM with bi-directional integration (BDIA-DDIM, Zhang et al., ECCV 2024).
+
+    Args: every ``DDIMScheduler`` argument (same names and defaults), plus
+        gamma (`float`, defaults to 0.5): weight γ ∈ [0, 1] of the fresh backward estimate of
+            the last time slot. 0 is DDIM exactly. The authors sample with 0.5 at 10 steps and
+            1.0 at 40; exact inversion (:mod:`diffkit.samplers.inversion`) wants 0.92–1.0.
+    """
+
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
+    order = 1
+    #: on accelerators the deferred NaN/inf check runs every this many steps (and at the last grid step)
+    check_every = 8
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        clip_sample: bool = True,
+        set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
+        prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading",
+        rescale_betas_zero_snr: bool = False,
+        gamma: float = 0.5,
+    ):
+        gamma = check_gamma(gamma)
+        super().__init__(
+            num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
+            beta_schedule=beta_schedule, trained_betas=trained_betas, clip_sample=clip_sample,
+            set_alpha_to_one=set_alpha_to_one, steps_offset=steps_offset, prediction_type=prediction_type,
+            thresholding=thresholding, dynamic_thresholding_ratio=dynamic_thresholding_ratio,
+            clip_sample_range=clip_sample_range, sample_max_value=sample_max_value,
+            timestep_spacing=timestep_spacing, rescale_betas_zero_snr=rescale_betas_zero_snr,
+        )
+        if gamma > 0 and prediction_type == "epsilon" and bool(self.alphas_cumprod[-1] == 0):
+            raise ValueError(
+                "BDIADDIMScheduler: a zero-terminal-SNR schedule (rescale_betas_zero_snr=True, alphas_cumprod[-1] == 0) "
+                "with prediction_type='epsilon' cannot be used with gamma > 0: x̂0 = (z - √(1-ᾱ)ε)/√ᾱ is undefined at "
+                "ᾱ = 0. Use a v_prediction model, a schedule without rescale_betas_zero_snr, or gamma=0 (plain DDIM)."
+            )
+        # float64 levels: diffusers' float32 table upcast (identical to self.alphas_cumprod).
+        self._levels = VPSchedule.from_config(dict(self.config))
+        self._begin_index: Optional[int] = None
+        self._grid = self.timesteps.clone()
+        self._reset_state()
+
+    # ------------------------------------------------------------------ state
+    def _reset_state(self) -> None:
+        self._step_index: Optional[int] = None
+        self._z_next: Optional[torch.Tensor] = None  # z_{i+1} in float64
+        self._t_next: Optional[int] = None  # its level (the timestep passed with it)
+        self._handed: Optional[torch.Tensor] = None  # the tensor returned by the last step
+        self._handed_version = -1
+        self._shadow: Optional[torch.Tensor] = None  # float64 value of that tensor
+        self._warned = False
+        self._watch = FiniteWatch("model output")
+
+    @property
+    def gamma(self) -> float:
+        return float(self.config.gamma)
+
+    @property
+    def step_index(self) -> Optional[int]:
+        """Index into ``timesteps`` of the next ``step`` call (None before the first one)."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> Optional[int]:
+        """The first index into ``timesteps``, set by img2img pipelines via :meth:`set_begin_index`."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start the step counter at ``begin_index`` (pipelines call this after slicing ``timesteps``)."""
+        self._begin_index = int(begin_index)
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device = None):
+        """DDIM's grid; also clears all BDIA state (previous latent, shadow, step and begin index)."""
+        super().set_timesteps(num_inference_steps)
+        self._grid = self.timesteps  # CPU copy: timesteps are read here, never from the device
+        self.timesteps = self.timesteps.to(device)
+        self._begin_index = None
+        self._reset_state()
+
+    def _index_for_timestep(self, timestep) -> int:
+        t = timestep.detach().cpu() if isinstance(timestep, torch.Tensor) else torch.tensor(timestep)
+        hits = (self._grid == t.to(self._grid.dtype)).nonzero().flatten().tolist()
+        if not hits:
+            return 0
+        return hits[1] if len(hits) > 1 else hits[0]  # diffusers' convention for repeated timesteps
+
+    def _advance(self, timestep, read: bool = True) -> tuple[int, Optional[int]]:
+        """(step index, integer timestep) of this call; advances the step index."""
+        if self._step_index is None:
+            self._step_index = self._begin_index if self._begin_index is not None else self._index_for_timestep(timestep)
+        k = self._step_index
+        self._step_index = k + 1
+        if not read:
+            return k, None
+        if isinstance(timestep, torch.Tensor) and timestep.device.type != "cpu":
+            if k >= len(self._grid):
+                raise ValueError(f"step called {k + 1} times but the grid has {len(self._grid)} timesteps; "
+                                 "call set_timesteps before a new loop")
+            return k, int(self._grid[k])  # the device tensor is not read (that would synchronise)
+        return k, int(timestep)
+
+    def _alpha_cumprod(self, t: int) -> float:
+        if t < 0:
+            return float(self._levels.final_alpha_cumprod)
+        if t >= self.config.num_train_timesteps:
+            raise ValueError(f"timestep {t} out of range [0, {self.config.num_train_timesteps - 1}]")
+        return float(self._levels.alphas_cumprod[t])
+
+    def _target(self, t: int) -> int:
+        """DDIM's target level from t (negative: final_alpha_cumprod)."""
+        return t - self.config.num_train_timesteps // self.num_inference_steps
+
+    # ------------------------------------------------------------------ checks
+    def _check_finite(self, model_output: torch.Tensor, k: int, t: int) -> None:
+        last = k >= len(self._grid) - 1
+        self._watch.update(model_output, k, t, flush=last or (k + 1) % self.check_every == 0)
+
+    def _state(self, sample: torch.Tensor) -> torch.Tensor:
+        """z_i in float64: the shadow if the pipeline handed back our tensor untouched."""
+        if self._z_next is not None:
+            if sample is self._handed and sample._version == self._handed_version:
+                return self._shadow
+            if not self._warned:
+                self._warned = True
+                warnings.warn(
+                    "BDIADDIMScheduler: the latents passed to step() are not the tensor the previous step returned "
+                    "(replaced or modified in place, e.g. by callback_on_step_end, or cast). Continuing from the "
+                    "given latents; sampling is unaffected but this run is no longer exactly invertible.",
+                    ExactnessWarning, stacklevel=3)
+        z = sample.to(torch.float64)
+        return z.clone() if z is sample else z
+
+    def _eps_x0(self, model_output: torch.Tensor, t: int, z: torch.Tensor, use_clipped_model_output: bool):
+        """(ε, x̂0) in float64 at (z_i, t_i), post-processed exactly as DDIM does."""
+        ac = self._alpha_cumprod(t)
+        a, s = ac ** 0.5, (1 - ac) ** 0.5
+        eps, x0 = to_eps_x0(model_output.to(torch.float64), z, a, s, self.config.prediction_type)
+        if self.config.thresholding:
+            x0 = self._threshold_sample(x0)
+        elif self.config.clip_sample:
+            x0 = x0.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
+        if use_clipped_model_output and (self.config.thresholding or self.config.clip_sample):
+            eps = (z - a * x0) / s
+        return eps, x0
+
+    # ------------------------------------------------------------------ step
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int,
+        sample: torch.Tensor,
+        eta: float = 0.0,
+        use_clipped_model_output: bool = False,
+        generator: torch.Generator | None = None,
+        variance_noise: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> DDIMSchedulerOutput | tuple:
+        """One sampling step z_i → z_{i-1} (``DDIMScheduler.step``'s signature and outputs).
+
+        γ = 0: ``DDIMScheduler.step`` itself. γ > 0: a DDIM step (first call after
+        ``set_timesteps``) or the BDIA update, computed in float64 and returned in the
+        sample's dtype. ``eta`` must be 0 when γ > 0; ``generator``/``variance_noise`` are
+        then unused.
+        """
+        if self.num_inference_steps is None:
+            raise ValueError(
+                "Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
+        if self.config.gamma == 0:
+            self._advance(timestep, read=False)
+            return super().step(model_output, timestep, sample, eta, use_clipped_model_output, generator,
+                                variance_noise, return_dict)
+        if eta != 0:
+            raise ValueError(
+                f"eta must be 0 with BDIADDIMScheduler(gamma={self.config.gamma}): BDIA is deterministic and its "
+                "exact inverse has no noise term; use gamma=0 (plain DDIM) for stochastic sampling")
+        k, t = self._advance(timestep)
+        self._check_finite(model_output, k, t)
+
+        z = self._state(sample)
+        eps, x0 = self._eps_x0(model_output, t, z, use_clipped_model_output)
+        ac_prev = self._alpha_cumprod(self._target(t))
+        if self._z_next is None:  # first step: no z_{i+1} yet -> plain DDIM
+            z_prev = ddim_map(x0, eps, ac_prev)
+        else:
+            z_prev = bdia_step(self._z_next, z, eps, self._alpha_cumprod(self._t_next), self._alpha_cumprod(t),
+                               ac_prev, self.config.gamma, x0=x0)
+        self._z_next, self._t_next = z, t
+
+        out = z_prev.to(sample.dtype)
+        if out is z_prev:  # float64 latents: never hand out our own state tensor
+            out = z_prev.clone()
+        self._handed, self._handed_version, self._shadow = out, out._version, z_prev
+        x0_out = x0.to(sample.dtype)
+        if not return_dict:
+            return (out, x0_out)
+        return DDIMSchedulerOutput(prev_sample=out, pred_original_sample=x0_out)
+
+    def inverse_step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int,
+        sample: torch.Tensor,
+        prev_sample: torch.Tensor,
+        next_timestep: Optional[int] = None,
+        use_clipped_model_output: bool = False,
+        return_dict: bool = True,
+    ) -> BDIAInverseOutput | tuple:
+        """Exact inverse of one BDIA step: (z_{i-1}, z_i) → z_{i+1}. Stateless.
+
+        Args:
+            model_output: the model's output at (``sample``, ``timestep``) -- the evaluation the
+                forward step makes at z_i (not the "target label" of DDIM inversion).
+            timestep: t_i, the level of ``sample``.
+            sample: z_i.
+            prev_sample: z_{i-1}, the less noisy latent that ``step`` produced from z_i.
+            next_timestep: t_{i+1}, the noisier level to recover; defaults to the grid entry
+                before ``timestep`` in ``timesteps`` (what a pipeline passes at the previous step).
+
+        Computed in float64; returned in ``sample``'s dtype (pass float64 latents for exact
+        round trips). Requires γ > 0.
+        """
+        if self.num_inference_steps is None:
+            raise ValueError("call set_timesteps before inverse_step")
+        gamma = check_gamma(self.config.gamma, for_inversion=True)
+        t = int(timestep.detach().cpu()) if isinstance(timestep, torch.Tensor) else int(timestep)
+        if next_timestep is None:
+            grid = self._grid.tolist()
+            if t not in grid or grid.index(t) == 0:
+                raise ValueError(f"timestep {t} has no noisier neighbour in timesteps {grid[:3]}…; pass next_timestep")
+            next_timestep = grid[grid.index(t) - 1]
+        t_next = int(next_timestep.detach().cpu()) if isinstance(next_timestep, torch.Tensor) else int(next_timestep)
+        z = sample.to(torch.float64)
+        eps, x0 = self._eps_x0(model_output, t, z, use_clipped_model_output)
+        z_next = bdia_inverse_step(prev_sample.to(torch.float64), z, eps, self._alpha_cumprod(t_next),
+                                   self._alpha_cumprod(t), self._alpha_cumprod(self._target(t)), gamma, x0=x0)
+        out, x0_out = z_next.to(sample.dtype), x0.to(sample.dtype)
+        if not return_dict:
+            return (out, x0_out)
+        return BDIAInverseOutput(next_sample=out, pred_original_sample=x0_out)

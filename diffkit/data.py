@@ -9,7 +9,7 @@ the grid {-1, -7/8, ..., 7/8, 1} (``quantize`` snaps any image to it).
 Split (fixed, class-stratified, independent of any RNG or library version): within each
 class, images are taken in their order in ``load_digits``; every 5th one (positions
 4, 9, 14, ... of that class) is a test image, the rest are training images. That gives
-1,441 train / 356 test images, ~80/20 in every class.
+1,442 train / 355 test images, ~80/20 in every class.
 """
 
 from __future__ import annotations

@@ -32,6 +32,18 @@ _BUILTIN = [
     SamplerEntry("ddpm", "diffusers:DDPMScheduler", "scheduler", "ancestral DDPM, diffusers' scheduler"),
     SamplerEntry("euler", "diffusers:EulerDiscreteScheduler", "scheduler", "Euler (EDM Alg. 1), diffusers' scheduler"),
     SamplerEntry("dpmpp-2m", "diffusers:DPMSolverMultistepScheduler", "scheduler", "DPM-Solver++(2M), diffusers' scheduler"),
+    SamplerEntry("radd", "diffkit.samplers.radd:RADDScheduler", "function",
+                 "RADD absorbing text diffusion (text only: DiscreteDiffusionPipeline / `diffkit text sample`)"),
+    SamplerEntry("bdia-ddim", "diffkit.samplers.bdia_ddim:BDIADDIMScheduler", "scheduler",
+                 "BDIA-DDIM (Zhang et al. 2024): DDIM's cost, exactly invertible; gamma 0 = DDIM"),
+    SamplerEntry("edm-euler", "diffkit.samplers.edm:sample_euler", "function", "EDM Euler (k-diffusion style), N NFE"),
+    SamplerEntry("edm-heun", "diffkit.samplers.edm:sample_heun", "function", "EDM Heun (k-diffusion style), 2N-1 NFE"),
+    SamplerEntry("bdia-euler", "diffkit.samplers.edm:sample_bdia_euler", "function",
+                 "BDIA with Euler increments in EDM coordinates, N NFE, exactly invertible"),
+    SamplerEntry("bdia-heun", "diffkit.samplers.edm:sample_bdia_heun", "function",
+                 "BDIA with a Heun forward increment in EDM coordinates, 2N-1 NFE, exactly invertible"),
+    SamplerEntry("bdia-edm", "diffkit.samplers.bdia_edm:BDIAEDMScheduler", "scheduler",
+                 "BDIA-Euler/Heun in EDM coordinates as a diffusers scheduler (VP or EDM models)"),
 ]
 
 _REGISTRY: dict[str, SamplerEntry] = {e.name: e for e in _BUILTIN}

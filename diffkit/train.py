@@ -171,10 +171,12 @@ class DDPMEpsLoss:
     Batches are ``x0`` or ``(x0, labels)``. With labels, each label is replaced by the null
     class with probability ``label_dropout`` (classifier-free guidance training; null class
     = ``num_class_embeds - 1``). t ~ U{0..T-1}, ε ~ N(0, I) and the dropout coin are drawn
-    per global sample index.
+    per global sample index. ``t_range=(lo, hi)`` restricts t to U{lo..hi} (DisBack/DMD2
+    train their score networks on t ∈ {20..980}); the default is the full grid.
     """
 
-    def __init__(self, scheduler_config, seed: int = 0, label_dropout: float = 0.1, null_class: Optional[int] = None):
+    def __init__(self, scheduler_config, seed: int = 0, label_dropout: float = 0.1, null_class: Optional[int] = None,
+                 t_range: Optional[tuple] = None):
         from .schedules import VPSchedule
 
         if not 0.0 <= label_dropout <= 1.0:
@@ -183,11 +185,16 @@ class DDPMEpsLoss:
         if self.schedule.prediction_type != "epsilon":
             raise ValueError(f"DDPMEpsLoss trains ε-prediction; the scheduler says {self.schedule.prediction_type!r}")
         self.seed, self.label_dropout, self.null_class = int(seed), float(label_dropout), null_class
+        T = self.schedule.num_train_timesteps
+        lo, hi = (0, T - 1) if t_range is None else (int(t_range[0]), int(t_range[1]))
+        if not 0 <= lo <= hi <= T - 1:
+            raise ValueError(f"t_range must satisfy 0 <= lo <= hi <= {T - 1} (num_train_timesteps - 1), got {t_range}")
+        self.t_range = (lo, hi)
 
     def noisy(self, x0: torch.Tensor, indices) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(z_t, t, ε) for the given global sample indices."""
-        T = self.schedule.num_train_timesteps
-        t = randint_for_indices(0, T, indices, self.seed, stream="train-timestep")
+        lo, hi = self.t_range
+        t = randint_for_indices(lo, hi + 1, indices, self.seed, stream="train-timestep")
         eps = randn_for_indices(x0.shape[1:], indices, self.seed, stream="train-noise", dtype=x0.dtype)
         ac = self.schedule.alphas_cumprod[t].to(x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
         return (ac.sqrt() * x0.cpu() + (1 - ac).sqrt() * eps).to(x0.device), t.to(x0.device), eps.to(x0.device)
@@ -507,7 +514,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.ema.update(self.unwrapped)
             self.step += 1
-            mean_loss = float(acc.reduce(loss.detach().reshape(1), reduction="mean")) if acc.num_processes > 1 else float(loss)
+            mean_loss = float(acc.reduce(loss.detach().reshape(1), reduction="mean")) if acc.num_processes > 1 else float(loss.detach())
             self.wall_time_s = t_base + (time.perf_counter() - t_session)
             self.log.append({"step": self.step, "loss": mean_loss, "grad_norm": gnorm, "lr": lr,
                              "wall_time_s": round(self.wall_time_s, 3)})

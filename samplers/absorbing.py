@@ -25,7 +25,8 @@ import torch
 __all__ = [
     "LogLinearSchedule", "GeometricSchedule", "make_schedule", "SCHEDULES", "time_grid",
     "psi_tweedie", "psi_euler", "transition_probs", "METHODS",
-    "choose_unmask", "filter_logits", "sample_categorical", "PRECISIONS",
+    "choose_unmask", "reveal_cdf", "draw_reveal_steps", "filter_logits", "unnormalised_probs", "inverse_cdf",
+    "sample_categorical", "PRECISIONS",
     "expected_nfe", "reveal_probabilities", "expected_nfe_exact", "expected_forward_calls",
 ]
 
@@ -131,6 +132,27 @@ def choose_unmask(masked: torch.Tensor, psi: float, u: torch.Tensor) -> torch.Te
     return masked & (u < psi)
 
 
+def reveal_cdf(psis: Sequence[float]) -> torch.Tensor:
+    """F_i = P(a position masked at t = 1 is revealed at step <= i) = 1 - Π_{j<=i} (1 - ψ_j), float64
+    (F_{n-1} = 1: the last step reveals everything)."""
+    alive, out = 1.0, []
+    for p in psis:
+        alive *= 1.0 - p
+        out.append(1.0 - alive)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def draw_reveal_steps(psis: Sequence[float], u: torch.Tensor) -> torch.Tensor:
+    """All stage-1 draws of a run at once: the step at which each masked position is revealed.
+
+    The Bernoulli(ψ_i) choices of one position in successive steps are independent of the model
+    and of every other position, so its reveal step is a single draw from q_i = ψ_i Π_{j<i}(1-ψ_j)
+    -- here by inverse CDF from one float64 uniform ``u``. Same law as drawing step by step, and a
+    sampler then only has to visit the steps in which something is revealed."""
+    F = reveal_cdf(psis).to(u.device)
+    return torch.searchsorted(F, u.to(torch.float64), right=True).clamp_(max=len(psis) - 1)
+
+
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
                   top_p: Optional[float] = None) -> torch.Tensor:
     """Temperature, then top-k, then top-p (nucleus) on logits over real tokens only ([K, V]).
@@ -154,6 +176,25 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: Optiona
     return logits
 
 
+def unnormalised_probs(logits: torch.Tensor) -> torch.Tensor:
+    """exp(logits - max) in float64: proportional to softmax(logits), without the normalising pass."""
+    x = logits.to(torch.float64)
+    return torch.exp(x - x.amax(dim=-1, keepdim=True))
+
+
+def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Index j with cdf[j-1] <= u·total < cdf[j] for non-negative ``weights`` [K, V] (float64) and
+    u ~ U[0, 1) [K]. A token of weight 0 can never be returned."""
+    cdf = torch.cumsum(weights, dim=-1)
+    x = (u.to(device=cdf.device, dtype=torch.float64) * cdf[..., -1]).unsqueeze(-1)
+    idx = torch.searchsorted(cdf, x, right=True).squeeze(-1)
+    over = idx >= weights.shape[-1]
+    if over.any():  # u·total rounded up to the total: take the last token with positive weight
+        last = weights.shape[-1] - 1 - torch.argmax((weights[over].flip(-1) > 0).to(torch.uint8), dim=-1)
+        idx[over] = last
+    return idx
+
+
 def sample_categorical(logits: torch.Tensor, *, u: Optional[torch.Tensor] = None,
                        generator: Optional[torch.Generator] = None, precision: str = "float64") -> torch.Tensor:
     """Stage 2: one draw per row of ``logits`` ([K, V], real tokens only, -inf = excluded).
@@ -170,13 +211,7 @@ def sample_categorical(logits: torch.Tensor, *, u: Optional[torch.Tensor] = None
     if precision == "float64":
         if u is None:
             u = torch.rand(logits.shape[:-1], generator=generator, dtype=torch.float64)
-        p = torch.softmax(logits.to(torch.float64), dim=-1)
-        cdf = torch.cumsum(p, dim=-1)
-        x = (u.to(device=p.device, dtype=torch.float64) * cdf[..., -1]).unsqueeze(-1)
-        idx = torch.searchsorted(cdf, x, right=True).squeeze(-1)
-        # u·total can round up to the total: fall back to the last token with positive mass.
-        last = p.shape[-1] - 1 - torch.argmax((p.flip(-1) > 0).to(torch.uint8), dim=-1)
-        return torch.minimum(idx, last)
+        return inverse_cdf(unnormalised_probs(logits), u)
     if u is None:
         u = torch.rand(logits.shape, generator=generator, dtype=torch.float32)
     u = u.to(device=logits.device, dtype=torch.float32)

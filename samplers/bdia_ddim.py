@@ -82,14 +82,15 @@ class FiniteWatch:
     synchronise the device every step.
     """
 
-    def __init__(self, what: str = "model output"):
+    def __init__(self, what: str = "model output", deferred: Optional[bool] = None):
         self.what = what
+        self.deferred = deferred  # None: deferred exactly when the tensor is not on the CPU
         self._first: Optional[torch.Tensor] = None
         self._timesteps: dict[int, object] = {}
 
     def update(self, x: torch.Tensor, k: int, t=None, flush: bool = False) -> None:
         bad = ~torch.isfinite(x).all()
-        if x.device.type == "cpu":
+        if not (x.device.type != "cpu" if self.deferred is None else self.deferred):
             if bool(bad):
                 raise self.error(k, t)
             return

@@ -137,11 +137,12 @@ class BDIAEDMScheduler(SchedulerMixin, ConfigMixin):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
-        """Also accepts an EDM scheduler's config: its σ range / σ_data are carried over even
-        where they were its defaults (diffusers drops defaults across classes)."""
+        """Also accepts an EDM scheduler's config (it has ``sigma_data``): its σ range and σ_data
+        are carried over even where they were that class's defaults, which diffusers would
+        otherwise drop when switching classes."""
         if config is not None:
             cfg = config_to_dict(config)
-            if str(cfg.get("_class_name", "")).startswith("EDM"):
+            if cfg.get("sigma_data") is not None:  # an EDM-preconditioned model's config
                 for k in _EDM_KEYS:
                     if k in cfg and k not in kwargs:
                         kwargs[k] = cfg[k]

@@ -117,21 +117,10 @@ def _check_gamma(gamma: float, gamma_mode: str) -> float:
     return float(gamma)
 
 
-def _check_forward(forward: str) -> str:
-    if forward not in FORWARD_INCREMENTS:
-        raise ValueError(f"forward must be one of {FORWARD_INCREMENTS}, got {forward!r}")
-    return forward
-
-
 # ----------------------------------------------------------------------------- the math
 def to_d(x: torch.Tensor, sigma, denoised: torch.Tensor) -> torch.Tensor:
     """dx/dσ of the probability-flow ODE, (x - D(x, σ)) / σ (Karras et al. 2022, eq. 3, σ(t) = t)."""
     return (x - denoised) / sigma
-
-
-def vp_alpha(sigma: float) -> float:
-    """a = √ᾱ = 1/√(σ²+1) of the VP level with sigma_ve = σ."""
-    return 1.0 / math.sqrt(sigma * sigma + 1.0)
 
 
 def bdia_gamma_i(gamma: float, gamma_mode: str, sigma_prev: float, sigma_next: float) -> float:
@@ -299,7 +288,10 @@ def _sample_bdia(forward, model, x, sigmas, gamma, gamma_mode, x_prev, extra_arg
 
 _BDIA_DOC = """
     ``gamma`` ∈ [0, 1] (0: the plain sampler, bit for bit), ``gamma_mode`` "vp" | "constant"
-    (see the module docstring). ``x_prev``: restart the recurrence from a pair -- then
+    (see the module docstring). The defaults (0.5, "vp") are the setting that was good at
+    every NFE on the digits teacher (benchmarks/bdia_edm.py); a constant γ ≥ 0.5 can be
+    unstable at few steps on a VP model's wide σ range (its leapfrog-like parasitic mode is
+    not damped). For inversion use γ near 1 and the same γ to regenerate. ``x_prev``: restart the recurrence from a pair -- then
     ``x_prev`` is the state at ``sigmas[0]`` and ``x`` the state at ``sigmas[1]`` (what
     ``invert_*`` returns), and no plain first step is taken. ``return_pair``: return
     (state at sigmas[-2], state at sigmas[-1]) instead of the last state, as the inverse needs.
@@ -307,15 +299,15 @@ _BDIA_DOC = """
 
 
 @torch.no_grad()
-def sample_bdia_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, *, gamma: float = 1.0,
-                      gamma_mode: str = "constant", x_prev=None, dtype=None, return_pair=False, return_nfe=False):
+def sample_bdia_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, *, gamma: float = 0.5,
+                      gamma_mode: str = "vp", x_prev=None, dtype=None, return_pair=False, return_nfe=False):
     return _sample_bdia("euler", model, x, sigmas, gamma, gamma_mode, x_prev, extra_args, callback, disable,
                         dtype, return_pair, return_nfe)
 
 
 @torch.no_grad()
-def sample_bdia_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, *, gamma: float = 1.0,
-                     gamma_mode: str = "constant", x_prev=None, dtype=None, return_pair=False, return_nfe=False):
+def sample_bdia_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, *, gamma: float = 0.5,
+                     gamma_mode: str = "vp", x_prev=None, dtype=None, return_pair=False, return_nfe=False):
     return _sample_bdia("heun", model, x, sigmas, gamma, gamma_mode, x_prev, extra_args, callback, disable,
                         dtype, return_pair, return_nfe)
 
@@ -372,7 +364,8 @@ def _invert_bdia(forward, model, pair, sigmas, gamma, gamma_mode, extra_args, di
 
 _INV_DOC = """
     ``pair`` = (state at sigmas[-2], state at sigmas[-1]), from ``sample_*(..., return_pair=True)``
-    or ``bdia_start_pair`` for a clean sample; ``sigmas`` is the sampling grid itself. Returns
+    or ``bdia_start_pair`` for a clean sample; ``sigmas`` is the sampling grid itself and
+    ``gamma``/``gamma_mode`` must be those used (or to be used) for sampling. Returns
     (state at sigmas[0], state at sigmas[1]); ``sample_*(model, x1, sigmas, x_prev=x0, ...)``
     with the same γ regenerates the pair's last state up to round-off. γ must be > 0 (warns
     below 0.9). Same NFE per step as sampling.
@@ -381,13 +374,13 @@ _INV_DOC = """
 
 @torch.no_grad()
 def invert_bdia_euler(model, pair: Sequence[torch.Tensor], sigmas, extra_args=None, disable=None, *,
-                      gamma: float = 1.0, gamma_mode: str = "constant", dtype=None, return_nfe=False):
+                      gamma: float, gamma_mode: str = "vp", dtype=None, return_nfe=False):
     return _invert_bdia("euler", model, pair, sigmas, gamma, gamma_mode, extra_args, disable, dtype, return_nfe)
 
 
 @torch.no_grad()
 def invert_bdia_heun(model, pair: Sequence[torch.Tensor], sigmas, extra_args=None, disable=None, *,
-                     gamma: float = 1.0, gamma_mode: str = "constant", dtype=None, return_nfe=False):
+                     gamma: float, gamma_mode: str = "vp", dtype=None, return_nfe=False):
     return _invert_bdia("heun", model, pair, sigmas, gamma, gamma_mode, extra_args, disable, dtype, return_nfe)
 
 

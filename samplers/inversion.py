@@ -127,12 +127,14 @@ class InversionResult:
     timesteps: the descending window (see :func:`inversion_window`); regeneration walks it.
     settings: steps, strength, gamma, guidance_scale, schedule fields, NFE, and ``extra``
     (free-form, JSON-serialisable: e.g. the class labels or prompt, the model folder).
+    clean: the latent that was inverted (reference for reconstruction error), optional.
     """
 
     z_top: torch.Tensor
     z_below: torch.Tensor
     timesteps: list
     settings: dict = field(default_factory=dict)
+    clean: Optional[torch.Tensor] = None  # the inverted input (float64), kept as the reconstruction reference
 
     @property
     def latents(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,7 +149,10 @@ class InversionResult:
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"format_version": FORMAT_VERSION, "timesteps": [int(t) for t in self.timesteps],
                 "settings": self.settings}
-        tensors = {"z_top": self.z_top.detach().cpu().contiguous(), "z_below": self.z_below.detach().cpu().contiguous()}
+        tensors = {"z_top": self.z_top, "z_below": self.z_below}
+        if self.clean is not None:
+            tensors["clean"] = self.clean
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         tmp = path.with_name(path.name + ".tmp")
         save_file(tensors, str(tmp), metadata={"diffkit_inversion": json.dumps(meta)})
         os.replace(tmp, path)
@@ -172,8 +177,9 @@ class InversionResult:
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path}: inversion format version {meta.get('format_version')}, "
                              f"this diffkit reads version {FORMAT_VERSION}")
+        clean = tensors.get("clean")
         return cls(tensors["z_top"].to(device), tensors["z_below"].to(device), list(meta["timesteps"]),
-                   meta["settings"])
+                   meta["settings"], None if clean is None else clean.to(device))
 
 
 # ---------------------------------------------------------------------- loops
@@ -232,7 +238,7 @@ def invert(model: EpsModel, clean_latent: torch.Tensor, condition=None, steps: i
         "final_alpha_cumprod": float(schedule.final_alpha_cumprod), "alphas_cumprod_window": ac,
         "model_dtype": str(model.dtype).replace("torch.", ""), "extra": dict(extra or {}),
     }
-    return InversionResult(z, z_lower, window, settings)
+    return InversionResult(z, z_lower, window, settings, clean_latent.detach().to(torch.float64).clone())
 
 
 @torch.no_grad()

@@ -22,8 +22,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
-from .absorbing import (METHODS, PRECISIONS, SCHEDULES, choose_unmask, filter_logits, make_schedule,
-                        sample_categorical, time_grid, transition_probs)
+from .absorbing import (METHODS, PRECISIONS, SCHEDULES, choose_unmask, draw_reveal_steps, filter_logits, inverse_cdf,
+                        make_schedule, sample_categorical, time_grid, transition_probs, unnormalised_probs)
 
 __all__ = ["RADDScheduler", "RADDSchedulerOutput", "FINALS"]
 
@@ -132,14 +132,26 @@ class RADDScheduler(SchedulerMixin, ConfigMixin):
         """σ̄(t_i) at step i (the input of a time-conditioned network such as SEDD)."""
         return self.schedule.total_noise(self.times[int(timestep)])
 
+    def reveal_steps(self, sample: torch.LongTensor, generator: Generators = None) -> torch.LongTensor:
+        """The stage-1 choices of a whole run drawn at once: for each masked position of ``sample``
+        the step index at which it is revealed (-1 for fixed tokens); same law as the step-by-step
+        Bernoulli(ψ_i) draws (:func:`~diffkit.samplers.absorbing.draw_reveal_steps`). Pass
+        ``unmask=(steps == i)`` to ``step`` -- steps with no reveal then need no call at all."""
+        u = _uniform(tuple(sample.shape), generator, sample.device)
+        steps = draw_reveal_steps(self.psis, u)
+        return torch.where(sample == self.config.mask_token_id, steps, torch.full_like(steps, -1))
+
     def step(self, model_output: torch.Tensor, timestep: Union[int, torch.Tensor], sample: torch.LongTensor, *,
              generator: Generators = None, temperature: Optional[float] = None, top_k: Optional[int] = None,
-             top_p: Optional[float] = None, unmask: Optional[torch.BoolTensor] = None, return_dict: bool = True):
+             top_p: Optional[float] = None, unmask: Optional[torch.BoolTensor] = None,
+             final_step: Optional[bool] = None, return_dict: bool = True):
         """One reverse step t_i -> t_{i+1}.
 
-        ``unmask`` (bool [B, L]) replaces the Bernoulli(ψ) choice by given positions (any-order
-        autoregressive sampling); masked positions only are used. ``generator`` may be a list of
-        B generators (row b draws only from generator b: results do not depend on the batch)."""
+        ``unmask`` (bool [B, L]) replaces the Bernoulli(ψ) choice by given positions (pre-drawn with
+        :meth:`reveal_steps`, or an any-order autoregressive order); masked positions only are used.
+        ``final_step`` (default: the last timestep) says whether the ``final`` rule applies
+        (``"argmax"``) -- pass False in autoregressive use. ``generator`` may be a list of B
+        generators (row b draws only from generator b: results do not depend on the batch)."""
         i = int(timestep)
         if not 0 <= i < self.num_inference_steps:
             raise ValueError(f"timestep must be a step index in [0, {self.num_inference_steps - 1}], got {i}")
@@ -161,6 +173,7 @@ class RADDScheduler(SchedulerMixin, ConfigMixin):
         mask_id = cfg.mask_token_id
         masked = sample == mask_id
         last = i == self.num_inference_steps - 1
+        final_rule = last if final_step is None else bool(final_step)
         if unmask is not None:
             if unmask.shape != sample.shape:
                 raise ValueError(f"unmask must have the shape of sample {tuple(sample.shape)}, got {tuple(unmask.shape)}")
@@ -183,23 +196,25 @@ class RADDScheduler(SchedulerMixin, ConfigMixin):
         elif mask_id < N:
             logits = logits.clone()
             logits[:, mask_id] = -float("inf")
-        logp = torch.log_softmax(logits.to(torch.float64), dim=-1)  # raw distribution over real tokens
+        logits = logits.to(torch.float64)
+        w = unnormalised_probs(logits)  # ∝ the raw distribution over real tokens
 
-        if temperature == 0 or (last and cfg.final == "argmax" and unmask is None):
-            tokens = torch.argmax(logp, dim=-1)
-        else:
-            filtered = filter_logits(logp, temperature, top_k, top_p)
-            if cfg.precision == "float64":
-                u2 = _uniform_per_position(rows, B, generator, sample.device)
-                tokens = sample_categorical(filtered, u=u2)
+        if temperature == 0 or (final_rule and cfg.final == "argmax"):
+            tokens = torch.argmax(logits, dim=-1)
+        elif cfg.precision == "float64":
+            u2 = _uniform_per_position(rows, B, generator, sample.device)
+            if temperature == 1 and top_k is None and top_p is None:
+                tokens = inverse_cdf(w, u2)
             else:
-                g = _uniform_per_position(rows, B, generator, sample.device, extra=(filtered.shape[-1],))
-                tokens = sample_categorical(filtered, u=g, precision="float32")
+                tokens = sample_categorical(filter_logits(logits, temperature, top_k, top_p), u=u2)
+        else:
+            g = _uniform_per_position(rows, B, generator, sample.device, extra=(logits.shape[-1],))
+            tokens = sample_categorical(filter_logits(logits, temperature, top_k, top_p), u=g, precision="float32")
 
         prev = sample.clone()
         prev[rows, cols] = tokens
         probs = torch.zeros(B, L, dtype=torch.float64, device=sample.device)
-        probs[rows, cols] = logp.gather(-1, tokens[:, None]).squeeze(-1).exp()
+        probs[rows, cols] = w.gather(-1, tokens[:, None]).squeeze(-1) / w.sum(-1)
         changed = torch.zeros(B, dtype=torch.bool, device=sample.device)
         changed[rows] = True
         out = (prev, prev, probs, model_output, reveal, changed)

@@ -81,3 +81,24 @@ def test_load_pipeline_errors(tmp_path):
     (tmp_path / "x").mkdir()
     with pytest.raises(ValueError, match="neither a model_index.json"):
         load_pipeline(tmp_path / "x")
+
+
+def _diffkit_schedulers():
+    from diffkit.registry import _REGISTRY
+
+    return sorted(e.name for e in _REGISTRY.values() if e.kind == "scheduler" and e.target.startswith("diffkit."))
+
+
+@pytest.mark.parametrize("name", _diffkit_schedulers())
+def test_sd_pipeline_with_diffkit_scheduler_saves_and_reloads(name, tiny_sd, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    entry = get_sampler(name)
+    pipe = StableDiffusionPipeline(**{**tiny_sd.components, "scheduler": make_scheduler(name, tiny_sd.scheduler.config)})
+    pipe.save_pretrained(tmp_path / "sd")
+    index = json.loads((tmp_path / "sd" / "model_index.json").read_text())
+    module = entry.target.partition(":")[0]
+    assert index["scheduler"] == [module, entry.target.partition(":")[2]]
+    again = StableDiffusionPipeline.from_pretrained(tmp_path / "sd")
+    assert type(again.scheduler) is entry.load()
+    assert dict(again.scheduler.config) == dict(pipe.scheduler.config)

@@ -14,11 +14,11 @@ adapter), ``jacobian`` (J, NAsym), ``circulation`` (loop circulation, path depen
 """
 
 from .circulation import LoopCirculation, line_integral, loop_circulation, path_dependence
-from .fixtures import (LinearGaussianManifold, SphereManifold, conservative_part_linear, gauge_field,
-                       random_antisymmetric, rotation_field, scaled_field)
-from .gauge import (DSMDecomposition, GaugeResidual, GaugeSplit, PotentialFit, PotentialMLP, PotentialScore,
-                    QuadraticPotential, ScoreBank, dsm_decomposition, fit_potential, gauge_residual, gauge_split,
-                    make_bank)
+from .fixtures import (LinearGaussianManifold, SphereManifold, gauge_field, random_antisymmetric, rotation_field,
+                       scaled_field)
+from .gauge import (DSMDecomposition, GaugeResidual, GaugeSplit, LocalQuadratic, PotentialFit, PotentialMLP,
+                    PotentialScore, QuadraticPotential, ScoreBank, conservative_part_linear, dsm_decomposition,
+                    fit_local_quadratic, fit_potential, gauge_residual, gauge_split, local_conservative_part, make_bank)
 from .intrinsic_dim import (FlowJacobian, IDResult, NBResult, flow_jacobian, jacobian_id, mle_id, nb_id,
                             principal_angles, spectral_gap, twonn_id)
 from .jacobian import Asymmetry, asymmetry, jacobian
@@ -33,6 +33,7 @@ __all__ = [
     "loop_circulation", "line_integral", "path_dependence", "LoopCirculation",
     "QuadraticPotential", "PotentialMLP", "PotentialScore", "ScoreBank", "make_bank", "fit_potential", "PotentialFit",
     "gauge_split", "GaugeSplit", "gauge_residual", "GaugeResidual", "dsm_decomposition", "DSMDecomposition",
+    "conservative_part_linear", "LocalQuadratic", "fit_local_quadratic", "local_conservative_part",
     "spectral_gap", "nb_id", "NBResult", "jacobian_id", "IDResult", "flow_jacobian", "FlowJacobian",
     "twonn_id", "mle_id", "principal_angles",
     "LinearGaussianManifold", "SphereManifold", "gauge_field", "rotation_field", "scaled_field",

@@ -2,7 +2,7 @@
 
 * :class:`LinearGaussianManifold` -- N(0, UΛUᵀ) on a d-dim subspace of R^D: p_t = N(0, C_t),
   C_t = α_t²UΛUᵀ + σ_t²I, score -C_t⁻¹x, closed forms for the Jacobian, the flow Jacobian
-  and the conservative part of any linear field (a Lyapunov solve).
+  (the conservative part of a linear field: ``gauge.conservative_part_linear``).
 * :class:`SphereManifold` -- uniform on a circle (d = 1) or a 2-sphere (d = 2) of radius R in a
   random (d+1)-dim subspace of R^D; closed-form score (spec §6) and a Monte Carlo check.
 * Fields: :func:`gauge_field` (I + A)s with A antisymmetric (a gauge part A∇log p_t: sampling
@@ -24,7 +24,7 @@ from .processes import as_times
 from .score import check_score_output
 
 __all__ = ["LinearGaussianManifold", "SphereManifold", "ExactScore", "gauge_field", "rotation_field",
-           "scaled_field", "random_antisymmetric", "conservative_part_linear"]
+           "scaled_field", "random_antisymmetric"]
 
 
 def _levels(process, t, B, like):
@@ -110,16 +110,6 @@ class LinearGaussianManifold:
         x0 = self.sample(n, generator)
         a, s = _levels(process, t, n, x0)
         return a * x0 + s * torch.randn(n, self.D, generator=generator, dtype=torch.float64)
-
-
-def conservative_part_linear(B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
-    """M with -Mx the L²(N(0, C)) projection of the field -Bx onto gradients.
-
-    Solves the Lyapunov equation MC + CM = BC + CBᵀ (spec §1) in C's eigenbasis.
-    """
-    evals, Q = torch.linalg.eigh(C)
-    rhs = Q.T @ (B @ C + C @ B.T) @ Q
-    return Q @ (rhs / (evals[:, None] + evals[None, :])) @ Q.T
 
 
 def _langevin(k: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ from .score import flat
 
 __all__ = ["QuadraticPotential", "PotentialMLP", "PotentialScore", "ScoreBank", "make_bank", "PotentialFit",
            "fit_potential", "GaugeSplit", "gauge_split", "GaugeResidual", "gauge_residual", "DSMDecomposition",
-           "dsm_decomposition"]
+           "dsm_decomposition", "conservative_part_linear", "LocalQuadratic", "fit_local_quadratic", "local_conservative_part"]
 
 
 # ----------------------------------------------------------------------- potentials
@@ -210,7 +210,7 @@ def fit_potential(bank: ScoreBank, potential: nn.Module, steps: int = 2000, batc
             opt.zero_grad()
             loss = _weighted_loss(potential, bank)
             loss.backward()
-            hist.append(float(loss))
+            hist.append(float(loss.detach()))
             return loss
 
         opt.step(closure)
@@ -225,7 +225,7 @@ def fit_potential(bank: ScoreBank, potential: nn.Module, steps: int = 2000, batc
         loss.backward()
         opt.step()
         sched.step()
-        hist.append(float(loss))
+        hist.append(float(loss.detach()))
     return PotentialFit(potential, hist)
 
 
@@ -299,3 +299,71 @@ def dsm_decomposition(bank: ScoreBank, potential: nn.Module, max_batch: int = 40
     r = sc - g
     return DSMDecomposition(float(((s * sc + eps) ** 2).sum(1).mean()), float(((s * g + eps) ** 2).sum(1).mean()),
                             float(((s * r) ** 2).sum(1).mean()), float((2 * (s * r) * (s * g + eps)).sum(1).mean()))
+
+
+# ----------------------------------------------------------------------- local split
+def conservative_part_linear(B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    """M with -Mx the L²(N(0, C)) projection of the field -Bx onto gradients.
+
+    Solves the Lyapunov equation MC + CM = BC + CBᵀ (spec §1) in C's eigenbasis.
+    """
+    evals, Q = torch.linalg.eigh(C)
+    rhs = Q.T @ (B @ C + C @ B.T) @ Q
+    return Q @ (rhs / (evals[:, None] + evals[None, :])) @ Q.T
+
+
+@dataclass
+class LocalQuadratic:
+    """The local conservative part -M(x - c) + b (M symmetric) of a field around a centre c,
+    with the affine least-squares fit G(x - c) + b it was projected from. Callable as a score."""
+
+    center: torch.Tensor  # (D,)
+    M: torch.Tensor  # (D, D) symmetric: -M is the Hessian of the local potential
+    b: torch.Tensor  # (D,)
+    G: torch.Tensor  # (D, D) affine fit of the field (its Jacobian estimate)
+    residual: float  # mean ‖s - (G(x-c) + b)‖² / mean ‖s - mean s‖² (nonlinearity within the ball)
+
+    def __call__(self, x: torch.Tensor, t=None) -> torch.Tensor:
+        xf = x.reshape(x.shape[0], -1)
+        c, M, b = self.center.to(xf), self.M.to(xf), self.b.to(xf)
+        return (-(xf - c) @ M + b).reshape(x.shape)
+
+
+def fit_local_quadratic(points: torch.Tensor, scores: torch.Tensor) -> LocalQuadratic:
+    """Least-squares projection of sampled field values onto gradients of quadratic potentials.
+
+    Minimises Σ‖-M(x_i - c) + b - s_i‖² over symmetric M and b (c = mean of the points): first the
+    affine fit s ≈ G(x - c) + b, then M from the Lyapunov equation MĈ + ĈM = -(GĈ + ĈGᵀ) with the
+    points' covariance Ĉ (spec §1's linear-Gaussian split; -sym(G) when Ĉ ∝ I). Needs n >= D + 1 points.
+    """
+    pts, sc = points.reshape(points.shape[0], -1).to(torch.float64), scores.reshape(scores.shape[0], -1).to(torch.float64)
+    n, D = pts.shape
+    if sc.shape != pts.shape:
+        raise ValueError(f"points and scores must have the same shape, got {tuple(pts.shape)} and {tuple(sc.shape)}")
+    if n < D + 1:
+        raise ValueError(f"a local quadratic fit in D={D} needs at least D + 1 = {D + 1} points, got {n}")
+    c = pts.mean(0)
+    u = pts - c
+    b = sc.mean(0)
+    Gt = torch.linalg.lstsq(u, sc - b).solution  # (D, D): s - b ≈ u @ Gt, G = Gtᵀ
+    G = Gt.T
+    resid = float(((sc - b - u @ Gt) ** 2).sum(1).mean() / ((sc - b) ** 2).sum(1).mean().clamp_min(1e-300))
+    M = conservative_part_linear(-G, u.T @ u / n)
+    return LocalQuadratic(c, 0.5 * (M + M.T), b, G, resid)
+
+
+@torch.no_grad()
+def local_conservative_part(score_fn: Callable, center: torch.Tensor, t, radius: float, n: Optional[int] = None,
+                            generator: Optional[torch.Generator] = None) -> LocalQuadratic:
+    """:func:`fit_local_quadratic` on n points c + radius·z (z ~ N(0, I); default n = 4·D) around one
+    centre c (a single sample, any shape).
+
+    The conservative part of the field in L² of that Gaussian ball: the measure the normal-bundle
+    estimator integrates over when radius = σ_t0 and c = α_t0·x0.
+    """
+    D = center.numel()
+    n = 4 * D if n is None else int(n)
+    z = torch.randn(n, D, generator=generator, dtype=torch.float64).to(center.dtype)
+    pts = center.reshape(1, D) + radius * z
+    f = flat(score_fn, center.shape)
+    return fit_local_quadratic(pts, f(pts, as_times(t, n)))

@@ -48,7 +48,7 @@ class _Process:
         t = torch.as_tensor(t, dtype=torch.float64).detach().cpu()
         bad = (~torch.isfinite(t)) | (t < self.t_min - 1e-12) | (t > self.t_max + 1e-12)
         if bad.any():
-            raise ValueError(f"{name}={t[bad].flatten()[:4].tolist()} outside the schedule: accepted "
+            raise ValueError(f"{name}={torch.unique(t[bad]).tolist()[:4]} outside the schedule: accepted "
                              f"{self.t_min:.6g} <= {name} <= {self.t_max:.6g} ({self!r})")
         return t
 

@@ -30,7 +30,7 @@ DEMO_ORDER = 10
 
 #: UNet2DModel presets: "digits" is the shipped teacher; "tiny" is for tests and examples.
 PRESETS = {
-    "digits": dict(block_out_channels=(64, 128), layers_per_block=1, norm_num_groups=32, attention_head_dim=32,
+    "digits": dict(block_out_channels=(32, 64), layers_per_block=2, norm_num_groups=16, attention_head_dim=32,
                    down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D")),
     "tiny": dict(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8, attention_head_dim=8,
                  down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D")),
@@ -56,6 +56,8 @@ def add_arguments(p):
     p.add_argument("--preset", choices=sorted(PRESETS), default="digits", help="UNet size (tiny: tests)")
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--keep-checkpoints", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is fastest on a busy shared machine)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -154,6 +156,10 @@ def export_pipeline(unet, scheduler, output, facts: dict | None = None) -> Path:
 
 
 def run(args):
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     command = "diffkit train-teacher " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else None
     t0 = time.perf_counter()
     res = train_teacher(args.output, max_steps=args.max_steps, seed=args.seed, resume=args.resume,

@@ -40,7 +40,8 @@ __all__ = [
     "InceptionWeightsError",
     "INCEPTION_FILES",
     "resolve_inception_weights",
-    "digits_features",
+    "DigitsFeatures",
+    "digits_extractor",
     "get_feature_extractor",
 ]
 
@@ -67,7 +68,8 @@ class FeatureExtractor(nn.Module):
     levels: int = 256
     in_channels: int | None = None
     input_size: tuple | None = None  # (H, W) the network needs, None = any
-    resize: str = "none"  # how the backend brings images to input_size
+    resizes: bool = False  # whether the backend resizes images to input_size (Inception)
+    resize: str = "none"  # how
     backends: tuple = ("diffkit", "clean-fid", "torchmetrics")
 
     @property
@@ -113,6 +115,14 @@ class ModuleFeatures(FeatureExtractor):
         self.in_channels = in_channels or _first_conv_channels(module)
         self.input_range = (float(input_range[0]), float(input_range[1]))
         self.levels = int(levels)
+
+    def describe(self) -> dict:
+        # a fingerprint of the weights, so stats cached with another network are flagged
+        h = hashlib.sha256()
+        for k, v in sorted(self.module.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return {**super().describe(), "input_range": list(self.input_range), "weights_sha256": h.hexdigest()}
 
     def _channels(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
@@ -187,6 +197,7 @@ class CleanFIDInception(FeatureExtractor):
     name = "inception-v3 (clean-fid TorchScript)"
     in_channels = 3
     input_size = (299, 299)
+    resizes = True
     resize = "clean-fid clean: PIL bicubic per channel in float to 299x299"
     backends = ("clean-fid",)
 
@@ -217,6 +228,8 @@ class TorchmetricsInception(FeatureExtractor):
     """
 
     in_channels = 3
+    input_size = (299, 299)
+    resizes = True
     backends = ("torchmetrics",)
 
     def __init__(self, weights=None, feature: int = 2048, antialias: bool = True):
@@ -252,28 +265,60 @@ class TorchmetricsInception(FeatureExtractor):
         return self.net(x)
 
 
-def digits_features() -> FeatureExtractor:
-    """The shipped digits network under the FID-digits protocol (``diffkit.metrics.digits``).
+class DigitsFeatures(FeatureExtractor):
+    """The shipped digits network under the FID-digits protocol, as defined in
+    :mod:`diffkit.metrics.digits`: images in [-1, 1], clamped and quantised to the data's 17
+    grey levels, 64-d penultimate features (``digits.digits_features`` does both steps)."""
 
-    Hook contract: ``diffkit.metrics.digits.feature_extractor()`` returns an ``nn.Module``
-    mapping 1-channel images in [-1, 1] to (N, d) features, applying the protocol's clamp
-    and 17-level quantisation itself; ``GREY_LEVELS`` (default 17) names that grid.
-    """
+    name = "digits"
+    in_channels = 1
+    resize = "none (8x8 digits)"
+    backends = ("diffkit", "clean-fid", "torchmetrics")
+
+    def __init__(self, net="digits-features"):
+        super().__init__()
+        from ..assets import asset_path
+        from ..data import GREY_LEVELS
+        from ..models.digits_features import REQUIRED_FILES, load_feature_net
+        from . import digits
+
+        self._digits = digits
+        self.levels = int(GREY_LEVELS)
+        if isinstance(net, nn.Module):
+            self.net, self.sha256 = net.eval(), None
+        else:
+            self.net = load_feature_net(net)
+            self.sha256 = _sha256(asset_path(net, required=REQUIRED_FILES) / "model.safetensors")
+        self._dim = int(self.net.feature_dim)
+        self.input_size = (self.net.config["image_size"],) * 2
+
+    def describe(self) -> dict:
+        out = {**super().describe(), "protocol": self._digits.PROTOCOL, "grey_levels": self.levels}
+        if self.sha256:
+            out["feature_net_sha256"] = self.sha256
+        return out
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 4 and x.shape[1] == 3:  # a grey PNG read as RGB (clean-fid's loader)
+            if not (torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 0], x[:, 2])):
+                raise ValueError("the digits network takes grey images; got colour images")
+            x = x[:, :1]
+        p = next(self.net.parameters())
+        feats = self._digits.digits_features(x.float() / 127.5 - 1, self.net)
+        return torch.from_numpy(feats).to(p.device)
+
+
+def digits_extractor(net="digits-features") -> FeatureExtractor:
+    """The FID-digits feature extractor; a clear error when this version lacks the protocol."""
     try:
-        digits = importlib.import_module("diffkit.metrics.digits")
-    except ImportError as e:
-        if getattr(e, "name", None) != "diffkit.metrics.digits":
+        importlib.import_module("diffkit.metrics.digits")
+    except ModuleNotFoundError as e:
+        if not str(getattr(e, "name", "")).startswith("diffkit."):
             raise
         raise ValueError("features='digits' needs the FID-digits protocol (diffkit.metrics.digits, the assets "
-                         "issue), which this version does not have yet; pass your own nn.Module instead") from None
-    factory = getattr(digits, "feature_extractor", None)
-    if factory is None:
-        raise ValueError("diffkit.metrics.digits has no feature_extractor() (the hook diffkit.metrics.features expects)")
-    module = factory()
-    if isinstance(module, FeatureExtractor):
-        return module
-    return ModuleFeatures(module, name="digits", in_channels=1, input_range=(-1.0, 1.0),
-                          levels=int(getattr(digits, "GREY_LEVELS", 17)))
+                         "issue), which this version does not have; pass your own nn.Module instead") from None
+    return DigitsFeatures(net)
 
 
 def _import_factory(spec: str) -> nn.Module:
@@ -297,7 +342,7 @@ def get_feature_extractor(features, backend: str, inception_weights=None, antial
             raise ValueError("features='inception' needs backend='clean-fid' or 'torchmetrics' (each with its own "
                              "weights file and resize); backend='diffkit' takes features='digits' or an nn.Module")
     elif features == "digits":
-        fx = digits_features()
+        fx = digits_extractor()
     elif isinstance(features, str) and ":" in features:
         fx = get_feature_extractor(_import_factory(features), backend)
     else:

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from .features import FeatureExtractor, get_feature_extractor
-from .folders import load_images, scan_folder
+from .folders import load_images, quantize_images, scan_folder
 from .frechet import feature_stats, frechet_distance, kid_from_features
 from .sharding import ShardInfo, reduce_sum, run_sharded, shard_info
 
@@ -55,6 +55,7 @@ __all__ = [
     "compute_fid",
     "compute_kid",
     "compute_stats",
+    "evaluate",
     "save_stats",
     "load_stats",
     "quantize_images",
@@ -66,8 +67,8 @@ BACKENDS = ("diffkit", "clean-fid", "torchmetrics")
 NAMED_REFERENCES = {"digits-train": ("digits-features", "train_stats.npz")}
 
 #: protocol fields that must agree between gen and ref for a FID to mean anything
-_PROTOCOL_KEYS = ("feature_extractor", "feature_dim", "levels", "resize", "mode", "antialias", "weights_sha256",
-                  "channels", "image_size")
+_PROTOCOL_KEYS = ("protocol", "feature_extractor", "feature_dim", "levels", "grey_levels", "resize", "antialias",
+                  "weights_sha256", "feature_net_sha256", "channels", "image_size")
 
 
 class ProtocolWarning(UserWarning):
@@ -162,13 +163,15 @@ def load_stats(path) -> FIDStats:
         feats = _pick(data, ("features", "feats"), path, None)
         n = _pick(data, ("n", "num_samples", "count"), path, None)
         protocol = {}
-        if "protocol" in data.files:
-            raw = data["protocol"]
-            protocol = json.loads(str(raw)) if raw.dtype.kind in "US" else {}
-        for k in data.files:  # other scalar fields are protocol fields too
-            if k not in protocol and k not in ("mu", "mean", "sigma", "cov", "covariance", "features", "feats",
-                                               "n", "num_samples", "count", "protocol") and data[k].ndim == 0:
-                protocol[k] = data[k].item()
+        for k in data.files:  # scalar fields are protocol fields; diffkit writes them as one JSON object
+            if k in ("mu", "mean", "sigma", "cov", "covariance", "features", "feats", "n", "num_samples", "count"):
+                continue
+            if data[k].ndim == 0:
+                v = data[k].item()
+                if k == "protocol" and isinstance(v, str) and v.startswith("{"):
+                    protocol.update(json.loads(v))
+                else:
+                    protocol[k] = v
     if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
         raise ValueError(f"statistics file {path}: mean of shape {mu.shape} and covariance of shape {sigma.shape} "
                          "do not fit together")
@@ -190,31 +193,7 @@ def resolve_reference(name_or_path) -> Path:
     return Path(name_or_path)
 
 
-# ---------------------------------------------------------------------------- images
-def quantize_images(images: torch.Tensor, levels: int = 256, name: str = "images") -> torch.Tensor:
-    """[-1, 1] float or uint8 NCHW -> float values in [0, 255] on a ``levels``-level grid.
-
-    ``levels=256`` is exactly :func:`diffkit.images.to_uint8` (what saving a PNG does).
-    """
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"{name}: expected (N, C, H, W) with C in (1, 3), got shape {tuple(images.shape)}")
-    q = levels - 1
-    if images.dtype == torch.uint8:
-        x = images.float()
-        return x if levels == 256 else torch.round(x * (q / 255.0)) * (255.0 / q)
-    if not images.is_floating_point():
-        raise ValueError(f"{name}: expected float images in [-1, 1] or uint8 in [0, 255], got dtype {images.dtype}")
-    x = images.detach().float()
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name}: images contain NaN or inf")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < -1.5 or hi > 1.5:
-        raise ValueError(f"{name}: float images must be in [-1, 1] (values outside are clamped), got range "
-                         f"[{lo:.3g}, {hi:.3g}]; pass uint8 tensors for [0, 255] data")
-    k = torch.round((x.clamp(-1, 1) + 1) * (q / 2.0))
-    return k if levels == 256 else k * (255.0 / q)
-
-
+# ---------------------------------------------------------------------------- models
 @dataclass
 class ModelSamples:
     """Images from a model folder / asset name / pipeline and a registered sampler.
@@ -249,6 +228,8 @@ class ModelSamples:
                 raise ValueError(f"model: {type(pipe).__name__} has no sample_indices argument, so its noise cannot be "
                                  "keyed to the global sample index; use a diffkit pipeline")
         self._pipe, self._entry = pipe.to(device), entry
+        if entry.kind == "function":
+            self._function_sampler_check()
         if hasattr(pipe, "set_progress_bar_config"):
             pipe.set_progress_bar_config(disable=True)
         return self
@@ -265,28 +246,34 @@ class ModelSamples:
             return out.images
         return self._function_sampler(indices, labels, seed)
 
+    def _function_sampler_check(self):
+        fn = self._entry.load()
+        params = list(inspect.signature(fn).parameters) if callable(fn) and not inspect.isclass(fn) else []
+        if params[:3] != ["model", "x", "sigmas"]:
+            raise ValueError(f"sampler {self.sampler!r} is not an image sampler fn(model, x, sigmas) "
+                             f"({self._entry.description}); pick a scheduler or an EDM-style function sampler")
+
     @torch.no_grad()
     def _function_sampler(self, indices, labels, seed):
-        """k-diffusion style ``fn(model(x, sigma), x, sigmas, **defaults)`` on the Karras grid of the model."""
+        """A k-diffusion style ``fn(model, x, sigmas, extra_args={"guidance": g}, **defaults)``
+        (``diffkit.samplers.edm``'s contract) on the model's EDM/Karras grid, started from the
+        VP prior: x̃ = noise·√(σ_max² + 1)."""
         from ..conditioning import Guidance, class_guidance
         from ..denoisers import Denoiser, EpsModel
         from ..seeding import randn_for_indices
 
-        pipe = self._pipe
-        unet = pipe.unet
-        denoiser = Denoiser(EpsModel(unet, pipe.scheduler.config))
+        fn = self._entry.load()
+        unet = self._pipe.unet
+        denoiser = Denoiser(EpsModel(unet, self._pipe.scheduler.config))
         guidance = class_guidance(unet, labels, self.guidance, device=unet.device) if labels is not None else Guidance()
-        sigmas = denoiser.schedule.karras_sigmas(self.steps).to(torch.float32)
+        sigmas = denoiser.schedule.karras_sigmas(self.steps)
         cfg = unet.config
         x = randn_for_indices((cfg.in_channels, cfg.sample_size, cfg.sample_size), indices, seed,
-                              device=unet.device) * float(sigmas[0])
-        fn = self._entry.load()
-        kwargs = dict(self._entry.defaults)
-        if "guidance" in inspect.signature(fn).parameters:
-            out = fn(denoiser, x, sigmas.to(unet.device), guidance=guidance, **kwargs)
-        else:
-            out = fn(lambda z, s: denoiser(z, s, guidance), x, sigmas.to(unet.device), **kwargs)
-        return out.clamp(-1, 1)
+                              device=unet.device) * math.sqrt(float(sigmas[0]) ** 2 + 1)
+        kwargs = {**self._entry.defaults, "extra_args": {"guidance": guidance}}
+        if "disable" in inspect.signature(fn).parameters:
+            kwargs["disable"] = True
+        return fn(denoiser, x, sigmas, **kwargs).float().clamp(-1, 1)
 
 
 # ---------------------------------------------------------------------------- backends
@@ -329,11 +316,11 @@ class _CleanFIDBackend(_Backend):
 
         # Inception: clean-fid's own `clean` resizer; a custom extractor takes images at
         # their size, as torchmetrics gives them to a custom module.
-        self.fn_resize = build_resizer("clean") if self.fx.input_size else _identity
+        self.fn_resize = build_resizer("clean") if self.fx.resizes else _identity
 
     @property
     def mode(self) -> str:
-        return "clean" if self.fx.input_size else "clean, custom_fn_resize=identity"
+        return "clean" if self.fx.resizes else "clean, custom_fn_resize=identity"
 
     def _model(self, batch):
         return self.fx(batch)
@@ -343,7 +330,7 @@ class _CleanFIDBackend(_Backend):
 
         return get_files_features([str(f) for f in files], model=self._model, num_workers=0,
                                   batch_size=self.batch_size, device=self.device, mode="clean",
-                                  custom_fn_resize=None if self.fx.input_size else _identity,
+                                  custom_fn_resize=None if self.fx.resizes else _identity,
                                   description=desc, verbose=show)
 
     def images_block(self, x):
@@ -453,7 +440,9 @@ class _TorchmetricsBackend(_Backend):
             setattr(m, f"{pre}_features_cov_sum", cov * (n - 1) + n * torch.outer(mu, mu))
             setattr(m, f"{pre}_features_num_samples", torch.tensor(n, device=self.device))
         m.orig_dtype = torch.float64
-        return float(m.compute())
+        with warnings.catch_warnings():  # states were set directly, not through update()
+            warnings.filterwarnings("ignore", ".*called before the ``update`` method", UserWarning)
+            return float(m.compute())
 
 
 _BACKEND_CLASSES = {"diffkit": _Backend, "clean-fid": _CleanFIDBackend, "torchmetrics": _TorchmetricsBackend}
@@ -527,7 +516,16 @@ def _iter_blocks(kind, src, n, lo, hi, batch_size, name, seed):
             raise ValueError(f"{name}: n={n} but the iterable yielded only {k} images")
 
 
-def _collect(src, name, backend: _Backend, n, batch_size, seed, info: ShardInfo, real: bool) -> FIDStats:
+def _check_size(size, other: Optional[FIDStats], fx: FeatureExtractor, name: str) -> None:
+    """Before extracting: a non-resizing extractor needs gen and ref at one image size."""
+    theirs = other.protocol.get("image_size") if other is not None else None
+    if not fx.resizes and theirs and list(size) != list(theirs):
+        raise ValueError(f"{name} images are {size[0]}x{size[1]} but ref images are {theirs[0]}x{theirs[1]} (HxW), "
+                         f"and the feature extractor {fx.name!r} does not resize: bring both sets to one size")
+
+
+def _collect(src, name, backend: _Backend, n, batch_size, seed, info: ShardInfo, real: bool,
+             other: Optional[FIDStats] = None) -> FIDStats:
     kind, src = _source_kind(src, name)
     backend.begin_side(real)
     if kind == "stats":
@@ -543,6 +541,7 @@ def _collect(src, name, backend: _Backend, n, batch_size, seed, info: ShardInfo,
         folder = scan_folder(src, n, name)
         n = len(folder)
         proto.update(image_size=list(folder.size), channels=folder.channels, folder=str(folder.root))
+        _check_size(folder.size, other, fx, name)
         feats = run_sharded(n, lambda lo, hi: backend.folder_block(list(folder.files[lo:hi]), desc, show), info)
     else:
         if kind == "tensor":
@@ -556,6 +555,7 @@ def _collect(src, name, backend: _Backend, n, batch_size, seed, info: ShardInfo,
                 raise ValueError(f"{name}: n={n} but only {avail} images were given")
             n = avail if n is None else n
             proto.update(image_size=list(src.shape[2:]), channels=int(src.shape[1]))
+            _check_size(src.shape[2:], other, fx, name)
         elif kind == "model":
             if n is None:
                 raise ValueError(f"{name}: n (the number of samples to draw) is required for a model")
@@ -573,6 +573,8 @@ def _collect(src, name, backend: _Backend, n, batch_size, seed, info: ShardInfo,
             it = _iter_blocks(kind, src, n, lo, hi, batch_size, name, seed)
             for x in _progress(it, show, desc):
                 x = quantize_images(x, fx.levels, name)
+                if "chw" not in shape:
+                    _check_size(x.shape[2:], other, fx, name)
                 if shape.setdefault("chw", tuple(x.shape[1:])) != tuple(x.shape[1:]):
                     raise ValueError(f"{name}: mismatched image shapes: {shape['chw']} then {tuple(x.shape[1:])} "
                                      "(C, H, W)")
@@ -593,10 +595,6 @@ def _check_protocols(g: FIDStats, r: FIDStats, fx: FeatureExtractor) -> list[str
     if g.dim != r.dim:
         raise ValueError(f"gen and ref features differ in dimension ({g.dim} vs {r.dim}): they were not made by "
                          "the same feature extractor")
-    gi, ri = g.protocol.get("image_size"), r.protocol.get("image_size")
-    if fx.input_size is None and gi and ri and list(gi) != list(ri):
-        raise ValueError(f"gen images are {gi[0]}x{gi[1]} but ref images are {ri[0]}x{ri[1]} (HxW), and the "
-                         f"feature extractor {fx.name!r} does not resize: bring both sets to one size")
     diff = [k for k in _PROTOCOL_KEYS if k in g.protocol and k in r.protocol and g.protocol[k] != r.protocol[k]
             and k != "image_size"]
     if diff:
@@ -612,7 +610,7 @@ def _check_protocols(g: FIDStats, r: FIDStats, fx: FeatureExtractor) -> list[str
 
 
 def _setup(backend, features, gen, ref, inception_weights, antialias, device, batch_size, progress):
-    if backend not in BACKENDS:
+    if backend is not None and backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -621,59 +619,73 @@ def _setup(backend, features, gen, ref, inception_weights, antialias, device, ba
         for side, name in ((ref, "ref"), (gen, "gen")):
             if isinstance(side, (str, os.PathLike, FIDStats)):
                 kind, st = _source_kind(side, name)
-                if kind == "stats" and st.protocol.get("feature_extractor") == "digits":
+                if kind == "stats" and (st.protocol.get("feature_extractor") == "digits"
+                                        or str(st.protocol.get("protocol", "")).startswith("fid-digits")):
                     features = "digits"
+    if backend is None:
+        backend = "clean-fid" if isinstance(features, str) and features == "inception" else "diffkit"
     fx = get_feature_extractor(features, backend, inception_weights=inception_weights, antialias=antialias)
     info = shard_info()
     dev = torch.device(device) if device is not None else info.device
     return _BACKEND_CLASSES[backend](fx, dev, batch_size, progress), info
 
 
-def compute_stats(source, backend: str = "diffkit", features=None, n: Optional[int] = None, batch_size: int = 64,
-                  seed: int = 0, inception_weights=None, antialias: bool = True, device=None,
+def compute_stats(source, backend: Optional[str] = None, features=None, n: Optional[int] = None,
+                  batch_size: int = 64, seed: int = 0, inception_weights=None, antialias: bool = True, device=None,
                   progress: bool = False) -> FIDStats:
     """Statistics (and features) of one image set, e.g. to cache a reference with :func:`save_stats`."""
     be, info = _setup(backend, features, source, None, inception_weights, antialias, device, batch_size, progress)
     st = _collect(source, "source", be, n, batch_size, seed, info, real=True)
-    st.protocol.setdefault("backend", backend)
+    st.protocol.setdefault("backend", be.name)
     return st
 
 
-def _evaluate(metric, gen, ref, backend, features, n, n_ref, batch_size, seed, inception_weights, antialias,
-              device, progress, kid_kwargs):
+def evaluate(gen, ref, metrics=("fid",), backend: Optional[str] = None, features=None, n: Optional[int] = None,
+             n_ref: Optional[int] = None, batch_size: int = 64, seed: int = 0, inception_weights=None,
+             antialias: bool = True, device=None, progress: bool = False, num_subsets: int = 100,
+             subset_size: int = 1000):
+    """FID and/or KID from one feature pass: ``(results, gen_stats, ref_stats)``."""
+    bad = [m for m in metrics if m not in ("fid", "kid")]
+    if bad or not metrics:
+        raise ValueError(f"metrics must be a non-empty subset of ('fid', 'kid'), got {metrics!r}")
     be, info = _setup(backend, features, gen, ref, inception_weights, antialias, device, batch_size, progress)
     r = _collect(ref, "ref", be, n_ref, batch_size, seed, info, real=True)
-    g = _collect(gen, "gen", be, n, batch_size, seed, info, real=False)
+    g = _collect(gen, "gen", be, n, batch_size, seed, info, real=False, other=r)
     notes = _check_protocols(g, r, be.fx)
-    if metric == "fid":
-        value, std = be.frechet(g, r), None
-    else:
-        if g.features is None or r.features is None:
-            side = "gen" if g.features is None else "ref"
-            raise ValueError(f"KID needs features, and the {side} statistics carry none (save them with "
-                             "include_features=True / --with-features)")
-        value, std = kid_from_features(g.features, r.features, seed=seed, **kid_kwargs)
-    return FIDResult(metric, float(value), g.n, r.n, backend, be.mode, be.fx.name, g.dim, std, library_versions(),
-                     {k: v for k, v in g.protocol.items()}, dict(r.protocol), notes)
+    results = []
+    for metric in metrics:
+        if metric == "fid":
+            value, std = be.frechet(g, r), None
+        else:
+            if g.features is None or r.features is None:
+                side = "gen" if g.features is None else "ref"
+                raise ValueError(f"KID needs features, and the {side} statistics carry none (save them with "
+                                 "include_features=True / --with-features)")
+            value, std = kid_from_features(g.features, r.features, num_subsets=num_subsets, subset_size=subset_size,
+                                           seed=seed)
+        results.append(FIDResult(metric, float(value), g.n, r.n, be.name, be.mode, be.fx.name, g.dim, std,
+                                 library_versions(), dict(g.protocol), dict(r.protocol), list(notes)))
+    return results, g, r
 
 
-def compute_fid(gen, ref, backend: str = "diffkit", features=None, n: Optional[int] = None,
+def compute_fid(gen, ref, backend: Optional[str] = None, features=None, n: Optional[int] = None,
                 n_ref: Optional[int] = None, batch_size: int = 64, seed: int = 0, inception_weights=None,
                 antialias: bool = True, device=None, progress: bool = False) -> FIDResult:
     """Fréchet distance between the feature Gaussians of ``gen`` and ``ref``.
 
-    ``features``: an ``nn.Module``, ``"digits"``, ``"inception"`` (needs ``inception_weights``,
-    see :mod:`diffkit.metrics.features`) or ``"package.module:factory"``; by default
-    ``"digits"`` when a cached side was made with it, else ``"inception"``. ``n``/``n_ref``:
-    how many images to use (all by default; required for a model). ``seed``: model noise.
-    Under ``accelerate launch`` the work is split across processes and every process
-    returns the same result.
+    ``backend``: ``"clean-fid"``, ``"torchmetrics"`` or ``"diffkit"`` (default: clean-fid for
+    Inception, diffkit otherwise). ``features``: an ``nn.Module``, ``"digits"``,
+    ``"inception"`` (needs ``inception_weights``, see :mod:`diffkit.metrics.features`) or
+    ``"package.module:factory"``; by default ``"digits"`` when a cached side was made with it,
+    else ``"inception"``. ``n``/``n_ref``: how many images to use (all by default; required
+    for a model). ``seed``: model noise. Under ``accelerate launch`` the work is split across
+    processes and every process returns the same result.
     """
-    return _evaluate("fid", gen, ref, backend, features, n, n_ref, batch_size, seed, inception_weights, antialias,
-                     device, progress, {})
+    return evaluate(gen, ref, ("fid",), backend, features, n, n_ref, batch_size, seed, inception_weights, antialias,
+                    device, progress)[0][0]
 
 
-def compute_kid(gen, ref, backend: str = "diffkit", features=None, n: Optional[int] = None,
+def compute_kid(gen, ref, backend: Optional[str] = None, features=None, n: Optional[int] = None,
                 n_ref: Optional[int] = None, batch_size: int = 64, seed: int = 0, inception_weights=None,
                 antialias: bool = True, device=None, progress: bool = False, num_subsets: int = 100,
                 subset_size: int = 1000) -> FIDResult:
@@ -682,5 +694,5 @@ def compute_kid(gen, ref, backend: str = "diffkit", features=None, n: Optional[i
     Same inputs as :func:`compute_fid`; cached statistics must carry features. ``seed`` also
     draws the subsets; ``std`` is the spread over ``num_subsets`` subsets of ``subset_size``.
     """
-    return _evaluate("kid", gen, ref, backend, features, n, n_ref, batch_size, seed, inception_weights, antialias,
-                     device, progress, {"num_subsets": num_subsets, "subset_size": subset_size})
+    return evaluate(gen, ref, ("kid",), backend, features, n, n_ref, batch_size, seed, inception_weights, antialias,
+                    device, progress, num_subsets, subset_size)[0][0]

@@ -16,7 +16,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["IMAGE_EXTENSIONS", "FolderInfo", "list_images", "scan_folder", "load_images", "save_image_folder"]
+__all__ = ["IMAGE_EXTENSIONS", "FolderInfo", "list_images", "scan_folder", "load_images", "quantize_images",
+           "save_image_folder"]
 
 #: file suffixes read as images (clean-fid's image set, minus .npy)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
@@ -90,19 +91,47 @@ def load_images(files: Sequence, channels: int | None = None) -> torch.Tensor:
         with Image.open(f) as im:
             a = np.asarray(im)
         arrs.append(a[:, :, None] if a.ndim == 2 else a)
-    x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
+    # a real NCHW copy: a permuted view of a 1-channel batch also passes as channels-last,
+    # which sends convolutions down another (numerically different) kernel
+    x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"expected {channels}-channel images, read {x.shape[1]} channels")
     return x
 
 
-def save_image_folder(images: torch.Tensor, folder, start_index: int = 0, prefix: str = "") -> list[str]:
-    """Write images ([-1, 1] float or uint8, NCHW) as lossless PNGs named by global index."""
-    from ..images import save_png_atomic, to_uint8
+def quantize_images(images: torch.Tensor, levels: int = 256, name: str = "images") -> torch.Tensor:
+    """[-1, 1] float or uint8 NCHW -> float values in [0, 255] on a ``levels``-level grid.
 
+    ``levels=256`` is exactly :func:`diffkit.images.to_uint8` (what saving a PNG does).
+    """
     if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"images: expected (N, C, H, W) with C in (1, 3), got shape {tuple(images.shape)}")
-    arr = images.permute(0, 2, 3, 1).cpu().numpy() if images.dtype == torch.uint8 else to_uint8(images)
+        raise ValueError(f"{name}: expected (N, C, H, W) with C in (1, 3), got shape {tuple(images.shape)}")
+    q = levels - 1
+    if images.dtype == torch.uint8:
+        x = images.float()
+        return x if levels == 256 else torch.round(x * (q / 255.0)) * (255.0 / q)
+    if not images.is_floating_point():
+        raise ValueError(f"{name}: expected float images in [-1, 1] or uint8 in [0, 255], got dtype {images.dtype}")
+    x = images.detach().float()
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name}: images contain NaN or inf")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1.5 or hi > 1.5:
+        raise ValueError(f"{name}: float images must be in [-1, 1] (values outside are clamped), got range "
+                         f"[{lo:.3g}, {hi:.3g}]; pass uint8 tensors for [0, 255] data")
+    k = torch.round((x.clamp(-1, 1) + 1) * (q / 2.0))
+    return k if levels == 256 else k * (255.0 / q)
+
+
+def save_image_folder(images: torch.Tensor, folder, start_index: int = 0, levels: int = 256, prefix: str = "") -> list[str]:
+    """Write images ([-1, 1] float or uint8, NCHW) as lossless PNGs named by global index.
+
+    ``levels`` < 256 snaps to that grey-level grid first (17 for FID-digits), so reading
+    the PNGs back and re-quantising gives exactly the same images.
+    """
+    from ..images import save_png_atomic
+
+    arr = quantize_images(images, levels, "images").round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     os.makedirs(folder, exist_ok=True)
     width = max(6, len(str(start_index + len(arr))))
     out = []

@@ -68,7 +68,8 @@ def run_sharded(n: int, compute_block: Callable[[int, int], np.ndarray], info: S
     if info.world > n:
         raise ValueError(f"n={n} is smaller than the number of processes ({info.world})")
     lo, hi = shard_range(n, info.rank, info.world)
-    local = np.asarray(compute_block(lo, hi), dtype=np.float32)
+    local = np.asarray(compute_block(lo, hi))
+    local = local.astype(np.float64 if local.dtype == np.float64 else np.float32, copy=False)
     if local.ndim != 2 or local.shape[0] != hi - lo:
         raise RuntimeError(f"a shard returned features of shape {local.shape}, expected ({hi - lo}, d)")
     if info.world == 1:
@@ -79,7 +80,7 @@ def run_sharded(n: int, compute_block: Callable[[int, int], np.ndarray], info: S
     dims = gather(torch.tensor([local.shape[1]], device=info.device)).cpu()
     if not bool((dims == dims[0]).all()):
         raise RuntimeError(f"processes produced features of different widths: {dims.tolist()}")
-    pad = torch.zeros(width, local.shape[1], dtype=torch.float32, device=info.device)
+    pad = torch.zeros(width, local.shape[1], dtype=torch.from_numpy(local).dtype, device=info.device)
     pad[: local.shape[0]] = torch.from_numpy(local).to(info.device)
     allf = gather(pad).cpu().numpy().reshape(info.world, width, -1)
     return np.concatenate([allf[r, : shard_range(n, r, info.world)[1] - shard_range(n, r, info.world)[0]]

@@ -204,9 +204,10 @@ class RADDTransformer(ModelMixin, ConfigMixin):
 
 
 def tiny_radd_transformer(vocab_size: int = 64, hidden_size: int = 32, n_heads: int = 2, n_blocks: int = 2,
-                          length: int = 64, seed: int = 0, output_scale: float = 1.0) -> RADDTransformer:
+                          length: int = 64, seed: int = 0, logit_scale: float = 2.0) -> RADDTransformer:
     """A tiny random RADD (tests, examples, benchmarks). The output layer, zero at the official
-    init, is randomised so that the conditionals are not uniform."""
+    init, is randomised (logits of standard deviation ≈ ``logit_scale``) so that the
+    conditionals are neither uniform nor one-hot."""
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -214,7 +215,7 @@ def tiny_radd_transformer(vocab_size: int = 64, hidden_size: int = 32, n_heads: 
                                 dropout=0.0, length=length)
     with torch.no_grad():
         w = model.output_layer.linear.weight
-        w.copy_(torch.randn(w.shape, generator=g) * output_scale)
+        w.copy_(torch.randn(w.shape, generator=g) * (logit_scale / math.sqrt(2 * hidden_size)))
     return model.eval()
 
 

@@ -120,10 +120,14 @@ def gpt2_tokenizer(name: str = "gpt2"):
     try:
         from transformers import GPT2TokenizerFast
 
-        return _HFTokenizer(GPT2TokenizerFast.from_pretrained(name, local_files_only=True), name)
+        tok = GPT2TokenizerFast.from_pretrained(name, local_files_only=True)
+        # transformers 5 returns an empty tokenizer instead of failing when the files are absent
+        if len(tok) < 50257:
+            raise OSError(f"only {len(tok)} tokens found")
+        return _HFTokenizer(tok, name)
     except Exception as e:  # noqa: BLE001 -- any failure means "not available locally"
         raise FileNotFoundError(
-            f"GPT-2 tokenizer {name!r} is not available locally ({type(e).__name__}); put it in the Hugging Face "
+            f"GPT-2 tokenizer {name!r} is not available locally ({type(e).__name__}: {e}); put it in the Hugging Face "
             "cache (e.g. `huggingface-cli download gpt2 tokenizer.json vocab.json merges.txt` on a machine with "
             "network) or pass a folder with a diffkit tokenizer") from None
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 PIPELINES = {
     "ClassConditionalPipeline": "diffkit.pipelines.class_conditional:ClassConditionalPipeline",
+    "DiscreteDiffusionPipeline": "diffkit.pipelines.discrete:DiscreteDiffusionPipeline",
+    "OneStepPipeline": "diffkit.pipelines.one_step:OneStepPipeline",
 }
 
 

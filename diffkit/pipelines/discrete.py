@@ -28,7 +28,7 @@ from diffusers.utils import BaseOutput
 
 from ..seeding import sample_generator
 
-__all__ = ["DiscreteDiffusionPipeline", "TextDiffusionOutput"]
+__all__ = ["DiscreteDiffusionPipeline", "TextDiffusionOutput", "load_text_pipeline"]
 
 ORDERS = ("forward", "backward", "random")
 
@@ -165,11 +165,12 @@ class DiscreteDiffusionPipeline(DiffusionPipeline):
         pre = _as_id_lists(prompt, batch_size, "prompt", self.tokenizer)
         suf = _as_id_lists(suffix, batch_size, "suffix", self.tokenizer)
         n_rows = {len(r) for r in (pre, suf) if r is not None}
-        if len(n_rows) > 1:
+        B = max(n_rows) if n_rows else (batch_size or 1)
+        if n_rows - {1, B}:
             raise ValueError(f"prompt and suffix have different numbers of rows: {sorted(n_rows)}")
-        B = n_rows.pop() if n_rows else (batch_size or 1)
         if batch_size is not None and B != batch_size:
             raise ValueError(f"batch_size={batch_size} but {B} prompts were given")
+        pre, suf = [r * B if r is not None and len(r) == 1 else r for r in (pre, suf)]
         x = torch.full((B, seq_len), mask_id, dtype=torch.long)
         for b in range(B):
             p = pre[b] if pre else []
@@ -262,22 +263,28 @@ class DiscreteDiffusionPipeline(DiffusionPipeline):
         gens = generator if generator is not None else [sample_generator(seed, b, "radd") for b in range(B)]
         num_generated = (x == mask_id).sum(1)
 
-        ranks = None
-        if order is not None:
-            ranks = self._order_ranks(x, order, gens).to(device)
-            num_inference_steps = max(int(num_generated.max()), 1)
         x = x.to(device)
-        sched.set_timesteps(num_inference_steps, device=device)
+        if order is not None:  # any-order AR: position by position, one per step
+            reveal = self._order_ranks(x.cpu(), order, gens).to(device)
+            num_inference_steps = max(int(num_generated.max()), 1)
+            sched.set_timesteps(num_inference_steps, device=device)
+        else:  # stage 1 of the two-stage draw, for all steps at once
+            sched.set_timesteps(num_inference_steps, device=device)
+            reveal = sched.reveal_steps(x, gens)
+        n = sched.num_inference_steps
         time_cond = bool(getattr(self.transformer, "time_conditioned", False))
         cache_rows = use_cache and not time_cond
+        counts = torch.bincount(reveal[reveal >= 0].cpu(), minlength=n).tolist()
+        # With the cache only steps that reveal something are visited: the others change nothing
+        # and need no call. Without it every step runs the network (the baseline's cost).
+        loop = [i for i, c in enumerate(counts) if c] if cache_rows else range(n)
 
         fwd = torch.zeros(B, dtype=torch.long, device=device)
         changes = torch.zeros(B, dtype=torch.long, device=device)
-        need = torch.ones(B, dtype=torch.bool, device=device)
-        cache, calls, remaining = None, 0, int(num_generated.sum())
-        filt = dict(temperature=temperature, top_k=top_k, top_p=top_p)
-        steps = self.progress_bar(range(sched.num_inference_steps)) if progress else range(sched.num_inference_steps)
-        for i in steps:
+        need = torch.ones(B, dtype=torch.bool, device=device)  # rows changed since their last evaluation
+        cache, calls = None, 0
+        kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, final_step=None if order is None else False)
+        for i in (self.progress_bar(loop) if progress else loop):
             if not cache_rows:
                 tn = None
                 if time_cond:
@@ -285,7 +292,9 @@ class DiscreteDiffusionPipeline(DiffusionPipeline):
                 cache = self._forward(x, forward_batch_size, tn)
                 fwd += 1
                 calls += 1
-            else:
+                if not counts[i]:
+                    continue
+            else:  # RADD's cache: re-run only the rows that changed, as a dynamic sub-batch
                 idx = need.nonzero().squeeze(1)
                 k = idx.numel()
                 if k == B:
@@ -295,14 +304,9 @@ class DiscreteDiffusionPipeline(DiffusionPipeline):
                 if k:
                     fwd[idx] += 1
                     calls += 1
-            unmask = None if ranks is None else ranks == i
-            res = sched.step(cache, i, x, generator=gens, unmask=unmask, return_dict=False, **filt)
-            x, revealed, need = res[0], res[4], res[5]
+            res = sched.step(cache, i, x, generator=gens, unmask=reveal == i, return_dict=False, **kw)
+            x, need = res[0], res[5]
             changes += need
-            if cache_rows:
-                remaining -= int(revealed.sum())
-                if remaining == 0:  # nothing left to reveal: no call can be needed any more
-                    break
         if (x == mask_id).any():  # the final step reveals every mask; this guards the contract
             raise RuntimeError("internal error: a mask token survived the final step")
 
@@ -314,3 +318,53 @@ class DiscreteDiffusionPipeline(DiffusionPipeline):
                                   num_generated=num_generated, forward_calls=calls,
                                   num_steps=sched.num_inference_steps)
         return out if return_dict else (x, texts)
+
+
+def _default_tokenizer(folder: Optional[Path], vocab_size: int):
+    from ..models.tokenizers import TOKENIZER_FILE, ByteTokenizer, gpt2_tokenizer, load_tokenizer
+
+    for cand in ([folder, folder / "tokenizer"] if folder is not None else []):
+        if (cand / TOKENIZER_FILE).is_file():
+            return load_tokenizer(cand, vocab_size)
+    if vocab_size == 50257:
+        return gpt2_tokenizer()  # RADD / SEDD / MDLM checkpoints use GPT-2's tokens
+    if vocab_size == 256:
+        return ByteTokenizer()
+    return None
+
+
+def load_text_pipeline(model, tokenizer=None, **scheduler_kwargs) -> DiscreteDiffusionPipeline:
+    """A text pipeline from: a diffkit pipeline folder (model_index.json), an official RADD
+    checkpoint folder (nested config.json + model.safetensors), a RADDTransformer folder, or
+    ``"tiny"`` (a random 256-token byte model, for smoke tests). ``tokenizer``: a tokenizer object
+    or spec (``"byte"``, ``"gpt2"``, ``"char:<alphabet>"``, folder); by default the folder's own,
+    else GPT-2's for 50,257 tokens (local cache only), bytes for 256, none otherwise (ids only)."""
+    from ..models.radd import RADDTransformer, tiny_radd_transformer
+    from ..models.tokenizers import ByteTokenizer, load_tokenizer
+
+    folder = None
+    if str(model) == "tiny":
+        transformer, tok = tiny_radd_transformer(vocab_size=256, hidden_size=64, n_heads=4, length=64), ByteTokenizer()
+    else:
+        folder = Path(model)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"model folder {folder} not found (expected a diffkit pipeline folder, an official "
+                                    "RADD checkpoint folder, a RADDTransformer folder, or 'tiny')")
+        if (folder / "model_index.json").is_file():
+            pipe = DiscreteDiffusionPipeline.from_pretrained(str(folder))
+            if scheduler_kwargs:
+                pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **scheduler_kwargs)
+            if tokenizer is not None:
+                pipe.tokenizer = load_tokenizer(tokenizer, pipe.vocab_size)
+            return pipe
+        transformer = RADDTransformer.from_pretrained(str(folder))
+        tok = None
+    V = int(transformer.config.vocab_size)
+    if tokenizer is not None:
+        tok = load_tokenizer(tokenizer, V)
+    elif tok is None:
+        try:
+            tok = _default_tokenizer(folder, V)
+        except FileNotFoundError:
+            tok = None  # e.g. GPT-2 not cached locally: sample ids only
+    return DiscreteDiffusionPipeline.from_model(transformer.eval(), tok, **scheduler_kwargs)

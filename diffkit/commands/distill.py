@@ -1,0 +1,135 @@
+"""diffkit distill: DisBack one-step distillation of a teacher folder (resumable).
+
+``diffkit distill --teacher assets/digits-unet --mode disback --output DIR`` records the
+Stage-1 path into ``<run-dir>/stage1`` (modes disback / warm-critic), trains the generator
+(Stage 2) with checkpoints in ``<run-dir>/checkpoints`` and exports the EMA generator to
+``DIR`` as a ``OneStepPipeline`` (``diffkit sample --model DIR`` then uses 1 evaluation).
+``--resume`` continues a killed run exactly; ``--stage1-dir`` reuses a recorded path (e.g.
+one shared by the warm-critic and disback arms of an experiment); ``--stage 1`` only
+records the path. Multi-process: ``accelerate launch [--cpu] --num_processes P -m
+diffkit.cli distill ...`` or torchrun (add ``--cpu`` on GPU-less machines).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+
+NAME = "distill"
+HELP = "DisBack one-step distillation of a teacher (--teacher DIR --mode disback|vanilla|warm-critic --output DIR)"
+
+
+def add_arguments(p):
+    from diffkit.distill.disback import MODES, SPACINGS, DisBackConfig
+    from diffkit.distill.losses import WEIGHTINGS
+
+    d = DisBackConfig()
+    p.add_argument("--teacher", required=True, help="teacher pipeline folder or asset name (e.g. assets/digits-unet)")
+    p.add_argument("--output", required=True, help="folder for the exported one-step generator (OneStepPipeline)")
+    p.add_argument("--mode", choices=MODES, default=d.mode,
+                   help="disback: path targets; vanilla: fake from teacher, target teacher; warm-critic: fake from the "
+                        "last Stage-1 node, target teacher (default %(default)s)")
+    p.add_argument("--run-dir", default=None, help="checkpoints, logs, samples (default runs/<output name>)")
+    p.add_argument("--stage1-dir", default=None,
+                   help="use this recorded Stage-1 path (must exist) instead of recording <run-dir>/stage1")
+    p.add_argument("--stage", choices=("1", "2", "all"), default="all",
+                   help="1: only record the Stage-1 path; 2: only Stage 2 (the path must exist); all (default)")
+    p.add_argument("--resume", nargs="?", const="latest", default=None,
+                   help="continue from the latest checkpoint in --run-dir (or the given checkpoint folder)")
+    p.add_argument("--max-steps", type=int, default=d.max_steps, help="Stage-2 generator steps (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (default %(default)s)")
+    p.add_argument("--stage1-steps", type=int, default=d.stage1_steps, help="K1 (default %(default)s)")
+    p.add_argument("--path-nodes", type=int, default=d.path_nodes, help="N stored nodes (default %(default)s)")
+    p.add_argument("--path-spacing", choices=SPACINGS, default=d.path_spacing,
+                   help="even steps, or equal steps of DSM-loss progress on a fixed G⁰ batch (default %(default)s)")
+    p.add_argument("--progress-candidates", type=int, default=d.progress_candidates,
+                   help="snapshots per node to choose from with --path-spacing progress (default %(default)s)")
+    p.add_argument("--stage1-eval-samples", type=int, default=d.stage1_eval_samples,
+                   help="G⁰ samples of the Stage-1 DSM-loss measurement (default %(default)s)")
+    p.add_argument("--steps-per-node", type=int, default=d.steps_per_node,
+                   help="K2: generator steps per target node (default %(default)s)")
+    p.add_argument("--fake-updates", type=int, default=d.fake_updates,
+                   help="fake-score updates per generator step (default %(default)s; DMD2 uses 5)")
+    p.add_argument("--lr-generator", type=float, default=d.lr_generator)
+    p.add_argument("--lr-fake", type=float, default=d.lr_fake, help="fake score and Stage 1 (default %(default)s)")
+    p.add_argument("--betas", default=",".join(str(b) for b in d.betas), help="Adam betas (default %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="0 disables (default %(default)s)")
+    p.add_argument("--ema-decay", type=float, default=d.ema_decay)
+    p.add_argument("--weighting", choices=WEIGHTINGS, default=d.weighting)
+    p.add_argument("--target-guidance", type=float, default=d.target_guidance)
+    p.add_argument("--label-dropout", type=float, default=d.label_dropout)
+    p.add_argument("--t-range", default=f"{d.t_range[0]},{d.t_range[1]}", help="lo,hi timesteps (default %(default)s)")
+    p.add_argument("--generator-timestep", type=int, default=None, help="default: the top trained timestep")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
+    p.add_argument("--sample-every", type=int, default=d.sample_every, help="sample grids (0: only at the end)")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="FID-digits of the EMA generator every N steps (0: none; needs assets/digits-features)")
+    p.add_argument("--eval-n", type=int, default=1000, help="images per FID-digits evaluation (default %(default)s)")
+    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    p.add_argument("--cpu", action="store_true", help="force the CPU (gloo for several processes)")
+    p.add_argument("--no-verify-teacher", action="store_true",
+                   help="skip the check that the teacher's outputs match its prediction_type")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _pair(text: str, name: str, cast):
+    try:
+        a, b = (cast(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"{name}: expected two comma-separated numbers, got {text!r}") from None
+    return a, b
+
+
+def config_from_args(args):
+    from diffkit.distill.disback import DisBackConfig
+
+    return DisBackConfig(
+        mode=args.mode, max_steps=args.max_steps, batch_size=args.batch_size, stage1_steps=args.stage1_steps,
+        path_nodes=args.path_nodes, path_spacing=args.path_spacing, progress_candidates=args.progress_candidates,
+        stage1_eval_samples=args.stage1_eval_samples, steps_per_node=args.steps_per_node,
+        fake_updates=args.fake_updates, lr_generator=args.lr_generator, lr_fake=args.lr_fake,
+        betas=_pair(args.betas, "--betas", float), weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+        grad_clip=args.grad_clip, ema_decay=args.ema_decay, weighting=args.weighting,
+        target_guidance=args.target_guidance, label_dropout=args.label_dropout,
+        t_range=_pair(args.t_range, "--t-range", int), generator_timestep=args.generator_timestep, seed=args.seed,
+        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+        sample_every=args.sample_every, eval_every=args.eval_every, mixed_precision=args.mixed_precision,
+        verify_teacher=not args.no_verify_teacher, progress=not args.no_progress)
+
+
+def run(args):
+    from diffkit.distill.disback import DisBackTrainer, fid_digits_evaluator
+    from diffkit.pipelines import load_pipeline
+
+    command = "diffkit distill " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else None
+    cfg = config_from_args(args)
+    pipe = load_pipeline(args.teacher)
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.output).name
+    if args.stage == "2" and cfg.needs_path and not args.stage1_dir:
+        args.stage1_dir = str(run_dir / "stage1")  # must already exist
+    evaluator = fid_digits_evaluator(n=args.eval_n) if args.eval_every else None
+    trainer = DisBackTrainer(pipe.unet, pipe.scheduler.config, cfg, run_dir, stage1_dir=args.stage1_dir,
+                             evaluator=evaluator, cpu=True if args.cpu else None)
+    t0 = time.perf_counter()
+    if args.stage == "1":
+        if not cfg.needs_path:
+            raise ValueError("--stage 1 records the path of modes disback/warm-critic; --mode vanilla has none")
+        m = trainer.run_stage1()
+        print(f"Stage 1: {m.num_nodes} nodes at steps {[n['step'] for n in m.nodes[1:]]}, "
+              f"{m.disk_bytes / 2**20:.1f} MiB in {m.directory}")
+        return 0
+    trainer.fit(resume=args.resume if args.resume else False)
+    if trainer.accelerator.is_main_process:
+        trainer.export(args.output, {"command": command, "teacher": str(args.teacher), "run_dir": str(run_dir)})
+        last = trainer.log[-1] if trainer.log else {}
+        print(f"distilled {trainer.step} generator steps ({cfg.mode}; fake loss {last.get('loss_fake', float('nan')):.4f}, "
+              f"mismatch {last.get('mismatch', float('nan')):.4f}; {time.perf_counter() - t0:.0f} s this session); "
+              f"wrote {args.output}; checkpoints in {run_dir}")
+    trainer.accelerator.wait_for_everyone()
+    return 0

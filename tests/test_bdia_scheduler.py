@@ -1,0 +1,318 @@
+"""BDIADDIMScheduler: DDIM bit for bit at γ = 0, the diffusers scheduler contract at γ = 0.5,
+BDIA semantics (first step, neighbours, float64 shadow, inverse_step), errors, and pipelines."""
+
+import inspect
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler
+
+from diffkit.samplers.bdia import bdia_step, ddim_map
+from diffkit.samplers.bdia_ddim import (BDIADDIMScheduler, ExactnessWarning, FiniteWatch, NonFiniteOutputError)
+
+SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+          set_alpha_to_one=False, steps_offset=1)
+
+
+def model(sample, t):
+    """A deterministic, nonlinear stand-in for a network (casts its input like a real one would)."""
+    x = sample.float()
+    t = float(t)
+    return (torch.tanh(x * (t + 1) / 700) * 0.7 + 0.05 * x).to(sample.dtype)
+
+
+def sample_(seed=0, dtype=torch.float32, shape=(2, 3, 8, 8)):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def loop(scheduler, x, steps=10, **kw):
+    scheduler.set_timesteps(steps)
+    gen = torch.Generator().manual_seed(7)
+    for t in scheduler.timesteps:
+        x = scheduler.step(model(x, t), t, x, generator=gen, **kw).prev_sample
+    return x
+
+
+# ---------------------------------------------------------------------- γ = 0: DDIM exactly
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("clip_sample", [False, True])
+def test_gamma_zero_is_ddim_bit_for_bit(spacing, prediction_type, clip_sample):
+    cfg = dict(SD, timestep_spacing=spacing, prediction_type=prediction_type, clip_sample=clip_sample)
+    for eta in (0.0, 0.5, 1.0):
+        a = loop(BDIADDIMScheduler(**cfg, gamma=0.0), sample_(), eta=eta)
+        b = loop(DDIMScheduler(**cfg), sample_(), eta=eta)
+        assert torch.equal(a, b), (spacing, prediction_type, clip_sample, eta)
+
+
+def test_gamma_zero_is_ddim_off_grid_thresholding_dtypes_and_outputs():
+    cfg = dict(beta_schedule="linear", thresholding=True, sample_max_value=2.0, prediction_type="v_prediction")
+    for t in (1, 10, 49, 999):  # off-grid timesteps, as diffusers' own tests use
+        s, d = BDIADDIMScheduler(**cfg, gamma=0), DDIMScheduler(**cfg)
+        s.set_timesteps(50), d.set_timesteps(50)
+        x = sample_(1)
+        a, b = s.step(model(x, t), t, x, 0.5, True, variance_noise=x * 0.1), d.step(model(x, t), t, x, 0.5, True,
+                                                                                    variance_noise=x * 0.1)
+        assert torch.equal(a.prev_sample, b.prev_sample) and torch.equal(a.pred_original_sample, b.pred_original_sample)
+    for dtype in (torch.bfloat16, torch.float64):
+        assert torch.equal(loop(BDIADDIMScheduler(**SD, gamma=0), sample_(2, dtype)),
+                           loop(DDIMScheduler(**SD), sample_(2, dtype)))
+
+
+# ---------------------------------------------------------------------- diffusers' common checks at γ = 0.5
+def test_config_save_load_round_trip_and_step(tmp_path):
+    s = BDIADDIMScheduler(**SD, gamma=0.5)
+    s.save_config(tmp_path)
+    saved = json.loads((tmp_path / "scheduler_config.json").read_text())
+    assert saved["_class_name"] == "BDIADDIMScheduler" and saved["gamma"] == 0.5
+    t = BDIADDIMScheduler.from_pretrained(tmp_path)
+    cfg = dict(s.config)
+    cfg.pop("_use_default_values", None)
+    assert dict(t.config) == cfg
+    assert torch.equal(loop(s, sample_()), loop(t, sample_()))
+
+
+def test_from_config_swaps_with_ddim_both_ways():
+    s = BDIADDIMScheduler(**SD, gamma=0.5)
+    d = DDIMScheduler.from_config(s.config)  # gamma travels as a hidden config key
+    assert {k: v for k, v in d.config.items() if k in inspect.signature(DDIMScheduler).parameters} == \
+        {k: v for k, v in s.config.items() if k in inspect.signature(DDIMScheduler).parameters}
+    back = BDIADDIMScheduler.from_config(d.config)
+    assert back.config.gamma == 0.5 and back.config.steps_offset == 1
+    # from a plain DDIM config: defaults plus the override; and every diffusers compatible builds from ours
+    fresh = BDIADDIMScheduler.from_config(DDIMScheduler(**SD).config, gamma=0.94)
+    assert fresh.config.gamma == 0.94 and fresh.config.beta_schedule == "scaled_linear"
+    # diffusers' schedulers build from our config (gamma is ignored with diffusers' usual warning)
+    for cls in (EulerDiscreteScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler):
+        other = cls.from_config(s.config)
+        assert isinstance(other, cls) and other.config.beta_schedule == "scaled_linear"
+        assert BDIADDIMScheduler.from_config(other.config).config.gamma == 0.5
+
+
+def test_tuple_and_dict_outputs_agree_and_shapes():
+    outs = []
+    for return_dict in (True, False):
+        s = BDIADDIMScheduler(**SD, gamma=0.5)
+        s.set_timesteps(10)
+        x = sample_()
+        for t in s.timesteps[:3]:
+            o = s.step(model(x, t), t, x, return_dict=return_dict)
+            x = o.prev_sample if return_dict else o[0]
+        outs.append((o.prev_sample, o.pred_original_sample) if return_dict else o)
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    assert outs[0][0].shape == outs[0][1].shape == sample_().shape
+
+
+def test_public_api_trained_betas_and_deprecated_kwargs(tmp_path):
+    s = BDIADDIMScheduler(**SD, gamma=0.5)
+    x = sample_()
+    assert s.init_noise_sigma == 1.0 and s.scale_model_input(x, 0.0) is x and len(s) == 1000
+    s.set_timesteps(10)
+    assert s.add_noise(x, x, s.timesteps[5][None]).shape == x.shape
+    tb = BDIADDIMScheduler(trained_betas=np.array([0.1, 0.3]), gamma=0.5)
+    tb.save_pretrained(tmp_path)
+    assert BDIADDIMScheduler.from_pretrained(tmp_path).betas.tolist() == tb.betas.tolist()
+    has_kwargs = "kwargs" in inspect.signature(BDIADDIMScheduler.__init__).parameters
+    assert has_kwargs == (len(BDIADDIMScheduler._deprecated_kwargs) > 0)
+    assert list(inspect.signature(BDIADDIMScheduler.step).parameters)[1:] == \
+        list(inspect.signature(DDIMScheduler.step).parameters)[1:]
+
+
+# ---------------------------------------------------------------------- BDIA semantics
+def test_first_step_is_ddim_then_bdia_with_grid_neighbours():
+    s = BDIADDIMScheduler(**SD, gamma=0.7)
+    s.set_timesteps(10)
+    ts = s.timesteps.tolist()  # 901, 801, ..., 1 (leading, offset 1)
+    ac = s.alphas_cumprod.double()
+    z0 = sample_(3, torch.float64)
+    z1 = s.step(model(z0, ts[0]), ts[0], z0).prev_sample
+    e0 = model(z0, ts[0])
+    x00 = (z0 - (1 - ac[ts[0]]).sqrt() * e0) / ac[ts[0]].sqrt()
+    torch.testing.assert_close(z1, ddim_map(x00, e0, float(ac[ts[1]])), rtol=0, atol=1e-14)
+    z2 = s.step(model(z1, ts[1]), ts[1], z1).prev_sample
+    # z_{i+1} = z0 at 901 (the previous timestep passed); target = DDIM's t - T//N = 701
+    expect = bdia_step(z0, z1, model(z1, ts[1]), float(ac[ts[0]]), float(ac[ts[1]]), float(ac[ts[2]]), 0.7)
+    torch.testing.assert_close(z2, expect, rtol=0, atol=1e-14)
+    # the last step lands on final_alpha_cumprod (ᾱ_0 with set_alpha_to_one=False)
+    for t in ts[2:]:
+        z1, z2 = z2, s.step(model(z2, t), t, z2).prev_sample
+    assert s.step_index == 10
+
+
+def test_scheduler_inverse_step_recovers_the_trajectory():
+    s = BDIADDIMScheduler(**SD, gamma=0.94)
+    s.set_timesteps(25)
+    ts = s.timesteps.tolist()
+    z = [sample_(4, torch.float64)]
+    for t in ts:
+        z.append(s.step(model(z[-1], t), t, z[-1]).prev_sample)
+    lower, cur = z[-1], z[-2]  # (z at the final level, z at ts[-1])
+    for k in range(len(ts) - 1, 0, -1):  # recover z at ts[k-1] from (z below ts[k], z at ts[k])
+        nxt = s.inverse_step(model(cur, ts[k]), ts[k], cur, lower).next_sample
+        lower, cur = cur, nxt
+    assert float((cur - z[0]).norm() / z[0].norm()) < 1e-12  # back to the latent passed at ts[0]
+    with pytest.raises(ValueError, match="no noisier neighbour"):
+        s.inverse_step(model(z[0], ts[0]), ts[0], z[0], z[1])
+
+
+def test_float64_shadow_makes_low_precision_latents_follow_the_float64_run():
+    # the pipeline hands back the tensor it got: the recurrence continues from the float64
+    # shadow, so float32 latents are exactly the float64 run cast (the model sees the same input)
+    a = loop(BDIADDIMScheduler(**SD, gamma=0.94), sample_(5, torch.float64).float(), steps=20)
+    b = loop(BDIADDIMScheduler(**SD, gamma=0.94), sample_(5, torch.float64).float().double(), steps=20)
+    assert a.dtype == torch.float32 and torch.equal(a, b.float())
+
+
+@pytest.mark.parametrize("how", ["replace", "in_place", "clone"])
+def test_altered_latents_warn_once_and_continue(how):
+    s = BDIADDIMScheduler(**SD, gamma=0.94)
+    s.set_timesteps(10)
+    x = sample_()
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        for i, t in enumerate(s.timesteps):
+            x = s.step(model(x, t), t, x).prev_sample
+            if i % 3 == 1:
+                x = {"replace": lambda v: v * 1.0, "in_place": lambda v: v.add_(0.0), "clone": torch.clone}[how](x)
+    msgs = [m for m in w if issubclass(m.category, ExactnessWarning)]
+    assert len(msgs) == 1 and "no longer exactly invertible" in str(msgs[0].message)
+    assert torch.isfinite(x).all()
+
+
+def test_set_timesteps_resets_state_and_begin_index():
+    s = BDIADDIMScheduler(**SD, gamma=0.94)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ExactnessWarning)
+        first, second = loop(s, sample_()), loop(s, sample_())  # same scheduler, two runs
+    assert torch.equal(first, second)
+    s.set_timesteps(10)
+    assert s.begin_index is None and s.step_index is None
+    s.set_begin_index(4)
+    x = sample_()
+    for t in s.timesteps[4:]:
+        x = s.step(model(x, t), t, x).prev_sample
+    assert s.begin_index == 4 and s.step_index == 10
+
+
+def test_bad_input_errors():
+    with pytest.raises(ValueError, match="gamma must be in"):
+        BDIADDIMScheduler(gamma=1.5)
+    with pytest.raises(ValueError, match="gamma must be in"):
+        BDIADDIMScheduler.from_config(DDIMScheduler().config, gamma=-0.2)
+    with pytest.raises(ValueError, match="zero-terminal-SNR"):
+        BDIADDIMScheduler(rescale_betas_zero_snr=True, gamma=0.5)
+    BDIADDIMScheduler(rescale_betas_zero_snr=True, prediction_type="v_prediction", gamma=0.5)
+    BDIADDIMScheduler(rescale_betas_zero_snr=True, gamma=0.0)  # plain DDIM, as diffusers allows
+    s = BDIADDIMScheduler(**SD, gamma=0.5)
+    x = sample_()
+    with pytest.raises(ValueError, match="set_timesteps"):
+        s.step(x, 1, x)
+    s.set_timesteps(10)
+    with pytest.raises(ValueError, match="eta must be 0"):
+        s.step(model(x, 901), 901, x, eta=0.5)
+
+
+def test_nan_model_output_names_the_step():
+    s = BDIADDIMScheduler(**SD, gamma=0.5)
+    s.set_timesteps(10)
+    x = sample_()
+    with pytest.raises(NonFiniteOutputError, match=r"step 3 \(timestep 601\)"):
+        for k, t in enumerate(s.timesteps):
+            out = model(x, t)
+            if k == 3:
+                out[0, 0, 0, 0] = float("nan")
+            x = s.step(out, t, x).prev_sample
+
+
+def test_deferred_finite_check_reports_the_first_bad_step_at_flush():
+    # the accelerator path (no per-step sync), exercised on CPU
+    w = FiniteWatch("model output", deferred=True)
+    good, bad = torch.zeros(3), torch.tensor([0.0, float("inf"), 1.0])
+    w.update(good, 0, 901)
+    w.update(bad, 1, 801)  # recorded, not raised
+    w.update(bad, 2, 701)
+    with pytest.raises(NonFiniteOutputError, match=r"step 1 \(timestep 801\)"):
+        w.flush()
+
+
+# ---------------------------------------------------------------------- pipelines
+def test_sd_pipeline_gamma_zero_equals_ddim_and_bdia_is_repeatable(tiny_sd):
+    ddim = tiny_sd.scheduler
+    try:
+        kw = dict(prompt="a cat", num_inference_steps=5, output_type="pt")
+        ref = tiny_sd(**kw, generator=torch.Generator().manual_seed(0)).images
+        tiny_sd.scheduler = BDIADDIMScheduler.from_config(ddim.config, gamma=0.0)
+        assert torch.equal(tiny_sd(**kw, generator=torch.Generator().manual_seed(0)).images, ref)
+        tiny_sd.scheduler = BDIADDIMScheduler.from_config(ddim.config, gamma=0.94)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ExactnessWarning)  # the pipeline hands latents back untouched
+            a = tiny_sd(**kw, generator=torch.Generator().manual_seed(0)).images
+            b = tiny_sd(**kw, generator=torch.Generator().manual_seed(0)).images
+        assert torch.equal(a, b) and not torch.equal(a, ref)
+
+        def edit(pipe, i, t, kwargs):
+            return {"latents": kwargs["latents"] * 1.0}
+
+        with pytest.warns(ExactnessWarning, match="callback_on_step_end"):
+            tiny_sd(**dict(kw, num_inference_steps=3), callback_on_step_end=edit,
+                    callback_on_step_end_tensor_inputs=["latents"])
+    finally:
+        tiny_sd.scheduler = ddim
+
+
+def test_img2img_and_sdxl_pipelines(tiny_sd, tiny_sdxl):
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
+
+    image = torch.rand(1, 3, 32, 32) * 2 - 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ExactnessWarning)
+        for pipe, i2i_cls in ((tiny_sd, StableDiffusionImg2ImgPipeline), (tiny_sdxl, StableDiffusionXLImg2ImgPipeline)):
+            comps = dict(pipe.components, scheduler=BDIADDIMScheduler.from_config(pipe.scheduler.config, gamma=0.9))
+            i2i = i2i_cls(**comps)
+            i2i.set_progress_bar_config(disable=True)
+            out = i2i("a cat", image=image, strength=0.5, num_inference_steps=6, output_type="pt").images
+            assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
+            assert i2i.scheduler.begin_index == 3 and i2i.scheduler.step_index == 6
+        xl = type(tiny_sdxl)(**dict(tiny_sdxl.components,
+                                    scheduler=BDIADDIMScheduler.from_config(tiny_sdxl.scheduler.config, gamma=0.5)))
+        xl.set_progress_bar_config(disable=True)
+        out = xl("a cat", num_inference_steps=4, height=32, width=32, output_type="pt").images
+        assert torch.isfinite(out).all()
+
+
+def test_pipeline_save_load_keeps_the_scheduler(tmp_path, tiny_sd, tiny_class_unet):
+    from diffusers import StableDiffusionPipeline
+
+    from diffkit.pipelines import load_pipeline
+    from diffkit.pipelines.class_conditional import ClassConditionalPipeline
+
+    pipe = StableDiffusionPipeline(**dict(tiny_sd.components,
+                                          scheduler=BDIADDIMScheduler.from_config(tiny_sd.scheduler.config, gamma=0.94)))
+    pipe.save_pretrained(tmp_path / "sd")
+    index = json.loads((tmp_path / "sd" / "model_index.json").read_text())
+    assert index["scheduler"] == ["diffkit.samplers.bdia_ddim", "BDIADDIMScheduler"]
+    loaded = StableDiffusionPipeline.from_pretrained(tmp_path / "sd")
+    assert isinstance(loaded.scheduler, BDIADDIMScheduler) and loaded.scheduler.config.gamma == 0.94
+
+    cc = ClassConditionalPipeline(tiny_class_unet, BDIADDIMScheduler(**SD, gamma=0.5))
+    cc.save_pretrained(tmp_path / "cc")
+    cc2 = load_pipeline(str(tmp_path / "cc"))
+    assert isinstance(cc2.scheduler, BDIADDIMScheduler)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ExactnessWarning)
+        a = cc2(class_labels=[1, 2], num_inference_steps=10, output_type="pt", progress=False).images
+        b = cc2(class_labels=[1, 2], num_inference_steps=10, output_type="pt", progress=False).images
+    assert torch.equal(a, b) and torch.isfinite(a).all()
+    with pytest.raises(ValueError, match="eta must be 0"):
+        cc2(class_labels=[1], num_inference_steps=3, eta=1.0, progress=False)
+
+
+def test_registry_entry():
+    from diffkit.registry import get_sampler, make_scheduler
+
+    assert get_sampler("bdia-ddim").load() is BDIADDIMScheduler
+    s = make_scheduler("bdia-ddim", DDIMScheduler(**SD), gamma=0.94)
+    assert isinstance(s, BDIADDIMScheduler) and s.config.gamma == 0.94 and s.config.steps_offset == 1

@@ -1,0 +1,206 @@
+"""Exact inversion / regeneration: round trips at 50 steps on tiny SD, SDXL and class-conditional
+UNets (float32 and bfloat16 models, float64 state), the saved record, errors, CLI, example."""
+
+import copy
+import dataclasses
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffkit.conditioning import class_guidance, prompt_guidance
+from diffkit.denoisers import EpsModel
+from diffkit.samplers.bdia_ddim import BDIADDIMScheduler, NonFiniteOutputError
+from diffkit.samplers.inversion import (InversionResult, InversionWarning, invert, inversion_window, regenerate,
+                                        relative_error)
+from diffkit.testing import tiny_ddim_scheduler
+
+ROOT = Path(__file__).resolve().parents[1]
+TOL = 1e-10  # acceptance: 50 steps, γ = 0.94, float64 state
+
+
+def _model(unet, config, dtype):
+    return EpsModel(copy.deepcopy(unet).to(dtype), config)
+
+
+def _round_trip(model, clean, cond, steps=50, gamma=0.94, strength=1.0):
+    result = invert(model, clean, cond, steps=steps, gamma=gamma, strength=strength)
+    return relative_error(regenerate(model, result, cond), clean), result
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_round_trip_tiny_sd_guidance_3(tiny_sd, dtype):
+    cond = prompt_guidance(tiny_sd, "a photo of a cat", guidance_scale=3.0)
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        latent = tiny_sd.vae.encode(image).latent_dist.mean * tiny_sd.vae.config.scaling_factor
+    err, result = _round_trip(_model(tiny_sd.unet, tiny_sd.scheduler.config, dtype), latent, cond)
+    assert err <= TOL, err
+    assert result.settings["nfe"] == 50 and result.timesteps[:2] == [981, 961]
+    assert result.z_top.dtype == torch.float64 and torch.isfinite(result.z_top).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_round_trip_tiny_sdxl(tiny_sdxl, dtype):
+    cond = prompt_guidance(tiny_sdxl, "a cat", guidance_scale=3.0, height=32, width=32)
+    latent = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    err, _ = _round_trip(_model(tiny_sdxl.unet, tiny_sdxl.scheduler.config, dtype), latent, cond)
+    assert err <= TOL, err
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_round_trip_class_conditional_unet(tiny_class_unet, dtype):
+    # the digits teacher's shape (8×8 grey, 10 classes + null); the shipped teacher: test below
+    from diffkit.data import digits_tensors
+
+    x, y = digits_tensors("test")
+    cond = class_guidance(tiny_class_unet, y[:4], 3.0)
+    err, _ = _round_trip(_model(tiny_class_unet, tiny_ddim_scheduler().config, dtype), x[:4], cond)
+    assert err <= TOL, err
+
+
+def test_round_trip_shipped_digits_teacher():
+    from diffkit.assets import assets_root
+    from diffkit.data import digits_tensors
+    from diffkit.pipelines import load_pipeline
+
+    if not (assets_root() / "digits-unet").is_dir():
+        pytest.skip("assets/digits-unet not built yet")
+    pipe = load_pipeline("digits-unet")
+    x, y = digits_tensors("test")
+    cond = class_guidance(pipe.unet, y[:4], 1.0)
+    for dtype in (torch.float32, torch.bfloat16):
+        err, _ = _round_trip(_model(pipe.unet, pipe.scheduler.config, dtype), x[:4], cond)
+        assert err <= TOL, (dtype, err)
+
+
+def test_strength_window_pair_and_editing(tiny_class_unet):
+    model = EpsModel(tiny_class_unet, tiny_ddim_scheduler().config)
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    cond = class_guidance(tiny_class_unet, [3, 7], 2.0)
+    err, result = _round_trip(model, x, cond, steps=10, strength=0.6)
+    assert err < 1e-12
+    assert result.timesteps == [501, 401, 301, 201, 101, 1] and result.settings["nfe"] == 6  # int(10·0.6) points
+    edited = regenerate(model, result, class_guidance(tiny_class_unet, [5, 5], 2.0))
+    assert relative_error(edited, x) > 1e-3  # the condition is used: another label edits the image
+
+
+def test_regenerate_matches_scheduler_sampling(tiny_class_unet):
+    # one home, two entrances: the loops and BDIADDIMScheduler run the same recurrence
+    cfg = tiny_ddim_scheduler().config
+    model = EpsModel(tiny_class_unet, cfg)
+    cond = class_guidance(tiny_class_unet, [1, 4], 1.0)
+    s = BDIADDIMScheduler.from_config(cfg, gamma=0.94)
+    s.set_timesteps(20)
+    z = [torch.randn(2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))]
+    for t in s.timesteps:
+        z.append(s.step(model.raw(z[-1], t, cond), t, z[-1]).prev_sample)
+    result = invert(model, z[-1], cond, steps=20, gamma=0.94)
+    result = dataclasses.replace(result, z_top=z[0], z_below=z[1])  # the scheduler's pair at (981, 931)
+    assert relative_error(regenerate(model, result, cond), z[-1]) < 1e-12
+
+
+def test_save_load_round_trip(tmp_path, tiny_class_unet):
+    model = EpsModel(tiny_class_unet, tiny_ddim_scheduler().config)
+    x = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    cond = class_guidance(tiny_class_unet, [2], 1.0)
+    result = invert(model, x, cond, steps=10, gamma=0.95, extra={"labels": [2]})
+    path = result.save(tmp_path / "sub" / "inv.safetensors")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["inv.safetensors"]  # atomic: no temp file left
+    loaded = InversionResult.load(path)
+    assert torch.equal(loaded.z_top, result.z_top) and torch.equal(loaded.z_below, result.z_below)
+    assert torch.equal(loaded.clean, result.clean) and loaded.timesteps == result.timesteps
+    assert loaded.settings == result.settings and loaded.settings["extra"] == {"labels": [2]}
+    assert torch.equal(regenerate(model, loaded, cond), regenerate(model, result, cond))
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        InversionResult.load(tmp_path / "junk.safetensors")
+    with pytest.raises(FileNotFoundError):
+        InversionResult.load(tmp_path / "missing.safetensors")
+
+
+def test_bad_input(tiny_class_unet):
+    cfg = tiny_ddim_scheduler().config
+    model = EpsModel(tiny_class_unet, cfg)
+    x = torch.zeros(1, 1, 8, 8)
+    cond = class_guidance(tiny_class_unet, [0], 1.0)
+    for gamma in (0.0, 1.2, -1):
+        with pytest.raises(ValueError, match="gamma"):
+            invert(model, x, cond, steps=4, gamma=gamma)
+    with pytest.warns(InversionWarning, match=r"\(1/gamma\)\^3"):
+        invert(model, x, cond, steps=4, gamma=0.7)
+    for strength in (0.0, 1.5, 0.1):
+        with pytest.raises(ValueError, match="strength"):
+            invert(model, x, cond, steps=4, strength=strength)
+    with pytest.raises(TypeError, match="EpsModel"):
+        invert(tiny_class_unet, x, cond, steps=4)
+    result = invert(model, x, cond, steps=4, gamma=0.95)
+    with pytest.raises(ValueError, match="steps=5 differs"):
+        regenerate(model, result, cond, steps=5)
+    with pytest.raises(ValueError, match="grid"):
+        regenerate(EpsModel(tiny_class_unet, tiny_ddim_scheduler(timestep_spacing="trailing").config), result, cond)
+    with pytest.raises(ValueError, match="grid"):
+        regenerate(model, result, cond, timesteps=[999, 500, 250, 1])
+    with pytest.raises(ValueError, match="conditioned"):
+        regenerate(model, result)
+    with pytest.raises(ValueError, match="unconditional branch"):
+        invert(model, x, cond.cond, steps=4, guidance_scale=2.0)
+    broken = copy.deepcopy(tiny_class_unet)
+    with torch.no_grad():
+        broken.conv_out.bias.fill_(float("nan"))
+    with pytest.raises(NonFiniteOutputError, match=r"step 0 \(timestep 0\)"):
+        invert(EpsModel(broken, cfg), x, cond, steps=4)
+    with pytest.raises(NonFiniteOutputError, match=r"regeneration at step 0 \(timestep 501\)"):
+        regenerate(EpsModel(broken, cfg), result, cond)
+
+
+def test_inversion_window_matches_img2img_convention():
+    from diffkit.schedules import VPSchedule
+
+    sched = VPSchedule.from_config(tiny_ddim_scheduler().config)
+    assert inversion_window(sched, 50, 0.8)[:2] == [781, 761] and len(inversion_window(sched, 50, 0.8)) == 40
+    assert inversion_window(sched, 50, 1.0)[0] == 981 and inversion_window(sched, 50, 1.0)[-1] == 1
+
+
+def test_cli_invert_then_sample_from_inversion(tmp_path, tiny_class_unet, capsys):
+    from diffkit.cli import main
+    from diffkit.pipelines.class_conditional import ClassConditionalPipeline
+
+    ClassConditionalPipeline(tiny_class_unet, tiny_ddim_scheduler()).save_pretrained(tmp_path / "m")
+    inv = tmp_path / "inv.safetensors"
+    assert main(["invert", "--model", str(tmp_path / "m"), "--digit", "3", "--steps", "20", "--output", str(inv)]) == 0
+    out = capsys.readouterr().out
+    assert "round-trip relative error" in out and inv.exists()
+    err = float(out.split("round-trip relative error (regenerate vs input): ")[1].split()[0])
+    assert err < 1e-10
+    png = tmp_path / "r.png"
+    assert main(["sample", "--from-inversion", str(inv), "--output", str(png)]) == 0
+    assert png.exists() and "relative error vs the inverted input" in capsys.readouterr().out
+    assert main(["sample", "--from-inversion", str(inv), "--labels", "8", "--output", str(png)]) == 0  # an edit
+    assert main(["sample", "--from-inversion", str(inv), "--steps", "10", "--output", str(png)]) == 1
+    assert "differs from the inversion's 20" in capsys.readouterr().err
+    assert main(["invert", "--model", str(tmp_path / "m"), "--digit", "3", "--gamma", "1.5",
+                 "--output", str(inv)]) == 1
+    assert "gamma must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_demo_step_reports_round_trip(tmp_path):
+    from diffkit.cli import main
+
+    assert main(["demo", "--output", str(tmp_path), "--quick", "--only", "invert"]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "round-trip relative error" in report and (tmp_path / "inversion_bdia.png").exists()
+    err = float(report.split("round-trip relative error ")[1].split()[0])
+    assert err < 1e-10
+
+
+def test_example_script_runs(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2")
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "bdia_exact_inversion.py"), "--steps", "10",
+                        "--output", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "round-trip relative error" in r.stdout and (tmp_path / "edited.png").exists()

@@ -1,0 +1,207 @@
+"""DiscreteDiffusionPipeline: the per-row cache, NFE accounting and law, prompts/infill, any-order
+AR, the no-mask property, errors, save/load, the CLI and the example."""
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffkit.cli import main
+from diffkit.models.radd import tiny_radd_transformer
+from diffkit.models.tokenizers import ByteTokenizer, CharTokenizer
+from diffkit.pipelines.discrete import DiscreteDiffusionPipeline
+from diffkit.samplers.absorbing import expected_forward_calls, expected_nfe
+from diffkit.samplers.radd import RADDScheduler
+
+ROOT = Path(__file__).resolve().parents[1]
+V = 24
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models, many small ops: one intra-op thread is fastest and robust on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_radd_transformer(vocab_size=V, hidden_size=16, n_heads=2, n_blocks=1, length=32)
+
+
+@pytest.fixture(scope="module")
+def pipe(model):
+    p = DiscreteDiffusionPipeline.from_model(model, CharTokenizer("abcdefghijklmnopqrstuvwx"))
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+@pytest.mark.parametrize("n,batch", [(64, 96), (256, 32), (1024, 24)])  # >= 4 standard errors in 2%
+def test_nfe_law_tiny_model(n, batch):
+    """Acceptance: l = 128, mean NFE within 2% of n(1 - (1 - 1/n)^l) with a tiny random model; the
+    forward rows per sample follow the call law 1 + Σ_{i<n-1}(1 - (1 - q_i)^l)."""
+    model = tiny_radd_transformer(vocab_size=16, hidden_size=16, n_heads=2, n_blocks=1, length=128, seed=3)
+    pipe = DiscreteDiffusionPipeline.from_model(model)
+    out = pipe(batch_size=batch, num_inference_steps=n, seed=n, output_type="ids")
+    assert out.nfe_changes == pytest.approx(expected_nfe(n, 128), rel=0.02)
+    assert out.nfe == pytest.approx(expected_forward_calls(pipe.scheduler.psis, 128), rel=0.02)
+    assert (out.nfe_per_sample <= out.changes_per_sample + 1).all()
+    assert out.forward_calls <= n
+
+
+def test_cached_equals_uncached_batch1_and_saves_rows(pipe):
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    a = pipe(batch_size=1, num_inference_steps=256, generator=g1, use_cache=True)
+    b = pipe(batch_size=1, num_inference_steps=256, generator=g2, use_cache=False)
+    assert torch.equal(a.sequences, b.sequences) and a.texts == b.texts
+    assert b.nfe == 256 and a.nfe < 0.5 * b.nfe
+    assert a.nfe == a.forward_calls  # batch 1: a call is a row
+
+
+def test_cached_equals_uncached_batch_with_same_row_grouping(pipe):
+    kw = dict(batch_size=3, num_inference_steps=96, seed=11, forward_batch_size=1)
+    a, b = pipe(use_cache=True, **kw), pipe(use_cache=False, **kw)
+    assert torch.equal(a.sequences, b.sequences)
+    assert (a.nfe_per_sample < b.nfe_per_sample).all()
+
+
+def test_rows_do_not_depend_on_the_batch(pipe):
+    one = pipe(batch_size=1, num_inference_steps=40, seed=3, forward_batch_size=1).sequences
+    three = pipe(batch_size=3, num_inference_steps=40, seed=3, forward_batch_size=1).sequences
+    assert torch.equal(three[0], one[0])
+
+
+def test_no_mask_token_in_any_output(pipe):
+    """Property: whatever the strategy, temperature, filters, final rule, precision or prompt, the
+    output holds real tokens only, and fixed tokens are kept."""
+    mask = pipe.mask_token_id
+    settings = itertools.product([None, 0.0, 0.7, 1.5], [None, 1, 5], [None, 0.05, 0.9], ["sample", "argmax"])
+    for k, (temp, top_k, top_p, final) in enumerate(settings):
+        if k % 3:  # a deterministic third of the grid keeps this fast; every value still appears
+            continue
+        pipe.scheduler = RADDScheduler.from_config(pipe.scheduler.config, final=final,
+                                                   precision="float32" if k % 2 else "float64",
+                                                   method="euler" if k % 4 else "tweedie")
+        prompt = [[1, 2, 3], [], [4] * 10][k % 3]
+        out = pipe(batch_size=2, seq_len=16, num_inference_steps=[1, 3, 40][k % 3],
+                   prompt=[prompt, [5]], suffix=[[6, 7], []], temperature=temp, top_k=top_k, top_p=top_p,
+                   seed=k, output_type="ids")
+        assert (out.sequences != mask).all() and (out.sequences < V).all()
+        assert out.sequences[0, :len(prompt)].tolist() == prompt and out.sequences[0, -2:].tolist() == [6, 7]
+        assert out.sequences[1, 0] == 5
+    for order in ("forward", "backward", "random"):
+        out = pipe(batch_size=2, seq_len=12, prompt="ab", order=order, seed=1, output_type="ids")
+        assert (out.sequences != mask).all() and out.sequences[:, :2].tolist() == [[0, 1], [0, 1]]
+    pipe.scheduler = RADDScheduler.from_config(pipe.scheduler.config, final="sample", precision="float64",
+                                               method="tweedie")
+
+
+def test_prompts_of_different_lengths_and_infill_template(pipe):
+    out = pipe(prompt=["abc", "abcdefgh"], suffix="xw", seq_len=20, num_inference_steps=8, seed=0)
+    assert out.texts[0].startswith("abc") and out.texts[1].startswith("abcdefgh")
+    assert all(t.endswith("xw") and len(t) == 20 for t in out.texts)
+    assert out.num_generated.tolist() == [15, 10]
+    tmpl = torch.full((2, 10), pipe.mask_token_id)
+    tmpl[:, 3], tmpl[1, 7] = 9, 2  # fixed tokens anywhere
+    out = pipe(input_ids=tmpl, num_inference_steps=5, seed=0, output_type="ids")
+    assert (out.sequences[:, 3] == 9).all() and out.sequences[1, 7] == 2
+    assert out.num_generated.tolist() == [9, 8]
+
+
+def test_any_order_forward_greedy_equals_manual_ar_loop(pipe, model):
+    L = 10
+    out = pipe(batch_size=1, seq_len=L, prompt="ab", order="forward", temperature=0.0, output_type="ids")
+    x = torch.full((1, L), model.mask_token_id)
+    x[0, :2] = torch.tensor([0, 1])
+    with torch.no_grad():
+        for j in range(2, L):
+            x[0, j] = model(x)[0, j, :V].argmax()
+    assert torch.equal(out.sequences, x)
+    assert out.num_steps == L - 2 and out.nfe == L - 2  # one position per step, a full call each
+
+
+def test_time_conditioned_models_are_never_cached():
+    class TimeNet(torch.nn.Module):
+        time_conditioned, mask_token_id = True, 5
+
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def forward(self, ids, total_noise):
+            self.seen.append(float(total_noise[0]))
+            return torch.zeros(*ids.shape, 6)
+
+    net = TimeNet()
+    pipe = DiscreteDiffusionPipeline(net, RADDScheduler(mask_token_id=5))
+    out = pipe(batch_size=2, seq_len=8, num_inference_steps=50, use_cache=True, output_type="ids")
+    assert out.nfe == 50 and len(net.seen) == 50
+    assert net.seen == sorted(net.seen, reverse=True)  # σ̄(t) decreasing along the grid
+
+
+def test_errors(pipe):
+    with pytest.raises(ValueError, match=r"prompt \(30 tokens\) \+ suffix \(5 tokens\) of row 0 is longer than seq_len=32"):
+        pipe(prompt=[0] * 30, suffix=[1] * 5)
+    with pytest.raises(ValueError, match=f"prompt \\(row 1\\) contains the mask token id {V}"):
+        pipe(prompt=[[1], [2, V]])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        pipe(prompt=[[1, 99]])
+    with pytest.raises(ValueError, match="input_ids holds ids outside"):
+        pipe(input_ids=torch.tensor([[1, V + 3]]))
+    with pytest.raises(ValueError, match="batch_size=3 but 2 prompts were given"):
+        pipe(batch_size=3, prompt=["a", "b"])
+    with pytest.raises(ValueError, match="character 'Z' is not in the tokenizer's alphabet"):
+        pipe(prompt="Z")
+    with pytest.raises(ValueError, match="order must be one of"):
+        pipe(order="sideways")
+    with pytest.raises(ValueError, match="order must be a permutation"):
+        pipe(seq_len=4, order=[0, 0, 1, 2])
+    with pytest.raises(ValueError, match="top_p must be in"):
+        pipe(top_p=0.0)
+    with pytest.raises(ValueError, match="output_type must be 'text' or 'ids'"):
+        pipe(output_type="pil")
+    bad = DiscreteDiffusionPipeline(pipe.transformer, RADDScheduler())
+    with pytest.raises(ValueError, match="scheduler mask_token_id 50257 != model mask id 24"):
+        bad()
+
+
+def test_save_and_load_with_tokenizer(pipe, tmp_path):
+    from diffkit.pipelines import load_pipeline
+
+    pipe.save_pretrained(tmp_path / "p")
+    again = load_pipeline(tmp_path / "p")
+    assert isinstance(again, DiscreteDiffusionPipeline) and isinstance(again.scheduler, RADDScheduler)
+    assert again.tokenizer.alphabet == pipe.tokenizer.alphabet
+    a = pipe(batch_size=2, num_inference_steps=20, seed=4)
+    b = again(batch_size=2, num_inference_steps=20, seed=4)
+    assert a.texts == b.texts
+
+
+def test_cli_text_sample_nll_and_train(tmp_path, capsys):
+    out = tmp_path / "s.txt"
+    assert main(["text", "sample", "--model", "tiny", "--steps", "12", "--n", "2", "--length", "16",
+                 "--prompt", "Hi", "--top-k", "20", "--output", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert "--- sample 1 ---" in cap.out and "NFE" in cap.err and out.read_text().startswith("Hi")
+    assert main(["text", "nll", "--model", "tiny", "--text", "hello", "--draws", "8"]) == 0
+    assert "lambda-dce: NLL" in capsys.readouterr().out
+    assert main(["text", "nll", "--model", "tiny", "--text", "hello", "--estimator", "ar-forward"]) == 0
+    assert "ar-forward: NLL" in capsys.readouterr().out
+    assert main(["text", "train"]) == 2
+    assert "not yet available" in capsys.readouterr().err
+    assert main(["text", "sample", "--model", str(tmp_path / "none")]) == 1
+    assert "model folder" in capsys.readouterr().err
+
+
+def test_example_runs(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "radd_sampling.py"), "--steps", "32", "--n", "2",
+                        "--length", "32", "--prompt", "The"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    assert "identical samples: True" in r.stdout and "E-NFE law" in r.stdout

@@ -67,7 +67,8 @@ def _ids(ids, mask_id) -> torch.LongTensor:
         raise ValueError("the text is empty")
     bad = (x < 0) | (x == mask_id)
     if bad.any():
-        raise ValueError(f"ids must be real tokens (>= 0, != mask id {mask_id}); got {sorted(set(x[bad].tolist()))[:10]}")
+        raise ValueError(f"ids must be real tokens (>= 0, != mask id {mask_id}); "
+                         f"got {sorted(set(x[bad].tolist()))[:10]}")
     return x
 
 
@@ -143,7 +144,8 @@ def k_dce_nll(model, ids, num_draws: int = 64, *, generator: Optional[torch.Gene
 
 @torch.no_grad()
 def ar_nll(model, ids, order: Union[str, Sequence[int], torch.Tensor] = "forward", *, batch_size: int = 16,
-           mask_token_id: Optional[int] = None, generator: Optional[torch.Generator] = None, seed: int = 0) -> NLLResult:
+           mask_token_id: Optional[int] = None, generator: Optional[torch.Generator] = None,
+           seed: int = 0) -> NLLResult:
     """Exact NLL of the autoregressive factorisation in ``order``: Σ_k -log c_θ(x^{π_k} | x^{π_<k}),
     the conditional at step k evaluated with positions π_k..π_{L-1} masked (L network rows)."""
     mask_id = _mask_id(model, mask_token_id)

@@ -460,7 +460,7 @@ class Trainer:
             w = csv.DictWriter(f, fieldnames=["step", "loss", "grad_norm", "lr", "wall_time_s"])
             w.writeheader()
             for r in self.log:
-                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+                w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})  # exact round trip
         os.replace(tmp, p)
 
     def final_loss(self, window: int = 100) -> Optional[float]:

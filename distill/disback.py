@@ -482,8 +482,13 @@ class DisBackTrainer:
         if acc.is_main_process:
             self._write_path(record, trainer, time.perf_counter() - t0)
         acc.wait_for_everyone()
+        # drop accelerate's references to the Stage-1 network and optimizer (free_memory() would also
+        # forget nothing else here, but runs a full gc.collect)
+        for registry, obj in ((getattr(acc, "_models", None), trainer.model),
+                              (getattr(acc, "_optimizers", None), trainer.optimizer)):
+            if isinstance(registry, list) and any(o is obj for o in registry):
+                registry[:] = [o for o in registry if o is not obj]
         del trainer, fake
-        acc.free_memory()  # drop accelerate's references to the Stage-1 network and optimizer
         self.manifest = load_path_manifest(d, self.teacher_sha256, cfg.path_nodes)
         self._say(f"Stage 1: {self.manifest.num_nodes} nodes, {self.manifest.disk_bytes / 2**20:.1f} MiB on disk "
                   f"({self.manifest.num_nodes} × {self.manifest.nodes[1]['bytes'] / 2**20:.1f} MiB) in {d / 'path'}")
@@ -599,8 +604,9 @@ class DisBackTrainer:
                                f"{self.target_index} and {node} are identical); the Stage-1 path is degenerate")
         self.target_index = node
         self.target_model = EpsModel(self.target_unet, self.schedule)
-        self.switches.append({"step": self.step if step is None else step, "node": node, "sha256": sha,
-                              "fingerprint": fingerprint})
+        if not self.switches or self.switches[-1]["node"] != node:  # a reload after resume is not a switch
+            self.switches.append({"step": self.step if step is None else step, "node": node, "sha256": sha,
+                                  "fingerprint": fingerprint})
 
     def _warm(self, step: int) -> float:
         w = self.config.warmup_steps
@@ -881,11 +887,7 @@ class DisBackTrainer:
         self.evals = [e for e in state.get("evals", []) if e["step"] <= self.step]
         self.log = [r for r in self._read_log() if r["step"] <= self.step]
         self.target_index, self.target_unet, self.target_model = None, None, None
-        if self.step < self.config.max_steps or self.step == 0:
-            # reload the target of the next step; not a new switch, so keep the recorded list
-            n = len(self.switches)
-            self.set_target(self.config.target_node(self.step), self.step)
-            del self.switches[n:]
+        self.set_target(self.config.target_node(self.step), self.step)
 
     # ------------------------------------------------------------------ logs
     def _read_log(self) -> list[dict]:

@@ -40,13 +40,13 @@ from typing import Optional, Sequence
 import torch
 
 from diffkit.conditioning import Condition, Guidance
-from diffkit.denoisers import EpsModel
+from diffkit.denoisers import EpsModel, to_eps_x0
 
 from .bdia import bdia_inverse_step, bdia_step, check_gamma, ddim_map
 from .bdia_ddim import FiniteWatch
 
 __all__ = ["InversionResult", "InversionWarning", "invert", "regenerate", "inversion_window", "relative_error",
-           "FORMAT_VERSION"]
+           "model_input_quantum", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 #: below this γ the inverted latents grow like (1/γ)^n (spec: γ=0.7 at 50 steps -> |z_T| ~ 1e5)
@@ -113,9 +113,29 @@ def _check_model(model) -> EpsModel:
     return model
 
 
-def _predict(model: EpsModel, z: torch.Tensor, t: int, guidance: Guidance):
-    # labels as an int64 tensor on the model's device; (ε, x̂0) in z's dtype (float64)
-    return model.predict(z, torch.tensor(t, dtype=torch.long), guidance)
+def model_input_quantum(model: EpsModel) -> Optional[float]:
+    """The grid the model input is snapped to: 2^-16 for low-precision models, none for float64 ones.
+
+    Why: regeneration revisits each z_i with a float64 value that differs from the inversion's by
+    round-off (~1e-14). A float32/bfloat16 network is not continuous at that scale: when the
+    difference changes the cast input (always possible for elements near 0, where float32 is
+    finer than 1e-14 -- e.g. data pixels that are exactly 0), its output changes by its own
+    rounding noise (~1e-7), and exactness is lost (measured on the digits teacher: 1.5e-8 instead
+    of 5e-15). Snapping the input to a fixed grid first makes ε(z) a function of z that the two
+    directions evaluate identically unless an element sits within ~1e-14 of a grid midpoint
+    (probability ~1e-9 per element and step). The snap (<= 7.6e-6) is far below the model
+    dtype's own input rounding for |z| >~ 0.002 (bfloat16) and immaterial for sampling.
+    """
+    return None if model.dtype == torch.float64 else 2.0 ** -16
+
+
+def _predict(model: EpsModel, z: torch.Tensor, t: int, guidance: Guidance, quantum: Optional[float]):
+    """(ε, x̂0) in float64 at (z, t): the model sees z snapped to ``quantum`` (and cast to its dtype);
+    the conversion to (ε, x̂0) uses the float64 z itself."""
+    zin = z if quantum is None else torch.round(z / quantum) * quantum  # exact: quantum is a power of 2
+    t = torch.tensor(t, dtype=torch.long)
+    alpha, std = model.levels(t, z)
+    return to_eps_x0(model.raw(zin, t, guidance), z, alpha, std, model.prediction_type)
 
 
 # ---------------------------------------------------------------------- result record
@@ -216,15 +236,16 @@ def invert(model: EpsModel, clean_latent: torch.Tensor, condition=None, steps: i
     ac = _levels(schedule, window)  # ac[k] for window[k], ac[n] for the clean level
     watch = FiniteWatch("model output during inversion")
     on_cpu = model.device.type == "cpu"
+    quantum = model_input_quantum(model)
 
     z_lower = clean_latent.detach().to(device=model.device, dtype=torch.float64)
     # step 1: DDIM inversion off the clean latent, ε(z_clean, label 0), onto window[-1]
-    eps, x0 = _predict(model, z_lower, 0, guidance)
+    eps, x0 = _predict(model, z_lower, 0, guidance, quantum)
     watch.update(eps, 0, 0, flush=on_cpu)
     z = ddim_map(x0, eps, ac[n - 1])
     # exact inverse steps: from (z_{i-1}, z_i) with ε(z_i, t_i) recover z_{i+1}
     for step, k in enumerate(range(n - 1, 0, -1), start=1):
-        eps, x0 = _predict(model, z, window[k], guidance)
+        eps, x0 = _predict(model, z, window[k], guidance, quantum)
         watch.update(eps, step, window[k], flush=on_cpu or step % _CHECK_EVERY == 0)
         z, z_lower = bdia_inverse_step(z_lower, z, eps, ac[k - 1], ac[k], ac[k + 1], gamma, x0=x0), z
     watch.flush()
@@ -236,7 +257,8 @@ def invert(model: EpsModel, clean_latent: torch.Tensor, condition=None, steps: i
         "num_train_timesteps": schedule.num_train_timesteps, "timestep_spacing": schedule.timestep_spacing,
         "steps_offset": schedule.steps_offset, "prediction_type": model.prediction_type,
         "final_alpha_cumprod": float(schedule.final_alpha_cumprod), "alphas_cumprod_window": ac,
-        "model_dtype": str(model.dtype).replace("torch.", ""), "extra": dict(extra or {}),
+        "model_dtype": str(model.dtype).replace("torch.", ""), "model_input_quantum": quantum,
+        "extra": dict(extra or {}),
     }
     return InversionResult(z, z_lower, window, settings, clean_latent.detach().to(torch.float64).clone())
 
@@ -277,10 +299,14 @@ def regenerate(model: EpsModel, result: InversionResult, condition=None, guidanc
     watch = FiniteWatch("model output during regeneration")
     on_cpu = model.device.type == "cpu"
 
+    quantum = s.get("model_input_quantum")
+    if str(model.dtype).replace("torch.", "") != s.get("model_dtype"):
+        warnings.warn(f"the model's dtype ({model.dtype}) differs from the inversion's ({s.get('model_dtype')}): "
+                      "regeneration will be close to, not exactly, the inverted latent", InversionWarning, stacklevel=2)
     z_upper = result.z_top.to(device=model.device, dtype=torch.float64)
     z = result.z_below.to(device=model.device, dtype=torch.float64)
     for k in range(1, n):
-        eps, x0 = _predict(model, z, window[k], guidance)
+        eps, x0 = _predict(model, z, window[k], guidance, quantum)
         watch.update(eps, k - 1, window[k], flush=on_cpu or k % _CHECK_EVERY == 0)
         z, z_upper = bdia_step(z_upper, z, eps, ac[k - 1], ac[k], ac[k + 1], gamma, x0=x0), z
     watch.flush()

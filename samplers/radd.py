@@ -64,6 +64,9 @@ def _uniform(shape, generator: Generators, device, dtype=torch.float64) -> torch
     """Uniforms on the generator's device (CPU draws are bit-reproducible), moved to ``device``.
     A list of generators draws row b of ``shape`` from generator b."""
     if isinstance(generator, (list, tuple)):
+        if len(generator) == 1:
+            g = generator[0]
+            return torch.rand(tuple(shape), generator=g, dtype=dtype, device=g.device).to(device)
         rows = [torch.rand(tuple(shape[1:]), generator=g, dtype=dtype, device=g.device) for g in generator]
         return torch.stack(rows).to(device)
     if generator is None:
@@ -74,8 +77,9 @@ def _uniform(shape, generator: Generators, device, dtype=torch.float64) -> torch
 def _uniform_per_position(rows: torch.Tensor, batch: int, generator: Generators, device, extra=()) -> torch.Tensor:
     """One uniform (or a vector of shape ``extra``) per selected position, taken from the
     generator of its row when per-row generators are given (``rows`` is sorted)."""
-    if not isinstance(generator, (list, tuple)):
-        return _uniform((rows.numel(), *extra), generator, device, torch.float64 if not extra else torch.float32)
+    if not isinstance(generator, (list, tuple)) or len(generator) == 1:
+        g = generator[0] if isinstance(generator, (list, tuple)) else generator
+        return _uniform((rows.numel(), *extra), g, device, torch.float64 if not extra else torch.float32)
     counts = torch.bincount(rows, minlength=batch).tolist()
     dtype = torch.float64 if not extra else torch.float32
     parts = [torch.rand((c, *extra), generator=generator[b], dtype=dtype, device=generator[b].device).to(device)
@@ -167,7 +171,8 @@ class RADDScheduler(SchedulerMixin, ConfigMixin):
             top_p = cfg.top_p if top_p is None else top_p
             _check_filters(temperature, top_k, top_p)
         if isinstance(generator, (list, tuple)) and len(generator) != sample.shape[0]:
-            raise ValueError(f"generator list must have one generator per row ({sample.shape[0]}), got {len(generator)}")
+            raise ValueError(f"generator list must have one generator per row ({sample.shape[0]}), "
+                             f"got {len(generator)}")
 
         B, L = sample.shape
         mask_id = cfg.mask_token_id
@@ -176,7 +181,8 @@ class RADDScheduler(SchedulerMixin, ConfigMixin):
         final_rule = last if final_step is None else bool(final_step)
         if unmask is not None:
             if unmask.shape != sample.shape:
-                raise ValueError(f"unmask must have the shape of sample {tuple(sample.shape)}, got {tuple(unmask.shape)}")
+                raise ValueError(f"unmask must have the shape of sample {tuple(sample.shape)}, "
+                                 f"got {tuple(unmask.shape)}")
             reveal = unmask & masked
         else:
             u = _uniform((B, L), generator, sample.device)  # drawn every step: the stream never depends on the state

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from diffkit.analysis import (LinearGaussianManifold, PotentialMLP, PotentialScore, QuadraticPotential, ScoreBank,
+from diffkit.analysis import (LinearGaussianManifold, SphereManifold, PotentialMLP, PotentialScore, QuadraticPotential, ScoreBank,
                               VEProcess, VPLinearProcess, asymmetry, conservative_part_linear, dsm_decomposition,
-                              fit_potential, gauge_field, gauge_residual, gauge_split, line_integral, log_sigma_grid,
-                              loop_circulation, make_bank, path_dependence, probability_flow, random_antisymmetric,
-                              rotation_field, scaled_field)
+                              fit_local_quadratic, fit_potential, gauge_field, gauge_residual, gauge_split,
+                              line_integral, local_conservative_part, log_sigma_grid, loop_circulation, make_bank,
+                              path_dependence, probability_flow, random_antisymmetric, rotation_field, scaled_field)
 
 
 @pytest.mark.parametrize("kind", ["ve", "vp"])
@@ -151,3 +151,30 @@ def test_loop_circulation_and_path_dependence_closed_forms():
     sym = lambda x, t: x @ (B + B.T)  # noqa: E731  ∇(xᵀBx)
     assert torch.allclose(line_integral(sym, xa, xb, 0.0, 2), (xb @ B * xb).sum(1) - (xa @ B * xa).sum(1), atol=1e-10)
     assert loop_circulation(sym, x, 0.0, 0.5, generator=g).value.abs().max() < 1e-10
+
+
+def test_local_conservative_part():
+    """Locally (isotropic Gaussian ball) the projection onto quadratic potentials of a linear field
+    -Bx is -sym(B)x; for a conservative field the affine fit is already symmetric."""
+    D = 6
+    proc = VEProcess(1e-3, 5.0)
+    fx = LinearGaussianManifold(D, 2, seed=0)
+    t = proc.t_at_sigma(0.1)
+    A = random_antisymmetric(D, torch.Generator().manual_seed(0), 2.0)
+    field = gauge_field(fx.score_fn(proc), A)
+    B = (torch.eye(D, dtype=torch.float64) + A) @ fx.precision(proc, t)  # field = -Bx
+    c = fx.sample(1, torch.Generator().manual_seed(1))[0]
+    pts = c + 0.05 * _moment_design(torch.eye(D, dtype=torch.float64))  # isotropic design around c
+    lq = fit_local_quadratic(pts, field(pts, t))
+    assert torch.allclose(lq.G, -B, rtol=0, atol=1e-8 * float(B.abs().max())) and lq.residual < 1e-20
+    assert torch.allclose(lq.M, (B + B.T) / 2, rtol=0, atol=1e-8 * float(B.abs().max()))
+    assert torch.allclose(lq(c[None]), field(c[None], t), rtol=1e-9)  # exact at the centre (b = s(c))
+    lq2 = local_conservative_part(field, c, t, 0.05, generator=torch.Generator().manual_seed(2))  # random ball
+    assert torch.allclose(lq2.G, -B, rtol=0, atol=1e-8 * float(B.abs().max()))
+    assert torch.allclose(lq2.M, conservative_part_linear(B, lq2.cov), rtol=0, atol=1e-8 * float(B.abs().max()))
+    assert float((lq2.M - (B + B.T) / 2).norm() / B.norm()) > 1e-3  # anisotropic sample: not just sym(B)
+    sp = SphereManifold(8, 2, seed=0)
+    x0 = sp.sample(1, torch.Generator().manual_seed(3))[0]
+    lq3 = local_conservative_part(sp.score_fn(proc), x0, t, 0.01, generator=torch.Generator().manual_seed(4))
+    skew = float(((lq3.G - lq3.G.T) / 2).norm() / lq3.G.norm())
+    assert skew < 0.05 and float((lq3.M + lq3.G).norm() / lq3.G.norm()) < 0.05

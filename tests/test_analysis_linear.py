@@ -70,7 +70,7 @@ def test_flow_jacobian_matches_closed_form(kind, steps):
 
 def test_gauge_field_asymmetry_and_local_geometry():
     """(I + aA)∇log p: NAsym equals ‖skew B‖²/‖B‖² with B = (I+aA)C⁻¹ (Hutchinson within 3 s.e.);
-    the log-gap ID stays d while the NB tangent space rotates monotonically with a (spec §3b)."""
+    the log-gap ID stays d while the NB tangent space rotates monotonically with a."""
     D, d = 20, 4
     proc = VEProcess(1e-4, 5.0)
     fx = LinearGaussianManifold(D, d, seed=0)

@@ -19,7 +19,7 @@ from .fixtures import (LinearGaussianManifold, SphereManifold, gauge_field, rand
 from .gauge import (DSMDecomposition, GaugeResidual, GaugeSplit, LocalQuadratic, PotentialFit, PotentialMLP,
                     PotentialScore, QuadraticPotential, ScoreBank, conservative_part_linear, dsm_decomposition,
                     fit_local_quadratic, fit_potential, gauge_residual, gauge_split, local_conservative_part, make_bank)
-from .intrinsic_dim import (FlowJacobian, IDResult, NBResult, flow_jacobian, jacobian_id, mle_id, nb_id,
+from .intrinsic_dim import (FlowJacobian, IDResult, NBResult, flow_jacobian, jacobian_id, mle_id, nb_id, nb_spectrum,
                             principal_angles, spectral_gap, twonn_id)
 from .jacobian import Asymmetry, asymmetry, jacobian
 from .processes import (DiscreteVPProcess, VEProcess, VPLinearProcess, log_sigma_grid, noise, pf_step,
@@ -34,7 +34,7 @@ __all__ = [
     "QuadraticPotential", "PotentialMLP", "PotentialScore", "ScoreBank", "make_bank", "fit_potential", "PotentialFit",
     "gauge_split", "GaugeSplit", "gauge_residual", "GaugeResidual", "dsm_decomposition", "DSMDecomposition",
     "conservative_part_linear", "LocalQuadratic", "fit_local_quadratic", "local_conservative_part",
-    "spectral_gap", "nb_id", "NBResult", "jacobian_id", "IDResult", "flow_jacobian", "FlowJacobian",
+    "spectral_gap", "nb_id", "nb_spectrum", "NBResult", "jacobian_id", "IDResult", "flow_jacobian", "FlowJacobian",
     "twonn_id", "mle_id", "principal_angles",
     "LinearGaussianManifold", "SphereManifold", "gauge_field", "rotation_field", "scaled_field",
     "random_antisymmetric", "conservative_part_linear",

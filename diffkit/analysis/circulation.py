@@ -2,7 +2,7 @@
 
 A gradient field has zero circulation around every closed loop. For a linear field
 s = Bx the circulation around a circle of radius ρ in the plane spanned by orthonormal
-(u, w) is exactly 2πρ²·wᵀ skew(B) u, skew(B) = (B - Bᵀ)/2 (spec §2); for a smooth field it
+(u, w) is exactly 2πρ²·wᵀ skew(B) u, skew(B) = (B - Bᵀ)/2; for a smooth field it
 is 2πρ²·wᵀ skew(J) u + O(ρ³), so it tests finite-scale rotation as well as the
 infinitesimal one. Coordinates: whatever the score uses (VP score for UNets).
 """
@@ -95,7 +95,7 @@ def path_dependence(score_fn: Callable, xa: torch.Tensor, xb: torch.Tensor, xc: 
                     n_quad: int = 16) -> torch.Tensor:
     """∫_{a→b→c} s·dl - ∫_{a→c} s·dl, the circulation around the triangle a→b→c→a, (B,).
 
-    Zero for a gradient field; (c-a)ᵀ skew(B) (b-a) for a linear field s = Bx (spec §2).
+    Zero for a gradient field; (c-a)ᵀ skew(B) (b-a) for a linear field s = Bx.
     """
     return (line_integral(score_fn, xa, xb, t, n_quad) + line_integral(score_fn, xb, xc, t, n_quad)
             - line_integral(score_fn, xa, xc, t, n_quad))

@@ -4,7 +4,7 @@
   C_t = α_t²UΛUᵀ + σ_t²I, score -C_t⁻¹x, closed forms for the Jacobian, the flow Jacobian
   (the conservative part of a linear field: ``gauge.conservative_part_linear``).
 * :class:`SphereManifold` -- uniform on a circle (d = 1) or a 2-sphere (d = 2) of radius R in a
-  random (d+1)-dim subspace of R^D; closed-form score (spec §6) and a Monte Carlo check.
+  random (d+1)-dim subspace of R^D; closed-form score and a Monte Carlo check.
 * Fields: :func:`gauge_field` (I + A)s with A antisymmetric (a gauge part A∇log p_t: sampling
   unchanged), :func:`rotation_field` (+ scale·Kx/σ_t², not gauge unless p_t is isotropic),
   :func:`scaled_field` (c·s: conservative but wrong for c != 1).
@@ -122,7 +122,7 @@ def _langevin(k: torch.Tensor) -> torch.Tensor:
 class SphereManifold:
     """Uniform distribution on a d-sphere (d ∈ {1, 2}) of radius R in a random (d+1)-dim subspace of R^D.
 
-    Exact score (spec §6), with y = Vᵀx the in-subspace coordinates and κ = αR|y|/σ²:
+    Exact score, with y = Vᵀx the in-subspace coordinates and κ = αR|y|/σ²:
     s = -x/σ² + (αR/σ²)·A(κ)·V ŷ, A = I₁/I₀ (circle) or coth κ - 1/κ (S²).
     """
 

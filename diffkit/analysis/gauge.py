@@ -1,4 +1,4 @@
-"""Conservative/gauge split of a score field by potential distillation (spec §1).
+"""Conservative/gauge split of a score field by potential distillation.
 
 Any field splits as s = ∇φ_t + r_t with the gauge condition ∇·(p_t r_t) = 0, i.e.
 E_{p_t}[∇ψ·r_t] = 0 for every test function ψ (a weighted Helmholtz-Hodge split in
@@ -305,7 +305,8 @@ def dsm_decomposition(bank: ScoreBank, potential: nn.Module, max_batch: int = 40
 def conservative_part_linear(B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
     """M with -Mx the L²(N(0, C)) projection of the field -Bx onto gradients.
 
-    Solves the Lyapunov equation MC + CM = BC + CBᵀ (spec §1) in C's eigenbasis.
+    Solves the Lyapunov equation MC + CM = BC + CBᵀ in C's eigenbasis: the weighted split of a
+    linear field under a Gaussian (not the symmetric part of B unless C ∝ I).
     """
     evals, Q = torch.linalg.eigh(C)
     rhs = Q.T @ (B @ C + C @ B.T) @ Q
@@ -321,6 +322,7 @@ class LocalQuadratic:
     M: torch.Tensor  # (D, D) symmetric: -M is the Hessian of the local potential
     b: torch.Tensor  # (D,)
     G: torch.Tensor  # (D, D) affine fit of the field (its Jacobian estimate)
+    cov: torch.Tensor  # (D, D) covariance of the points (the weighting of the projection)
     residual: float  # mean ‖s - (G(x-c) + b)‖² / mean ‖s - mean s‖² (nonlinearity within the ball)
 
     def __call__(self, x: torch.Tensor, t=None) -> torch.Tensor:
@@ -334,7 +336,7 @@ def fit_local_quadratic(points: torch.Tensor, scores: torch.Tensor) -> LocalQuad
 
     Minimises Σ‖-M(x_i - c) + b - s_i‖² over symmetric M and b (c = mean of the points): first the
     affine fit s ≈ G(x - c) + b, then M from the Lyapunov equation MĈ + ĈM = -(GĈ + ĈGᵀ) with the
-    points' covariance Ĉ (spec §1's linear-Gaussian split; -sym(G) when Ĉ ∝ I). Needs n >= D + 1 points.
+    points' covariance Ĉ (-sym(G) when Ĉ ∝ I). Needs n >= D + 1 points.
     """
     pts, sc = points.reshape(points.shape[0], -1).to(torch.float64), scores.reshape(scores.shape[0], -1).to(torch.float64)
     n, D = pts.shape
@@ -348,8 +350,9 @@ def fit_local_quadratic(points: torch.Tensor, scores: torch.Tensor) -> LocalQuad
     Gt = torch.linalg.lstsq(u, sc - b).solution  # (D, D): s - b ≈ u @ Gt, G = Gtᵀ
     G = Gt.T
     resid = float(((sc - b - u @ Gt) ** 2).sum(1).mean() / ((sc - b) ** 2).sum(1).mean().clamp_min(1e-300))
-    M = conservative_part_linear(-G, u.T @ u / n)
-    return LocalQuadratic(c, 0.5 * (M + M.T), b, G, resid)
+    cov = u.T @ u / n
+    M = conservative_part_linear(-G, cov)
+    return LocalQuadratic(c, 0.5 * (M + M.T), b, G, cov, resid)
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """Intrinsic-dimension (ID) estimators: three from a score field, two classical ones.
 
-From a score field (spec §3; all take the score in the process's own coordinates -- the
+From a score field (all take the score in the process's own coordinates -- the
 VP score s = -ε/std_vp for UNets -- and x0 in data coordinates):
 
 * :func:`nb_id` -- the normal-bundle estimator (Stanczuk et al., arXiv 2212.12611): K
@@ -9,13 +9,13 @@ VP score s = -ε/std_vp for UNets -- and x0 in data coordinates):
   the largest spectral gap). The right singular vectors of the k small ones estimate the
   tangent space.
 * :func:`jacobian_id` -- the same count from the singular values of the exact score
-  Jacobian at α_t0·x0 (for K ≫ D the centred score matrix ≈ σ·Z·Jᵀ, spec §3a).
+  Jacobian at α_t0·x0 (for K ≫ D the centred score matrix ≈ σ·Z·Jᵀ).
 * :func:`flow_jacobian` -- singular values of the probability-flow map's Jacobian
   Y = ∂x_t/∂x_{t1} (Horvat & Pfister 2024, Fig. 2): along the manifold they saturate as
   t → 0, off it they vanish like σ_t; ID = #above the largest gap at the last time.
 
 Gap rules (:func:`spectral_gap`): ``"log"`` -- the largest ratio s_i/s_{i+1} (robust to a
-gauge part, spec §3b); ``"abs"`` -- the largest difference s_i - s_{i+1} (SB's choice).
+gauge part); ``"abs"`` -- the largest difference s_i - s_{i+1} (SB's choice).
 
 Classical estimators on point clouds: :func:`twonn_id` (Facco et al. 2017) and
 :func:`mle_id` (Levina & Bickel 2004 with MacKay & Ghahramani's averaging of inverses).
@@ -32,7 +32,7 @@ from .jacobian import _grad, jacobian
 from .processes import as_times, pf_step
 from .score import flat
 
-__all__ = ["GAP_RULES", "spectral_gap", "NBResult", "nb_id", "IDResult", "jacobian_id", "FlowJacobian",
+__all__ = ["GAP_RULES", "spectral_gap", "NBResult", "nb_spectrum", "nb_id", "IDResult", "jacobian_id", "FlowJacobian",
            "flow_jacobian", "twonn_id", "mle_id", "principal_angles"]
 
 GAP_RULES = ("log", "abs")
@@ -67,6 +67,8 @@ class NBResult:
     t0: float
     n_perturb: int
     gap: str
+    points: Optional[torch.Tensor] = None  # (B, K, D) perturbed points, with keep_samples=True
+    scores: Optional[torch.Tensor] = None  # (B, K, D) their scores
 
     def tangent_basis(self, b: int, k: Optional[int] = None) -> torch.Tensor:
         """(D, k) orthonormal basis of the estimated tangent space at point b (k = its ID by default)."""
@@ -74,16 +76,25 @@ class NBResult:
         return self.vh[b, self.vh.shape[1] - k:].T
 
 
+def nb_spectrum(scores: torch.Tensor, center: bool = True):
+    """(singular values (B, min(K, D)), right singular vectors (B, min(K, D), D)) of score matrices (B, K, D)."""
+    S = scores - scores.mean(-2, keepdim=True) if center else scores
+    _, sv, vh = torch.linalg.svd(S, full_matrices=False)
+    return sv, vh
+
+
 @torch.no_grad()
 def nb_id(score_fn: Callable, process, x0: torch.Tensor, t0, n_perturb: Optional[int] = None, center: bool = True,
-          gap: str = "log", generator: Optional[torch.Generator] = None, max_batch: int = 4096) -> NBResult:
+          gap: str = "log", generator: Optional[torch.Generator] = None, max_batch: int = 4096,
+          keep_samples: bool = False) -> NBResult:
     """Normal-bundle ID estimate at each datum x0 (B, *S).
 
-    ``t0``: a time of ``process`` (spec: σ_t0 ∈ {1e-3, 1e-2} for exact scores; use
+    ``t0``: a time of ``process`` (e.g. σ_t0 ∈ {1e-3, 1e-2} for exact scores; use
     ``process.t_at_sigma(σ)``). ``n_perturb`` K: default 4·D (as layer6ai's estimator); at
     least D + 1 with ``center`` (D without), so the score matrix can have rank D. ``center``
     subtracts the mean score before the SVD (as the official code). VP perturbations are
-    α_t0·x0 + σ_t0·z (not x0 + σ·z).
+    α_t0·x0 + σ_t0·z (not x0 + σ·z). ``keep_samples`` keeps the points and their scores (e.g. for
+    :func:`~.gauge.fit_local_quadratic`).
     """
     _check_gap(gap)
     B, D = x0.shape[0], x0[0].numel()
@@ -99,20 +110,22 @@ def nb_id(score_fn: Callable, process, x0: torch.Tensor, t0, n_perturb: Optional
     f = flat(score_fn, x0.shape[1:])
     xf = x0.reshape(B, D)
     per = max(1, max_batch // K)
-    svals, vhs = [], []
+    svals, vhs, kept = [], [], []
     for i in range(0, B, per):
         xb = xf[i:i + per]
         n = xb.shape[0]
         z = torch.randn(n, K, D, generator=generator, dtype=torch.float64).to(xf)
         pts = a * xb[:, None] + s * z
         S = f(pts.reshape(n * K, D), t.expand(n * K)).reshape(n, K, D)
-        if center:
-            S = S - S.mean(1, keepdim=True)
-        _, sv, vh = torch.linalg.svd(S, full_matrices=False)
+        sv, vh = nb_spectrum(S, center)
         svals.append(sv)
         vhs.append(vh)
+        if keep_samples:
+            kept.append((pts, S))
     sv, vh = torch.cat(svals), torch.cat(vhs)
-    return NBResult(D - spectral_gap(sv, gap), sv, vh, float(t), K, gap)
+    pts = torch.cat([p for p, _ in kept]) if keep_samples else None
+    sc = torch.cat([q for _, q in kept]) if keep_samples else None
+    return NBResult(D - spectral_gap(sv, gap), sv, vh, float(t), K, gap, pts, sc)
 
 
 @dataclass
@@ -130,7 +143,7 @@ class IDResult:
 def jacobian_id(score_fn: Callable, process, x0: torch.Tensor, t0, gap: str = "log") -> IDResult:
     """ID from the singular values of the exact score Jacobian at α_t0·x0 (D - #above the gap).
 
-    The D - k normal singular values are ≈ 1/σ_t0², the k tangent ones O(1) (spec §3a).
+    The D - k normal singular values are ≈ 1/σ_t0², the k tangent ones O(1).
     """
     _check_gap(gap)
     B, D = x0.shape[0], x0[0].numel()

@@ -2,7 +2,7 @@
 
 NAsym = ‖(J - Jᵀ)/2‖²_F / ‖J‖²_F ∈ [0, 1] (the antisymmetric energy fraction; QCSBM,
 Chao et al. 2023). s is conservative (a gradient field) iff J is symmetric everywhere,
-so NAsym detects a gauge part, though not its L²(p_t) size (spec §1).
+so NAsym detects a gauge part, though not its L²(p_t) size.
 
 Reverse mode only (VJPs), so it works with every attention kernel (PyTorch's CPU
 fused attention has no forward-mode AD, pytorch#128971). Works in any coordinates; the

@@ -30,13 +30,17 @@ from typing import Callable, Optional
 import torch
 
 from .circulation import loop_circulation
-from .gauge import PotentialMLP, PotentialScore, ScoreBank, dsm_decomposition, fit_potential, gauge_residual, make_bank
-from .intrinsic_dim import flow_jacobian, jacobian_id, mle_id, nb_id, principal_angles, spectral_gap, twonn_id
+from .gauge import (PotentialMLP, PotentialScore, ScoreBank, dsm_decomposition, fit_local_quadratic, fit_potential,
+                    gauge_residual, make_bank)
+from .intrinsic_dim import (flow_jacobian, jacobian_id, mle_id, nb_id, nb_spectrum, principal_angles, spectral_gap,
+                            twonn_id)
 from .jacobian import asymmetry
 from .processes import log_sigma_grid, noise
 from .score import UNetScore, math_attention
 
 __all__ = ["AnalysisConfig", "load_digits", "load_model", "analyze_digits"]
+
+FIELD_NAMES = {"raw": "teacher", "loc": "local ∇φ", "phi": "network ∇φ"}
 
 
 @dataclass
@@ -257,35 +261,46 @@ def analyze_digits(model=None, output: str = "analysis-output", config: Optional
         timings["potential"] = time.perf_counter() - tic
         log(f"  potential fit: {timings['potential']:.1f} s (loss {fit.history[0]:.3g} -> {res['potential']['loss_final']:.3g})")
 
-        # ---------------------------------------------------------- ID per class: NB + Jacobian, raw vs ∇φ
+        # ---------------------------------------------------------- ID per class: teacher vs conservative parts
         tic = time.perf_counter()
         per_class, spectra = [], {}
         for c in cfg.classes:
             x0 = test_pts[c][: cfg.points_per_class].double()
-            fields = {"raw": score(c), "phi": PotentialScore(pot, c if conditional else None)}
-            row = {"class": c}
-            nbs = {}
-            for name, f in fields.items():
-                nb = nb_id(f, proc, x0, t0, n_perturb=K, generator=gen(800 + c))
-                nbs[name] = nb
-                row[f"nb_{name}_log"] = nb.id.tolist()
-                row[f"nb_{name}_abs"] = (D - spectral_gap(nb.svals, "abs")).tolist()
-                jid = jacobian_id(f, proc, x0, t0)
-                row[f"jac_{name}"] = jid.id.tolist()
-            angles = []
+            nb_raw = nb_id(score(c), proc, x0, t0, n_perturb=K, generator=gen(800 + c), keep_samples=True)
+            phi = PotentialScore(pot, c if conditional else None)
+            nb_phi = nb_id(phi, proc, x0, t0, n_perturb=K, generator=gen(800 + c))  # same perturbations
+            # local conservative part: L² projection onto quadratic potentials over the NB ball itself
+            locs = [fit_local_quadratic(nb_raw.points[b], nb_raw.scores[b]) for b in range(x0.shape[0])]
+            sv_loc, vh_loc = nb_spectrum(torch.stack([lq(nb_raw.points[b]) for b, lq in enumerate(locs)]))
+            jac_raw, jac_phi = jacobian_id(score(c), proc, x0, t0), jacobian_id(phi, proc, x0, t0)
+            jac_loc = torch.stack([torch.linalg.svdvals(lq.M) for lq in locs])
+            row = {"class": c, "nb_raw_log": nb_raw.id.tolist(), "nb_raw_abs": (D - spectral_gap(nb_raw.svals, "abs")).tolist(),
+                   "nb_loc_log": (D - spectral_gap(sv_loc, "log")).tolist(),
+                   "nb_loc_abs": (D - spectral_gap(sv_loc, "abs")).tolist(),
+                   "nb_phi_log": nb_phi.id.tolist(), "nb_phi_abs": (D - spectral_gap(nb_phi.svals, "abs")).tolist(),
+                   "jac_raw": jac_raw.id.tolist(), "jac_loc": (D - spectral_gap(jac_loc, "log")).tolist(),
+                   "jac_phi": jac_phi.id.tolist(),
+                   "local_nasym": [float(((lq.G - lq.G.T) / 2).pow(2).sum() / lq.G.pow(2).sum()) for lq in locs],
+                   "local_affine_residual": [lq.residual for lq in locs]}
+            ang_loc, ang_phi = [], []
             for b in range(x0.shape[0]):
-                k = int(nbs["raw"].id[b])
-                angles.append(float(principal_angles(nbs["raw"].tangent_basis(b, k), nbs["phi"].tangent_basis(b, k)).max()))
-            row["tangent_angle_deg"] = [math.degrees(a) for a in angles]
+                k = int(nb_raw.id[b])
+                tb = nb_raw.tangent_basis(b, k)
+                ang_loc.append(math.degrees(float(principal_angles(tb, vh_loc[b, D - k:].T).max())))
+                ang_phi.append(math.degrees(float(principal_angles(tb, nb_phi.tangent_basis(b, k)).max())))
+            row["angle_loc_deg"], row["angle_phi_deg"] = ang_loc, ang_phi
             per_class.append(row)
             if c in cfg.spectra_classes:
-                spectra[c] = {sig0: {n: nbs[n].svals[0].tolist() for n in nbs}}
+                spectra[c] = {sig0: {"raw": nb_raw.svals[0].tolist(), "loc": sv_loc[0].tolist(),
+                                     "phi": nb_phi.svals[0].tolist()}}
                 for sig in cfg.spectra_sigmas:
                     t, s_ = t_of(sig)
                     if abs(s_ - sig0) < 1e-12:
                         continue
-                    spectra[c][s_] = {n: nb_id(f, proc, x0[:1], t, n_perturb=K, generator=gen(900 + c)).svals[0].tolist()
-                                      for n, f in fields.items()}
+                    nb1 = nb_id(score(c), proc, x0[:1], t, n_perturb=K, generator=gen(900 + c), keep_samples=True)
+                    lq = fit_local_quadratic(nb1.points[0], nb1.scores[0])
+                    spectra[c][s_] = {"raw": nb1.svals[0].tolist(), "loc": nb_spectrum(lq(nb1.points[0])[None])[0][0].tolist(),
+                                      "phi": nb_id(phi, proc, x0[:1], t, n_perturb=K, generator=gen(900 + c)).svals[0].tolist()}
         timings["id"] = time.perf_counter() - tic
         log(f"  NB / Jacobian IDs: {timings['id']:.1f} s")
 
@@ -337,10 +352,9 @@ def _plots(res, output):
         for ax, (c, by_sigma) in zip(axes[0], spectra.items()):
             for j, (s, d) in enumerate(sorted(by_sigma.items(), key=lambda kv: float(kv[0]))):
                 col = f"C{j}"
-                for name, ls in (("raw", "-"), ("phi", "--")):
+                for name, ls in (("raw", "-"), ("loc", ":"), ("phi", "--")):
                     sv = torch.tensor(d[name])
-                    ax.semilogy(range(1, len(sv) + 1), sv, ls, color=col,
-                                label=f"σ={float(s):.3g} {'teacher' if name == 'raw' else '∇φ'}")
+                    ax.semilogy(range(1, len(sv) + 1), sv, ls, color=col, label=f"σ={float(s):.3g} {FIELD_NAMES[name]}")
                     k = int(spectral_gap(sv[None], "log")[0])
                     ax.axvline(k + 0.5, color=col, ls=ls, lw=0.8, alpha=0.6)
             ax.set_title(f"class {c}: NB singular values")
@@ -363,9 +377,9 @@ def _plots(res, output):
     _savefig(fig, os.path.join(output, files["nasym"]))
     # ID per class
     rows = res["per_class"]
-    keys = [("nb_raw_log", "NB teacher (log gap)"), ("nb_raw_abs", "NB teacher (abs gap)"), ("nb_phi_log", "NB ∇φ (log)"),
-            ("jac_raw", "Jacobian teacher"), ("jac_phi", "Jacobian ∇φ"), ("flow", "flow Jacobian"),
-            ("twonn", "TwoNN"), ("mle", "MLE")]
+    keys = [("nb_raw_log", "NB teacher (log gap)"), ("nb_raw_abs", "NB teacher (abs gap)"),
+            ("nb_loc_log", "NB local ∇φ (log)"), ("nb_phi_log", "NB network ∇φ (log)"), ("jac_raw", "Jacobian teacher"),
+            ("flow", "flow Jacobian"), ("twonn", "TwoNN"), ("mle", "MLE")]
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 3.6))
     w = 0.8 / len(keys)
     for j, (k, lab) in enumerate(keys):
@@ -428,22 +442,28 @@ def _markdown(res, files) -> str:
     L += ["", "A |z| of a few is consistent with E[∇ψ·r] = 0 (a gauge r); large |z| means the fitted φ has not "
           "captured the whole conservative part.", "", f"![potential fit]({files['potential']})", ""]
     L += ["## Intrinsic dimension per class", "",
-          "Median over points (min-max in brackets). NB = normal-bundle estimator (SVD of K scores around "
-          "α_t0·x0); gap rules: log (largest ratio) and abs (largest difference). Jacobian = singular values of "
-          "the exact score Jacobian at α_t0·x0. ∇φ columns use the fitted conservative part. Tangent angle = "
-          "largest principal angle between the NB tangent spaces of the teacher and of ∇φ (at the teacher's ID). "
-          f"Flow = flow-Jacobian ID (1 latent, {cfg['flow_steps']} Heun steps, sketch of {cfg['flow_cols'] or 'all'} "
-          f"columns). TwoNN and MLE (k = {cfg['mle_k']}) on all digits of the class.", ""]
+          "Median over points [min-max]. NB = normal-bundle estimator (SVD of K scores around α_t0·x0); "
+          "gap rules: log (largest ratio) and abs (largest difference). Jacobian = singular values of the exact "
+          "score Jacobian at α_t0·x0 (log gap). Two conservative parts of the teacher are compared with it: "
+          "*local ∇φ* -- the least-squares projection of the teacher onto gradients of quadratic potentials over "
+          "the NB ball itself (the measure the NB estimator integrates over; Lyapunov solve of the affine fit), "
+          "and *network ∇φ* -- the potential network above (only as good as its fit: see ‖r‖²/‖s‖²). "
+          "Angles = largest principal angle between the teacher's NB tangent space and that of each conservative "
+          "part (at the teacher's ID). Local NAsym = antisymmetric share of the affine fit's Jacobian. "
+          f"Flow = flow-Jacobian ID (1 latent from N(0, I) at t = T-1, {cfg['flow_steps']} Heun steps, sketch of "
+          f"{cfg['flow_cols'] or 'all'} columns). TwoNN and MLE (k = {cfg['mle_k']}) on all digits of the class.", ""]
 
     def rng(v):
         v = torch.as_tensor(v, dtype=torch.float64).reshape(-1)
         return f"{_median(v):.3g} [{float(v.min()):.3g}-{float(v.max()):.3g}]" if v.numel() > 1 else f"{float(v[0]):.3g}"
 
-    L += _table(["class", "NB teacher log", "NB teacher abs", "NB ∇φ log", "NB ∇φ abs", "Jacobian teacher",
-                 "Jacobian ∇φ", "tangent angle (°)", "flow", "TwoNN", "MLE"],
-                [[r["class"], rng(r["nb_raw_log"]), rng(r["nb_raw_abs"]), rng(r["nb_phi_log"]), rng(r["nb_phi_abs"]),
-                  rng(r["jac_raw"]), rng(r["jac_phi"]), rng(r["tangent_angle_deg"]),
-                  "-" if r["flow"] is None else r["flow"], r["twonn"], r["mle"]] for r in res["per_class"]])
+    L += _table(["class", "NB teacher log", "NB teacher abs", "NB local ∇φ log", "NB network ∇φ log",
+                 "Jacobian teacher", "Jacobian local ∇φ", "Jacobian network ∇φ", "angle local (°)",
+                 "angle network (°)", "local NAsym", "flow", "TwoNN", "MLE"],
+                [[r["class"], rng(r["nb_raw_log"]), rng(r["nb_raw_abs"]), rng(r["nb_loc_log"]), rng(r["nb_phi_log"]),
+                  rng(r["jac_raw"]), rng(r["jac_loc"]), rng(r["jac_phi"]), rng(r["angle_loc_deg"]),
+                  rng(r["angle_phi_deg"]), rng(r["local_nasym"]), "-" if r["flow"] is None else r["flow"],
+                  r["twonn"], r["mle"]] for r in res["per_class"]])
     allc = res["classical"]["all"]
     L += ["", f"All {allc['n']} digits: TwoNN {allc['twonn']:.3g}, MLE {allc['mle']:.3g}.", "",
           f"![ID per class]({files['id']})", ""]

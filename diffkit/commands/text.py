@@ -129,7 +129,8 @@ def _nll(args):
     import math
 
     print(f"{args.estimator}: NLL {total:.3f}{f' ± {se:.3f}' if se else ''} nats over {len(ids)} tokens "
-          f"({len(blocks)} block(s) of <= {L}) = {total / len(ids):.4f} nats/token, PPL {math.exp(total / len(ids)):.3f}")
+          f"({len(blocks)} block(s) of <= {L}) = {total / len(ids):.4f} nats/token, "
+          f"PPL {math.exp(total / len(ids)):.3f}")
 
 
 def run(args):

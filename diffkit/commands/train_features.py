@@ -80,12 +80,15 @@ def train_features(output, max_steps: int = 1500, seed: int = 0, resume=None, ru
     result = trainer.fit(resume=resume)
     if trainer.accelerator.is_main_process:
         ema = trainer.ema_model().requires_grad_(False)
+        with torch.no_grad():  # fix the feature scale once: RMS of the train split's raw features
+            ema.set_feature_scale(float(ema.raw_features(x).pow(2).mean().sqrt()))
         test_correct, test_n = accuracy(ema, "test")
         train_correct, train_n = accuracy(ema, "train")
         facts = {
             "test_accuracy": test_correct / test_n, "test_correct": test_correct, "test_n": test_n,
             "train_accuracy": train_correct / train_n, "train_n": train_n,
             "parameters": sum(p.numel() for p in ema.parameters()),
+            "feature_scale": ema.config["feature_scale"],
             "training": {"command": command, "steps": result.step, "batch_size": batch_size, "learning_rate": lr,
                          "ema_decay": cfg.ema_decay, "seed": seed, "final_loss": result.final_loss,
                          "wall_time_s": round(result.wall_time_s, 1),
@@ -127,7 +130,7 @@ Load it with `diffkit.models.digits_features.load_feature_net("digits-features")
 | test accuracy (held-out split, n = {facts['test_n']}) | {facts['test_accuracy']:.4f} ({facts['test_correct']}/{facts['test_n']}) |
 | train accuracy (n = {facts['train_n']}) | {facts['train_accuracy']:.4f} |
 | parameters | {facts['parameters']:,} |
-| feature dimension | {stats.mu.shape[0]} |
+| feature dimension | {stats.mu.shape[0]} (penultimate SiLU activations ÷ feature_scale {facts['feature_scale']:.4f}, the RMS of the train split's activations) |
 | training command | `{t['command']}` |
 | steps × batch | {t['steps']} × {t['batch_size']} (AdamW lr {t['learning_rate']}, EMA {t['ema_decay']}) |
 | final training loss (mean of the last 100 steps) | {t['final_loss']:.2e} |

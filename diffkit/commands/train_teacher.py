@@ -155,6 +155,34 @@ def export_pipeline(unet, scheduler, output, facts: dict | None = None) -> Path:
     return output
 
 
+def demo_step(ctx):
+    """Per-class samples of the shipped teacher, scored by the shipped feature network."""
+    import torch
+
+    from diffkit.assets import AssetError
+    from diffkit.images import save_grid
+    from diffkit.metrics.digits import classify, sample_digits
+    from diffkit.pipelines import load_pipeline
+
+    try:
+        pipe = load_pipeline("digits-unet")
+    except AssetError as e:
+        ctx.say(f"- Digits teacher: skipped ({e})")
+        return
+    per, steps = (4, 10) if ctx.quick else (8, 25)
+    labels = torch.arange(10).repeat_interleave(per)  # row k of the grid = digit k
+    t0 = time.perf_counter()
+    x = sample_digits(pipe, labels, seed=0, steps=steps, guidance=1.0)
+    dt = time.perf_counter() - t0
+    path = save_grid(x, ctx.path("digits_per_class.png"), nrow=per, upscale=4)
+    try:
+        acc = f"; feature-net top-1 {(classify(x) == labels.numpy()).mean():.2f}"
+    except AssetError:
+        acc = ""
+    ctx.say(f"- Digits teacher (`assets/digits-unet`, {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.2f}M "
+            f"params): {per} DDIM-{steps} samples per class in {dt:.1f} s{acc} -> `{os.path.basename(path)}`")
+
+
 def run(args):
     if args.threads:
         import torch

@@ -294,10 +294,11 @@ class _Backend:
     def folder_block(self, files, desc: str, show: bool) -> np.ndarray:
         out = []
         for b in _progress(range(0, len(files), self.batch_size), show, desc):
-            out.append(self.images_block(load_images(files[b: b + self.batch_size]).float()))
+            out.append(self.images_block(load_images(files[b: b + self.batch_size])))
         return np.concatenate(out)
 
     def images_block(self, x: torch.Tensor) -> np.ndarray:
+        """Features of one batch of [0, 255]-valued images (uint8 from files, float from tensors)."""
         return self.fx(x.to(self.device)).cpu().numpy()
 
     def side_stats(self, feats: np.ndarray, info: ShardInfo) -> tuple[np.ndarray, np.ndarray]:
@@ -322,13 +323,10 @@ class _CleanFIDBackend(_Backend):
     def mode(self) -> str:
         return "clean" if self.fx.resizes else "clean, custom_fn_resize=identity"
 
-    def _model(self, batch):
-        return self.fx(batch)
-
     def folder_block(self, files, desc, show):
         from cleanfid.fid import get_files_features
 
-        return get_files_features([str(f) for f in files], model=self._model, num_workers=0,
+        return get_files_features([str(f) for f in files], model=self.fx, num_workers=0,
                                   batch_size=self.batch_size, device=self.device, mode="clean",
                                   custom_fn_resize=None if self.fx.resizes else _identity,
                                   description=desc, verbose=show)
@@ -341,7 +339,7 @@ class _CleanFIDBackend(_Backend):
         batch = torch.stack([torch.from_numpy(np.ascontiguousarray(self.fn_resize(a).transpose(2, 0, 1)))
                              for a in arr])
         with torch.no_grad():
-            return self._model(batch.to(self.device)).cpu().numpy()
+            return self.fx(batch.to(self.device)).cpu().numpy()
 
     def side_stats(self, feats, info):
         return np.mean(feats, axis=0), np.cov(feats, rowvar=False)
@@ -402,12 +400,6 @@ class _TorchmetricsBackend(_Backend):
         self.metric = m.to(self.device)
         return self.metric
 
-    def folder_block(self, files, desc, show):
-        out = []
-        for b in _progress(range(0, len(files), self.batch_size), show, desc):
-            out.append(self.images_block(load_images(files[b: b + self.batch_size])))
-        return np.concatenate(out)
-
     def images_block(self, x):
         if x.is_floating_point() and self.fx.levels == 256:
             x = x.to(torch.uint8)  # exact: the values are on the uint8 grid already
@@ -417,7 +409,7 @@ class _TorchmetricsBackend(_Backend):
         m = self.ensure_metric(dim)
         self._captured.clear()
         m.update(x.to(self.device), real=self.real)
-        return torch.cat(self._captured).float().cpu().numpy()
+        return torch.cat(self._captured).cpu().numpy()
 
     def side_stats(self, feats, info):
         # torchmetrics' float64 running sums, summed over processes as its DDP reduction does
@@ -492,7 +484,7 @@ def _stats_side(st: FIDStats, n, name):
 
 
 def _iter_blocks(kind, src, n, lo, hi, batch_size, name, seed):
-    """Yield float [0, 255]-valued image batches for global indices [lo, hi) (before quantisation)."""
+    """Yield the raw image batches (float in [-1, 1] or uint8) of global indices [lo, hi)."""
     if kind == "tensor":
         for b in range(lo, hi, batch_size):
             yield src[b: min(b + batch_size, hi)]

@@ -6,6 +6,11 @@ two 2×2 max-pools (8 → 4 → 2), a linear layer to ``feature_dim`` (64) with 
 features -- and a linear classifier to 10 classes. SiLU rather than ReLU so that no feature
 is exactly constant (dead units would make the feature covariance singular).
 
+``features`` are the penultimate activations divided by a fixed ``feature_scale`` (set once
+after training: the RMS of the train split's raw activations, stored in config.json), so
+entries are O(1) as KID's polynomial kernel (γ = 1/d) assumes; raw activations of a
+confident classifier reach ~40 and make KID's estimate useless.
+
 Stored as ``config.json`` + ``model.safetensors`` (``save`` / ``load_feature_net``).
 """
 
@@ -25,13 +30,14 @@ REQUIRED_FILES = ("config.json", "model.safetensors")
 
 class DigitsFeatureNet(nn.Module):
     def __init__(self, channels=(32, 32, 64), feature_dim: int = 64, num_classes: int = 10, image_size: int = 8,
-                 in_channels: int = 1):
+                 in_channels: int = 1, feature_scale: float = 1.0):
         super().__init__()
         c1, c2, c3 = channels
         if image_size % 4:
             raise ValueError(f"image_size must be divisible by 4 (two 2x2 pools), got {image_size}")
         self.config = {"channels": list(channels), "feature_dim": int(feature_dim), "num_classes": int(num_classes),
-                       "image_size": int(image_size), "in_channels": int(in_channels)}
+                       "image_size": int(image_size), "in_channels": int(in_channels),
+                       "feature_scale": float(feature_scale)}
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, c1, 3, padding=1), nn.SiLU(),
             nn.Conv2d(c1, c2, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
@@ -52,13 +58,22 @@ class DigitsFeatureNet(nn.Module):
         p = next(self.parameters())
         return x.to(device=p.device, dtype=p.dtype)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def set_feature_scale(self, scale: float) -> None:
+        if not scale > 0:
+            raise ValueError(f"feature_scale must be > 0, got {scale}")
+        self.config["feature_scale"] = float(scale)
+
+    def raw_features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate activations, shape (N, feature_dim)."""
         return self.body(self._check(x))
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate activations / feature_scale: the FID-digits features, shape (N, feature_dim)."""
+        return self.raw_features(x) / self.config["feature_scale"]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits, shape (N, num_classes)."""
-        return self.head(self.features(x))
+        return self.head(self.raw_features(x))
 
     def save(self, directory, extra_config: dict | None = None) -> Path:
         """Write ``config.json`` + ``model.safetensors`` into ``directory`` (each file atomically)."""
@@ -76,7 +91,7 @@ class DigitsFeatureNet(nn.Module):
         return d
 
 
-_ARCH_KEYS = ("channels", "feature_dim", "num_classes", "image_size", "in_channels")
+_ARCH_KEYS = ("channels", "feature_dim", "num_classes", "image_size", "in_channels", "feature_scale")
 
 
 def load_feature_net(path="digits-features", device="cpu") -> DigitsFeatureNet:

@@ -107,7 +107,8 @@ class Block(nn.Module):
         self.attn_qkv = nn.Linear(hidden, 3 * hidden, bias=False)
         self.attn_out = nn.Linear(hidden, hidden, bias=False)
         self.norm2 = LayerNormWithBias(hidden)
-        self.mlp = nn.Sequential(nn.Linear(hidden, 4 * hidden), nn.GELU(approximate="tanh"), nn.Linear(4 * hidden, hidden))
+        self.mlp = nn.Sequential(nn.Linear(hidden, 4 * hidden), nn.GELU(approximate="tanh"),
+                                 nn.Linear(4 * hidden, hidden))
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x, cos, sin):
@@ -150,9 +151,11 @@ class RADDTransformer(ModelMixin, ConfigMixin):
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
         if hidden_size % n_heads or (hidden_size // n_heads) % 2:
-            raise ValueError(f"hidden_size ({hidden_size}) must be divisible by n_heads ({n_heads}) into even head dims")
+            raise ValueError(f"hidden_size ({hidden_size}) must be divisible by n_heads ({n_heads}) "
+                             "into even head dims")
         if autocast_dtype not in _DTYPES:
-            raise ValueError(f"autocast_dtype (config model.dtype) must be one of {sorted(_DTYPES)}, got {autocast_dtype!r}")
+            raise ValueError(f"autocast_dtype (config model.dtype) must be one of {sorted(_DTYPES)}, "
+                             f"got {autocast_dtype!r}")
         self.vocab_embed = Embedding(vocab_size + 1, hidden_size)
         self.rotary_emb = Rotary(hidden_size // n_heads)
         self.blocks = nn.ModuleList([Block(hidden_size, n_heads, dropout) for _ in range(n_blocks)])
@@ -285,11 +288,13 @@ def load_official_checkpoint(path, *, vocab_size: int | None = None, device=None
 
     path = Path(path)
     if not is_official_checkpoint(path):
-        raise CheckpointError(f"{path} is not an official RADD checkpoint (config.json with 'tokens' and a 'model' dict)")
+        raise CheckpointError(f"{path} is not an official RADD checkpoint "
+                              "(config.json with 'tokens' and a 'model' dict)")
     cfg = json.loads(_config_path(path).read_text())
     kwargs = _official_kwargs(cfg)
     if vocab_size is not None and int(vocab_size) != kwargs["vocab_size"]:
-        raise CheckpointError(f"vocab_size {vocab_size} does not match the checkpoint's tokens = {kwargs['vocab_size']}")
+        raise CheckpointError(f"vocab_size {vocab_size} does not match the checkpoint's "
+                              f"tokens = {kwargs['vocab_size']}")
     weights = path / "model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found (the official format stores the weights in model.safetensors)")

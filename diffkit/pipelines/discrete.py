@@ -6,10 +6,13 @@ positions. A network with ``time_conditioned = True`` (SEDD, MDLM with time cond
 called as ``transformer(ids, total_noise [B])`` and never cached.
 
 The cache (RADD §3.2, §J.4 "efficient batching"): a time-free network's output for a sequence
-is exact as long as no token of that sequence changed, so before each step the network runs
-only on the rows revealed something in the previous step, as a dynamic sub-batch, and their
-rows of the [B, L, N] output buffer are replaced. MDLM's ``ddpm_cache`` instead keeps one cache
-for the whole batch, which any change in any row invalidates.
+is exact as long as no token of that sequence changed, so before a step the network runs only
+on the rows that changed since their last evaluation, as a dynamic sub-batch, and their rows of
+the [B, L, N] output buffer are replaced. MDLM's ``ddpm_cache`` instead keeps one cache for the
+whole batch, which any change in any row invalidates. Because the unmask-or-stay choices of the
+two-stage draw do not depend on the model, they are drawn for the whole run up front
+(``RADDScheduler.reveal_steps``), and steps that reveal nothing are not visited at all -- so the
+sampler's own per-step cost is paid only about E-NFE times, not n times.
 
 NFE is counted two ways (spec §7.7): ``nfe_per_sample`` = network evaluations of each row
 (the cost), and ``changes_per_sample`` = steps in which the row revealed >= 1 token (the
@@ -154,7 +157,8 @@ class DiscreteDiffusionPipeline(DiffusionPipeline):
             if x.dim() == 1:
                 x = x[None]
             if x.dim() != 2:
-                raise ValueError(f"input_ids must be [B, L] (mask id {mask_id} where to generate), got {tuple(x.shape)}")
+                raise ValueError(f"input_ids must be [B, L] (mask id {mask_id} where to generate), "
+                                 f"got {tuple(x.shape)}")
             bad = (x < 0) | ((x >= V) & (x != mask_id))
             if bad.any():
                 raise ValueError(f"input_ids holds ids outside 0..{V - 1} that are not the mask id {mask_id}: "
@@ -261,6 +265,8 @@ class DiscreteDiffusionPipeline(DiffusionPipeline):
         x = self._initial_state(batch_size, seq_len, prompt, suffix, input_ids)
         B, L = x.shape
         gens = generator if generator is not None else [sample_generator(seed, b, "radd") for b in range(B)]
+        if isinstance(gens, (list, tuple)) and len(gens) != B:
+            raise ValueError(f"generator list must have one generator per row ({B}), got {len(gens)}")
         num_generated = (x == mask_id).sum(1)
 
         x = x.to(device)
@@ -300,6 +306,8 @@ class DiscreteDiffusionPipeline(DiffusionPipeline):
                 if k == B:
                     cache = self._forward(x, forward_batch_size)
                 elif k:
+                    if 0 in cache.stride():  # an expanded output (e.g. a constant model) cannot be written
+                        cache = cache.contiguous()
                     cache[idx] = self._forward(x[idx], forward_batch_size)
                 if k:
                     fwd[idx] += 1

@@ -39,6 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--ref-steps", type=int, default=None, help="steps of the Heun reference (default 1000)")
     p.add_argument("--n-fid", type=int, default=None, help="samples per FID evaluation (default 1000)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds for FID (default 0,1,2)")
+    p.add_argument("--fid-ref-steps", type=int, default=None,
+                   help="also score EDM Heun with this many steps (a near-exact ODE solution; default 100, 0: off)")
     p.add_argument("--skip-fid", action="store_true", help="only the γ sweep")
     p.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on a busy machine)")
     p.add_argument("--json", default=None, help="also write all numbers to this JSON file")
@@ -50,6 +52,7 @@ def parse_args(argv=None):
     a.ref_steps = a.ref_steps or (100 if q else 1000)
     a.n_fid = a.n_fid or (100 if q else 1000)
     a.seeds = [int(v) for v in (a.seeds or ("0" if q else "0,1,2")).split(",")]
+    a.fid_ref_steps = (0 if q else 100) if a.fid_ref_steps is None else a.fid_ref_steps
     return a
 
 
@@ -156,9 +159,11 @@ def fid_part(args, unet, D, best):
     labels = balanced_labels(args.n_fid)
     extra = {"guidance": class_guidance(unet, labels, 1.0)}
     results = {}
-    for nfe in args.nfe:
-        configs = [("edm-euler", None, None), ("edm-heun", None, None)]
-        configs += [(k, best[(k, nfe)][0], best[(k, nfe)][1]) for k in ("bdia-euler", "bdia-heun")]
+    plan = [(nfe, [("edm-euler", None, None), ("edm-heun", None, None)]
+             + [(k, best[(k, nfe)][0], best[(k, nfe)][1]) for k in ("bdia-euler", "bdia-heun")]) for nfe in args.nfe]
+    if args.fid_ref_steps:  # the near-exact ODE solution: where the samplers converge to
+        plan.append((2 * args.fid_ref_steps - 1, [("edm-heun", None, None)]))
+    for nfe, configs in plan:
         for kind, g, m in configs:
             fids, accs = [], []
             for seed in args.seeds:

@@ -373,6 +373,15 @@ class DisBackTrainer:
         if config.batch_size % acc.num_processes:
             raise ValueError(f"batch_size {config.batch_size} must be divisible by the number of processes "
                              f"({acc.num_processes}) so every process gets an equal share")
+        sigma_init = float(self.schedule.sigma_ve(self.generator_timestep))
+        if config.mixed_precision != "no" and sigma_init > 10:
+            import warnings
+
+            # x̂0 = (z − √(1−ᾱ)·ε̂)/√ᾱ multiplies the ε̂ error by σ_init; bf16's ~3 significant digits
+            # then give x̂0 errors of order σ_init·4e-3 at the generator's timestep.
+            warnings.warn(f"mixed_precision={config.mixed_precision!r} with σ_init = {sigma_init:.0f}: the generator's "
+                          f"x̂0 amplifies the half-precision ε error {sigma_init:.0f}×; prefer 'no' (fp32) or a lower "
+                          "generator_timestep", stacklevel=2)
         self.teacher = teacher_unet.to(acc.device).eval().requires_grad_(False)
         if config.verify_teacher:
             check_teacher(self.teacher, self.scheduler_config)
@@ -424,7 +433,7 @@ class DisBackTrainer:
         src = GeneratorSource(self._g0(), self.shape, self.n_classes, _derived_seed(cfg.seed, "stage1-eval"),
                               "stage1-eval", device=self.accelerator.device)
         loss = self._score_loss("stage1-eval-loss")
-        total, n, chunk = 0.0, cfg.stage1_eval_samples, 64
+        total, n, chunk = 0.0, cfg.stage1_eval_samples, 256
         was_training = unet.training
         unet.eval()
         for lo in range(0, n, chunk):
@@ -440,7 +449,6 @@ class DisBackTrainer:
         if (d / PATH_FILE).exists():
             self.manifest = load_path_manifest(d, self.teacher_sha256, cfg.path_nodes)
             return self.manifest
-        t0 = time.perf_counter()
         fake = copy.deepcopy(self.teacher).requires_grad_(True).train()
         source = GeneratorSource(self._g0(), self.shape, self.n_classes, _derived_seed(cfg.seed, "stage1"), "stage1",
                                  device=acc.device)
@@ -451,14 +459,19 @@ class DisBackTrainer:
         trainer = Trainer(fake, self._score_loss("stage1-loss"), source, tcfg, d, accelerator=acc,
                           meta={"what": "DisBack Stage 1 (degradation recording)", "teacher_sha256": self.teacher_sha256})
         progress_file = d / "progress.json"
-        record = {"teacher_sha256": self.teacher_sha256, "candidates": [], "eval_loss_0": None}
+        settings = self._stage1_settings()
+        record = {"teacher_sha256": self.teacher_sha256, "settings": settings, "candidates": [], "eval_loss_0": None}
         if latest_checkpoint(d) is not None:
-            trainer.load_checkpoint(latest_checkpoint(d))
             if progress_file.exists():
                 record = json.loads(progress_file.read_text())
             if record.get("teacher_sha256") != self.teacher_sha256:
-                raise ValueError(f"{d} holds a Stage-1 run of a different teacher; delete it or choose another "
-                                 "--stage1-dir")
+                raise ValueError(f"{d} holds an unfinished Stage-1 run of a different teacher; delete it or choose "
+                                 "another --stage1-dir")
+            if record.get("settings") != settings:
+                diff = sorted(k for k in settings if record.get("settings", {}).get(k) != settings[k])
+                raise ValueError(f"{d} holds an unfinished Stage-1 run with other settings ({', '.join(diff)}); "
+                                 "resume it with the same settings, or delete it")
+            trainer.load_checkpoint(latest_checkpoint(d))
         cand_dir = d / "path"
         if acc.is_main_process:
             cand_dir.mkdir(parents=True, exist_ok=True)
@@ -480,7 +493,7 @@ class DisBackTrainer:
                 _atomic_write_text(progress_file, json.dumps(record, indent=1))
             acc.wait_for_everyone()
         if acc.is_main_process:
-            self._write_path(record, trainer, time.perf_counter() - t0)
+            self._write_path(record, trainer.wall_time_s)
         acc.wait_for_everyone()
         # drop accelerate's references to the Stage-1 network and optimizer (free_memory() would also
         # forget nothing else here, but runs a full gc.collect)
@@ -513,7 +526,16 @@ class DisBackTrainer:
             chosen.append(cands[j])
         return chosen + [cands[-1]]
 
-    def _write_path(self, record: dict, trainer, wall_time_s: float) -> None:
+    def _stage1_settings(self) -> dict:
+        cfg = self.config
+        return {"stage1_steps": cfg.stage1_steps, "path_nodes": cfg.path_nodes, "spacing": cfg.path_spacing,
+                "progress_candidates": cfg.progress_candidates, "eval_samples": cfg.stage1_eval_samples,
+                "batch_size": cfg.batch_size, "lr": cfg.lr_fake, "betas": list(cfg.betas),
+                "weight_decay": cfg.weight_decay, "warmup_steps": cfg.stage1_warmup_steps, "grad_clip": cfg.grad_clip,
+                "seed": cfg.seed, "t_range": list(cfg.t_range), "label_dropout": cfg.label_dropout,
+                "generator_timestep": self.generator_timestep}
+
+    def _write_path(self, record: dict, wall_time_s: float) -> None:
         d, cfg = self.stage1_dir, self.config
         chosen = self._select_nodes(record)
         nodes = [{"index": 0, "step": 0, "file": None, "sha256": self.teacher_sha256,
@@ -522,9 +544,7 @@ class DisBackTrainer:
             name = f"path/{c['file']}"  # files keep their snapshot names: nothing to rename, nothing to lose
             nodes.append({"index": i, "step": c["step"], "file": name, "sha256": file_sha256(d / name),
                           "eval_loss": c["eval_loss"], "bytes": (d / name).stat().st_size})
-        info = {"stage1_steps": cfg.stage1_steps, "spacing": cfg.path_spacing, "batch_size": cfg.batch_size,
-                "lr": cfg.lr_fake, "seed": cfg.seed, "t_range": list(cfg.t_range), "label_dropout": cfg.label_dropout,
-                "generator_timestep": self.generator_timestep, "wall_time_s": round(wall_time_s, 2),
+        info = {**self._stage1_settings(), "wall_time_s": round(wall_time_s, 2),
                 "processes": self.accelerator.num_processes, "disk_bytes": sum(n["bytes"] for n in nodes),
                 "candidates": record["candidates"]}
         raw = {"version": 1, "teacher_sha256": self.teacher_sha256, "nodes": nodes, "info": info}
@@ -672,9 +692,10 @@ class DisBackTrainer:
     def fit(self, resume=None, stop_at: Optional[int] = None):
         """Run Stage 2 to ``config.max_steps`` generator steps (Stage 1 first if the mode needs it).
 
-        ``resume`` (first call only): None (fresh, or continue if a checkpoint exists), False
-        (refuse to touch an existing run), ``"latest"``/True, or a checkpoint folder. Later
-        calls continue from memory. ``stop_at`` interrupts on purpose.
+        ``resume`` (first call only): None or ``"latest"``/True (continue from the latest
+        checkpoint if there is one), False (refuse to touch an existing run), or a checkpoint
+        folder. An unfinished Stage 1 always resumes. Later calls continue from memory.
+        ``stop_at`` interrupts on purpose.
         """
         cfg, acc = self.config, self.accelerator
         ck = None
@@ -700,6 +721,12 @@ class DisBackTrainer:
             pbar = tqdm(total=end, initial=self.step, desc=f"distill ({cfg.mode})", dynamic_ncols=True,
                         mininterval=0.5 if sys.stderr.isatty() else 30.0)
         last_ck_step = self.step if ck is not None else None
+        start = self.step
+        if self.step == 0 and end > 0:  # the curves start at G⁰
+            if cfg.sample_every:
+                self.save_samples()
+            if cfg.eval_every and not any(e["step"] == 0 for e in self.evals):
+                self.evaluate()
         t_session, t_base = time.perf_counter(), self.wall_time_s
         while self.step < end:
             row = self.train_step()
@@ -719,7 +746,7 @@ class DisBackTrainer:
                 last_ck_step = self.step
         if pbar is not None:
             pbar.close()
-        if self.step == cfg.max_steps and self.step > 0:
+        if self.step == cfg.max_steps and self.step > start:
             if not cfg.sample_every or self.step % cfg.sample_every:
                 self.save_samples()
             if self.evaluator is not None and (not cfg.eval_every or self.step % cfg.eval_every):
@@ -807,8 +834,9 @@ class DisBackTrainer:
             return None
         if resume in (None, True, "latest", ""):
             ck = latest_checkpoint(self.run_dir)
-            if ck is None and resume in (True, "latest"):
-                raise FileNotFoundError(f"--resume: no Stage-2 checkpoint under {self.run_dir / 'checkpoints'}")
+            if ck is None and resume in (True, "latest"):  # e.g. killed during Stage 1: that part resumed above
+                self._say(f"resume: no Stage-2 checkpoint under {self.run_dir / 'checkpoints'} yet; Stage 2 starts "
+                          "from step 0")
             return ck
         p = Path(resume)
         if not (p / "trainer_state.json").exists():

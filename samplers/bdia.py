@@ -75,13 +75,20 @@ def _sqrt(level: Level, like: torch.Tensor, complement: bool = False) -> Union[f
 def ddim_map(x0: torch.Tensor, eps: torch.Tensor, alpha_cumprod_to: Level) -> torch.Tensor:
     """D_{i→j}: the deterministic DDIM step (Song et al. 2021, eq. 12, σ = 0) to level ᾱ_j,
     from the predictions (x̂0_i, ε_i) made at z_i."""
-    return _sqrt(alpha_cumprod_to, x0) * x0 + _sqrt(alpha_cumprod_to, eps, complement=True) * eps
+    a, s = _sqrt(alpha_cumprod_to, x0), _sqrt(alpha_cumprod_to, eps, complement=True)
+    if isinstance(a, float):  # scalars as kernel arguments: no device copies, two kernels
+        return torch.add(x0 * a, eps, alpha=s)
+    return a * x0 + s * eps
 
 
 def _x0(z: torch.Tensor, eps: torch.Tensor, alpha_cumprod: Level, x0: Optional[torch.Tensor]) -> torch.Tensor:
     if x0 is not None:
         return x0
     return to_eps_x0(eps, z, _sqrt(alpha_cumprod, z), _sqrt(alpha_cumprod, z, complement=True), "epsilon")[1]
+
+
+def _scalar_levels(*levels) -> bool:
+    return not any(isinstance(v, torch.Tensor) for v in levels)
 
 
 def bdia_step(z_next: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, alpha_cumprod_next: Level,
@@ -96,13 +103,21 @@ def bdia_step(z_next: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, alpha_cu
         alpha_cumprod_prev: ᾱ of the target level i-1 (less noisy).
         gamma: γ in [0, 1]; 0 is DDIM.
         x0: x̂0_i if already known (post-processed or from a non-ε model); else (z_i − √(1-ᾱ_i)ε_i)/√ᾱ_i.
+
+    With scalar levels the two D-maps are folded into one combination,
+    γ·z_{i+1} + (√ᾱ_{i-1} − γ√ᾱ_{i+1})·x̂0_i + (√(1-ᾱ_{i-1}) − γ√(1-ᾱ_{i+1}))·ε_i (three kernels).
     """
     x0 = _x0(z, eps, alpha_cumprod, x0)
-    forward = ddim_map(x0, eps, alpha_cumprod_prev)
     if gamma == 0:
-        return forward
+        return ddim_map(x0, eps, alpha_cumprod_prev)
+    if _scalar_levels(alpha_cumprod_next, alpha_cumprod_prev):
+        a_n, s_n = math.sqrt(alpha_cumprod_next), math.sqrt(1 - alpha_cumprod_next)
+        a_p, s_p = math.sqrt(alpha_cumprod_prev), math.sqrt(1 - alpha_cumprod_prev)
+        out = z_next * gamma
+        out.add_(x0, alpha=a_p - gamma * a_n)
+        return out.add_(eps, alpha=s_p - gamma * s_n)
     backward = ddim_map(x0, eps, alpha_cumprod_next)
-    return gamma * (z_next - backward) + forward
+    return gamma * (z_next - backward) + ddim_map(x0, eps, alpha_cumprod_prev)
 
 
 def bdia_inverse_step(z_prev: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, alpha_cumprod_next: Level,
@@ -116,9 +131,13 @@ def bdia_inverse_step(z_prev: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, 
     if not gamma > 0:
         raise ValueError(f"gamma must be > 0 for the inverse step (it divides by gamma), got {gamma!r}")
     x0 = _x0(z, eps, alpha_cumprod, x0)
-    forward = ddim_map(x0, eps, alpha_cumprod_prev)
-    backward = ddim_map(x0, eps, alpha_cumprod_next)
-    return (z_prev - forward) / gamma + backward
+    if _scalar_levels(alpha_cumprod_next, alpha_cumprod_prev):
+        a_n, s_n = math.sqrt(alpha_cumprod_next), math.sqrt(1 - alpha_cumprod_next)
+        a_p, s_p = math.sqrt(alpha_cumprod_prev), math.sqrt(1 - alpha_cumprod_prev)
+        out = z_prev / gamma
+        out.add_(x0, alpha=a_n - a_p / gamma)
+        return out.add_(eps, alpha=s_n - s_p / gamma)
+    return (z_prev - ddim_map(x0, eps, alpha_cumprod_prev)) / gamma + ddim_map(x0, eps, alpha_cumprod_next)
 
 
 def bdia_coefficients(alpha_cumprod_next: float, alpha_cumprod: float, alpha_cumprod_prev: float,

@@ -28,7 +28,10 @@ Same config keys as ``DDIMScheduler`` plus ``gamma``, same ``step`` signature, s
   issued once per loop: sampling still works, but the run is no longer exactly invertible.
 * State (the float64 z_{i+1} and its level, the shadow, the step index) is reset by
   ``set_timesteps``, so consecutive pipeline calls are independent. ``set_begin_index`` is
-  provided for img2img pipelines (diffusers 0.42's ``DDIMScheduler`` has none).
+  provided for img2img pipelines (diffusers 0.42's ``DDIMScheduler`` has none); with it set,
+  timesteps given as accelerator tensors are never read (the CPU grid at the step index is used).
+* Pipelines: StableDiffusion(XL) and their img2img variants, diffkit's ``ClassConditionalPipeline``.
+  diffusers' ``DDIMPipeline`` silently converts any scheduler to ``DDIMScheduler``.
 * Refused: γ outside [0, 1]; η > 0 with γ > 0 (BDIA is deterministic; the inverse has no
   noise term); zero-terminal-SNR schedules with ε-prediction when γ > 0 (x̂0 undefined at
   ᾱ_T = 0). A non-finite model output raises :class:`NonFiniteOutputError` naming the step:
@@ -63,7 +66,8 @@ from .bdia import bdia_inverse_step, bdia_step, check_gamma, ddim_map
 # SchedulerMixin is imported by name on purpose: a saved pipeline records this module as the
 # scheduler's library, and diffusers' loader looks for a SchedulerMixin attribute in it.
 
-__all__ = ["BDIADDIMScheduler", "BDIAInverseOutput", "ExactnessWarning", "NonFiniteOutputError", "FiniteWatch", "SchedulerMixin"]
+__all__ = ["BDIADDIMScheduler", "BDIAInverseOutput", "ExactnessWarning", "NonFiniteOutputError", "FiniteWatch",
+           "SchedulerMixin"]
 
 
 class ExactnessWarning(UserWarning):
@@ -89,7 +93,9 @@ class FiniteWatch:
         self._timesteps: dict[int, object] = {}
 
     def update(self, x: torch.Tensor, k: int, t=None, flush: bool = False) -> None:
-        bad = ~torch.isfinite(x).all()
+        # one float64 reduction (a sum is finite iff every element is: no float64 overflow
+        # from float16/32/64 model outputs of sane size), cheaper than isfinite().all()
+        bad = ~torch.isfinite(x.sum(dtype=torch.float64))
         if not (x.device.type != "cpu" if self.deferred is None else self.deferred):
             if bool(bad):
                 raise self.error(k, t)
@@ -177,6 +183,8 @@ class BDIADDIMScheduler(DDIMScheduler):
             )
         # float64 levels: diffusers' float32 table upcast (identical to self.alphas_cumprod).
         self._levels = VPSchedule.from_config(dict(self.config))
+        self._ac = self._levels.alphas_cumprod.tolist() + [float(self._levels.final_alpha_cumprod)]
+        self._device_levels: dict = {}  # device -> (√ᾱ, √(1-ᾱ)) float64 tables, uploaded once
         self._begin_index: Optional[int] = None
         self._grid = self.timesteps.clone()
         self._reset_state()
@@ -228,7 +236,8 @@ class BDIADDIMScheduler(DDIMScheduler):
     def _advance(self, timestep, read: bool = True) -> tuple[int, Optional[int]]:
         """(step index, integer timestep) of this call; advances the step index."""
         if self._step_index is None:
-            self._step_index = self._begin_index if self._begin_index is not None else self._index_for_timestep(timestep)
+            begin = self._begin_index
+            self._step_index = begin if begin is not None else self._index_for_timestep(timestep)
         k = self._step_index
         self._step_index = k + 1
         if not read:
@@ -241,11 +250,20 @@ class BDIADDIMScheduler(DDIMScheduler):
         return k, int(timestep)
 
     def _alpha_cumprod(self, t: int) -> float:
-        if t < 0:
-            return float(self._levels.final_alpha_cumprod)
+        """ᾱ_t as a Python float (a kernel argument: no device copy); t < 0 is final_alpha_cumprod."""
         if t >= self.config.num_train_timesteps:
             raise ValueError(f"timestep {t} out of range [0, {self.config.num_train_timesteps - 1}]")
-        return float(self._levels.alphas_cumprod[t])
+        return self._ac[-1] if t < 0 else self._ac[t]
+
+    def _level_tensors(self, t: int, device: torch.device):
+        """(√ᾱ_t, √(1-ᾱ_t)) as 0-dim float64 tensors already on ``device`` (views into tables
+        uploaded once per device), for the ε/x̂0 conversion without per-step host-to-device copies."""
+        if device not in self._device_levels:
+            ac = torch.tensor(self._ac, dtype=torch.float64)
+            self._device_levels[device] = (ac.sqrt().to(device), (1 - ac).sqrt().to(device))
+        a, s = self._device_levels[device]
+        i = len(self._ac) - 1 if t < 0 else t
+        return a[i], s[i]
 
     def _target(self, t: int) -> int:
         """DDIM's target level from t (negative: final_alpha_cumprod)."""
@@ -273,15 +291,15 @@ class BDIADDIMScheduler(DDIMScheduler):
 
     def _eps_x0(self, model_output: torch.Tensor, t: int, z: torch.Tensor, use_clipped_model_output: bool):
         """(ε, x̂0) in float64 at (z_i, t_i), post-processed exactly as DDIM does."""
-        ac = self._alpha_cumprod(t)
-        a, s = ac ** 0.5, (1 - ac) ** 0.5
+        self._alpha_cumprod(t)  # range check
+        a, s = self._level_tensors(t, z.device)
         eps, x0 = to_eps_x0(model_output.to(torch.float64), z, a, s, self.config.prediction_type)
         if self.config.thresholding:
             x0 = self._threshold_sample(x0)
         elif self.config.clip_sample:
             x0 = x0.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
         if use_clipped_model_output and (self.config.thresholding or self.config.clip_sample):
-            eps = (z - a * x0) / s
+            eps = to_eps_x0(x0, z, a, s, "sample")[0]  # ε consistent with the clipped x̂0, as DDIM
         return eps, x0
 
     # ------------------------------------------------------------------ step

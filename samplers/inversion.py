@@ -4,7 +4,8 @@
 strength window; ``regenerate`` runs the BDIA recurrence from that pair back down to the clean
 level. With the same model, condition and guidance scale, regeneration reproduces the clean
 latent up to float64 round-off (the state is float64 whatever the model's dtype; only the
-model input is cast). Editing regenerates with a different condition.
+model input is cast -- for low-precision models after snapping it to a 2^-16 grid, see
+:func:`model_input_quantum`). Editing regenerates with a different condition.
 
 Why not through a pipeline: a pipeline's ``__call__`` calls ``set_timesteps``, which resets
 the scheduler's state, and starts with a DDIM step; regeneration must start from both
@@ -30,7 +31,6 @@ inversion, n-1 for regeneration.
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -109,7 +109,8 @@ def _guidance(condition, guidance_scale) -> Guidance:
 
 def _check_model(model) -> EpsModel:
     if not isinstance(model, EpsModel):
-        raise TypeError(f"model: expected a diffkit EpsModel (EpsModel(unet, scheduler_config)), got {type(model).__name__}")
+        raise TypeError("model: expected a diffkit EpsModel (EpsModel(unet, scheduler_config)), "
+                        f"got {type(model).__name__}")
     return model
 
 
@@ -192,7 +193,8 @@ class InversionResult:
         except Exception as e:  # safetensors raises its own error types for corrupt headers
             raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
         if meta is None or not {"z_top", "z_below"} <= set(tensors):
-            raise ValueError(f"{path} is not a diffkit inversion file (written by diffkit invert / InversionResult.save)")
+            raise ValueError(f"{path} is not a diffkit inversion file "
+                             "(written by diffkit invert / InversionResult.save)")
         meta = json.loads(meta)
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path}: inversion format version {meta.get('format_version')}, "
@@ -205,7 +207,8 @@ class InversionResult:
 # ---------------------------------------------------------------------- loops
 @torch.no_grad()
 def invert(model: EpsModel, clean_latent: torch.Tensor, condition=None, steps: int = 50, strength: float = 1.0,
-           guidance_scale: Optional[float] = None, gamma: float = 0.94, extra: Optional[dict] = None) -> InversionResult:
+           guidance_scale: Optional[float] = None, gamma: float = 0.94,
+           extra: Optional[dict] = None) -> InversionResult:
     """Invert ``clean_latent`` exactly: returns the pair (z_K, z_{K-1}) that :func:`regenerate` maps back.
 
     Args:
@@ -275,7 +278,8 @@ def regenerate(model: EpsModel, result: InversionResult, condition=None, guidanc
     """
     model = _check_model(model)
     if not isinstance(result, InversionResult):
-        raise TypeError(f"result: expected an InversionResult (from invert or InversionResult.load), got {type(result).__name__}")
+        raise TypeError("result: expected an InversionResult (from invert or InversionResult.load), "
+                        f"got {type(result).__name__}")
     s = result.settings
     if steps is not None and int(steps) != s["steps"]:
         raise ValueError(f"steps={steps} differs from the inversion's {s['steps']}: regeneration must walk the grid "

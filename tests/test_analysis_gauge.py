@@ -5,11 +5,12 @@ import math
 import pytest
 import torch
 
-from diffkit.analysis import (LinearGaussianManifold, SphereManifold, PotentialMLP, PotentialScore, QuadraticPotential, ScoreBank,
-                              VEProcess, VPLinearProcess, asymmetry, conservative_part_linear, dsm_decomposition,
-                              fit_local_quadratic, fit_potential, gauge_field, gauge_residual, gauge_split,
-                              line_integral, local_conservative_part, log_sigma_grid, loop_circulation, make_bank,
-                              path_dependence, probability_flow, random_antisymmetric, rotation_field, scaled_field)
+from diffkit.analysis import (LinearGaussianManifold, PotentialMLP, PotentialScore, QuadraticPotential, ScoreBank,
+                              SphereManifold, VEProcess, VPLinearProcess, asymmetry, conservative_part_linear,
+                              dsm_decomposition, fit_local_quadratic, fit_potential, gauge_field, gauge_residual,
+                              gauge_split, line_integral, local_conservative_part, log_sigma_grid, loop_circulation,
+                              make_bank, path_dependence, probability_flow, random_antisymmetric, rotation_field,
+                              scaled_field)
 
 
 @pytest.mark.parametrize("kind", ["ve", "vp"])
@@ -83,8 +84,8 @@ def test_quadratic_potential_recovers_precision_and_split():
 
 
 def test_dsm_decomposition_and_weak_gauge_residual():
-    """DSM(s) - DSM(∇log p) = E σ²‖r‖² + cross exactly; E‖r‖² = a² tr(AC⁻¹Aᵀ); cross and E[∇ψ·r] ≈ 0 for
-    the gauge part, while a rotation fails the weak gauge condition."""
+    """DSM(s) - DSM(∇log p) = E σ²‖r‖² + cross exactly; E‖r‖² = a² tr(AC⁻¹Aᵀ); cross and
+    E[∇ψ·r] ≈ 0 for the gauge part, while a rotation fails the weak gauge condition."""
     D, a = 4, 1.0
     proc = VEProcess(1e-3, 5.0)
     fx = LinearGaussianManifold(D, 2, lam=[0.5, 2.0], seed=0)
@@ -120,7 +121,7 @@ def test_potential_network_removes_the_gauge_part():
     tv = proc.t_at_sigma(torch.tensor([0.1, 0.3, 1.0], dtype=torch.float64))
     bank = make_bank(field, proc, fx.sample(2000, g), tv, generator=g)
     torch.manual_seed(0)
-    pot = PotentialMLP(D, proc, hidden=32, depth=2, data_var=1.0).double()
+    pot = PotentialMLP(D, proc, hidden=32, depth=2, sigma_data=1.0).double()
     fit = fit_potential(bank, pot, steps=400, batch_size=256, lr=1e-2, generator=g)
     assert fit.final_loss < 0.7 * fit.history[0]
     for t in tv:

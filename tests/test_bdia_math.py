@@ -32,6 +32,20 @@ def test_step_is_the_explicit_linear_combination():
             torch.testing.assert_close(got, expect, rtol=1e-12, atol=1e-12)
 
 
+def test_folded_form_equals_the_two_ddim_maps():
+    # bdia_step folds γ·(z_{i+1} − D_{i→i+1}) + D_{i→i-1} into one combination; check it against
+    # the maps written out, and the inverse against its own written-out form
+    z_next, z, eps = _rand(3, 2, 4, 8, 8, seed=8).unbind(0)
+    x0 = (z - math.sqrt(1 - 0.3) * eps) / math.sqrt(0.3)
+    for gamma in [0.5, 0.94]:
+        spelled = gamma * (z_next - ddim_map(x0, eps, 0.2)) + ddim_map(x0, eps, 0.45)
+        torch.testing.assert_close(bdia_step(z_next, z, eps, 0.2, 0.3, 0.45, gamma), spelled, rtol=1e-13, atol=1e-13)
+        z_prev = spelled
+        spelled_inv = (z_prev - ddim_map(x0, eps, 0.45)) / gamma + ddim_map(x0, eps, 0.2)
+        torch.testing.assert_close(bdia_inverse_step(z_prev, z, eps, 0.2, 0.3, 0.45, gamma), spelled_inv,
+                                   rtol=1e-13, atol=1e-13)
+
+
 def test_gamma_zero_is_ddim():
     z_next, z, eps = _rand(3, 2, 3, 4, 4, seed=2).unbind(0)
     x0 = (z - math.sqrt(1 - 0.4) * eps) / math.sqrt(0.4)

@@ -197,6 +197,19 @@ def test_set_timesteps_resets_state_and_begin_index():
     assert s.begin_index == 4 and s.step_index == 10
 
 
+def test_accelerator_timesteps_are_never_read():
+    # on a GPU, reading a timestep tensor would synchronise the device; with set_begin_index the
+    # scheduler takes timesteps from its CPU grid instead. A meta tensor cannot be read at all.
+    a, b = BDIADDIMScheduler(**SD, gamma=0.94), BDIADDIMScheduler(**SD, gamma=0.94)
+    a.set_timesteps(10), b.set_timesteps(10)
+    a.set_begin_index(0)
+    xa = xb = sample_()
+    for t in a.timesteps:
+        xa = a.step(model(xa, t), t.to("meta"), xa).prev_sample
+        xb = b.step(model(xb, t), t, xb).prev_sample
+    assert torch.equal(xa, xb)
+
+
 def test_bad_input_errors():
     with pytest.raises(ValueError, match="gamma must be in"):
         BDIADDIMScheduler(gamma=1.5)

@@ -17,7 +17,6 @@ from torch import nn
 from diffkit.assets import AssetError
 from diffkit.metrics import (FIDStats, InceptionWeightsError, ModelSamples, ProtocolWarning, compute_fid,
                              compute_kid, compute_stats, load_stats, save_stats)
-from diffkit.metrics.fid import evaluate
 from diffkit.metrics.folders import save_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -338,6 +337,8 @@ def test_digits_train_reference(folders):
     r = compute_fid(x, "digits-train")  # features inferred from the stats' protocol
     assert r.feature_extractor == "digits"
     assert r.value == pytest.approx(fid_digits(x, kid_subsets=2).fid, rel=1e-6)
+    k = compute_kid(x, "digits-train", subset_size=100, num_subsets=5)  # train images re-extracted for KID
+    assert k.n_ref == 1442 and math.isfinite(k.value)
 
 
 # ------------------------------------------------------------------------ bad input

@@ -6,7 +6,6 @@ import dataclasses
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -206,7 +205,7 @@ def test_demo_step_reports_round_trip(tmp_path):
 
 def test_example_script_runs(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2")
-    r = subprocess.run([sys.executable, str(ROOT / "examples" / "bdia_exact_inversion.py"), "--steps", "10",
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "bdia_exact_inversion.py"), "--steps", "6",
                         "--output", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "round-trip relative error" in r.stdout and (tmp_path / "edited.png").exists()

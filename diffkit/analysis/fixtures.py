@@ -59,7 +59,8 @@ class LinearGaussianManifold:
             raise ValueError(f"need 1 <= d < D, got d={d}, D={D}")
         self.D, self.d = int(D), int(d)
         self.U = _orthonormal(D, d, seed)
-        lam = torch.linspace(1.0, 2.0, d, dtype=torch.float64) if lam is None else torch.as_tensor(lam, dtype=torch.float64)
+        lam = torch.linspace(1.0, 2.0, d) if lam is None else torch.as_tensor(lam)
+        lam = lam.to(torch.float64)
         if lam.shape != (d,) or (lam <= 0).any():
             raise ValueError(f"lam: expected {d} positive variances, got {lam.tolist()}")
         self.lam = lam
@@ -103,7 +104,8 @@ class LinearGaussianManifold:
         ct, cn = self._coef(a, s)
         ct1, cn1 = self._coef(a1, s1)
         P = self.U @ self.U.T
-        return (self.U * (ct / ct1).sqrt()) @ self.U.T + (cn / cn1).sqrt() * (torch.eye(self.D, dtype=torch.float64) - P)
+        normal = torch.eye(self.D, dtype=torch.float64) - P
+        return (self.U * (ct / ct1).sqrt()) @ self.U.T + (cn / cn1).sqrt() * normal
 
     def sample_t(self, n: int, process, t, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Exact samples of p_t."""

@@ -30,7 +30,8 @@ from .score import flat
 
 __all__ = ["QuadraticPotential", "PotentialMLP", "PotentialScore", "ScoreBank", "make_bank", "PotentialFit",
            "fit_potential", "GaugeSplit", "gauge_split", "GaugeResidual", "gauge_residual", "DSMDecomposition",
-           "dsm_decomposition", "conservative_part_linear", "LocalQuadratic", "fit_local_quadratic", "local_conservative_part"]
+           "dsm_decomposition", "conservative_part_linear", "LocalQuadratic", "fit_local_quadratic",
+           "local_conservative_part"]
 
 
 # ----------------------------------------------------------------------- potentials
@@ -51,19 +52,23 @@ class QuadraticPotential(nn.Module):
 
 
 class PotentialMLP(nn.Module):
-    """A smooth (SiLU) scalar network φ(x, t[, class]) for the VP or VE score of data in R^D.
+    """A smooth (SiLU) scalar network φ(x, t[, class]) in energy form, for VP or VE scores in R^D.
 
-    φ(x, t) = -½c²‖x‖² + h(c·x, e(t), class)/σ_t with c = 1/√(α_t²·data_var + σ_t²): the first
-    term is the score of N(0, (α²v+σ²)I), so ∇φ starts at a sensible field and h only
-    learns a correction; σ_t·∇φ = O(1) at every t. e(t) are Fourier features of log σ̃_t.
+    φ(x, t) = -‖x̃ - D_θ(x̃, σ̃)‖² / (2σ̃²) with x̃ = x/α_t, σ̃ = σ_t/α_t (``sigma_ve``) and D_θ an
+    MLP denoiser with EDM preconditioning (Karras et al. 2022 eq. 7: c_skip, c_out, c_in from
+    ``sigma_data``). This is the reconstruction-energy parameterisation of Salimans & Ho (2021):
+    ∇φ points back to the denoiser's output, so the network learns a smooth O(1) map rather than
+    an O(1/σ) field. e(t) are Fourier features of log σ̃; an optional class embedding is added.
     """
 
     def __init__(self, D: int, process, hidden: int = 256, depth: int = 3, num_classes: Optional[int] = None,
-                 data_var: float = 0.5, n_freq: int = 16):
+                 sigma_data: float = 0.5, n_freq: int = 16):
         super().__init__()
         if depth < 1 or hidden < 1:
             raise ValueError(f"depth and hidden must be >= 1, got depth={depth}, hidden={hidden}")
-        self.D, self.process, self.data_var = int(D), process, float(data_var)
+        if sigma_data <= 0:
+            raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
+        self.D, self.process, self.sigma_data = int(D), process, float(sigma_data)
         self.register_buffer("freqs", torch.arange(1, n_freq + 1, dtype=torch.float32) * (math.pi / 8))
         emb = 2 * n_freq
         self.embed = nn.Embedding(num_classes, emb) if num_classes else None
@@ -71,25 +76,29 @@ class PotentialMLP(nn.Module):
         for _ in range(depth):
             layers += [nn.Linear(width, hidden), nn.SiLU()]
             width = hidden
-        layers.append(nn.Linear(width, 1))
+        layers.append(nn.Linear(width, D))
         self.net = nn.Sequential(*layers)
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, x: torch.Tensor, t, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        B = x.shape[0]
+        B, dtype = x.shape[0], x.dtype
         t = as_times(t, B)
-        a, s = self.process.alpha(t), self.process.sigma(t)
-        c = (1 / (a * a * self.data_var + s * s).sqrt()).to(x).reshape(B, 1)
-        ls = self.process.sigma_ve(t).log().to(x).reshape(B, 1)
-        ang = ls * self.freqs.to(x)
+        x = x.to(self.net[0].weight.dtype)
+        a = self.process.alpha(t).to(x).reshape(B, 1)
+        st = self.process.sigma_ve(t).to(x).reshape(B, 1)
+        sd2 = self.sigma_data ** 2
+        c_in = 1 / (st * st + sd2).sqrt()
+        c_skip, c_out = sd2 * c_in * c_in, st * self.sigma_data * c_in
+        ang = st.log() * self.freqs.to(x)
         e = torch.cat([ang.sin(), ang.cos()], 1)
         if self.embed is not None:
             if labels is None:
                 raise ValueError("labels are required for a class-conditional PotentialMLP")
             e = e + self.embed(torch.as_tensor(labels, device=x.device).reshape(-1).expand(B)).to(x)
-        h = self.net(torch.cat([c * x, e], 1).to(self.net[0].weight.dtype)).to(x).reshape(B)
-        return -0.5 * (c * c).reshape(B) * (x * x).sum(1) + h / s.to(x)
+        xt = x / a
+        den = c_skip * xt + c_out * self.net(torch.cat([c_in * xt, e], 1))
+        return (-((xt - den) ** 2).sum(1) / (2 * st.reshape(B) ** 2)).to(dtype)
 
 
 class PotentialScore:
@@ -146,8 +155,8 @@ class ScoreBank:
             if not all(b.labels is not None for b in banks):
                 raise ValueError("either every bank has labels or none")
             labels = torch.cat([b.labels for b in banks])
-        return ScoreBank(torch.cat([b.x for b in banks]), torch.cat([b.t for b in banks]),
-                         torch.cat([b.score for b in banks]), torch.cat([b.eps for b in banks]), banks[0].process, labels)
+        cat = lambda name: torch.cat([getattr(b, name) for b in banks])  # noqa: E731
+        return ScoreBank(cat("x"), cat("t"), cat("score"), cat("eps"), banks[0].process, labels)
 
 
 @torch.no_grad()
@@ -338,7 +347,8 @@ def fit_local_quadratic(points: torch.Tensor, scores: torch.Tensor) -> LocalQuad
     affine fit s ≈ G(x - c) + b, then M from the Lyapunov equation MĈ + ĈM = -(GĈ + ĈGᵀ) with the
     points' covariance Ĉ (-sym(G) when Ĉ ∝ I). Needs n >= D + 1 points.
     """
-    pts, sc = points.reshape(points.shape[0], -1).to(torch.float64), scores.reshape(scores.shape[0], -1).to(torch.float64)
+    pts = points.reshape(points.shape[0], -1).to(torch.float64)
+    sc = scores.reshape(scores.shape[0], -1).to(torch.float64)
     n, D = pts.shape
     if sc.shape != pts.shape:
         raise ValueError(f"points and scores must have the same shape, got {tuple(pts.shape)} and {tuple(sc.shape)}")

@@ -29,7 +29,7 @@ from typing import Callable, Optional
 import torch
 
 from .jacobian import _grad, jacobian
-from .processes import as_times, pf_step
+from .processes import pf_step
 from .score import flat
 
 __all__ = ["GAP_RULES", "spectral_gap", "NBResult", "nb_spectrum", "nb_id", "IDResult", "jacobian_id", "FlowJacobian",

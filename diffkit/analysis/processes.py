@@ -138,7 +138,8 @@ class DiscreteVPProcess(_Process):
 
         self.schedule = schedule if isinstance(schedule, VPSchedule) else VPSchedule.from_config(schedule)
         if self.schedule.zero_terminal_snr:
-            raise ValueError("zero-terminal-SNR schedules have σ_ve = ∞ at t = T-1; the analysis needs finite noise levels")
+            raise ValueError("zero-terminal-SNR schedules have σ_ve = ∞ at t = T-1; "
+                             "the analysis needs finite noise levels")
         self.t_min, self.t_max = 0.0, float(self.schedule.num_train_timesteps - 1)
 
     def __repr__(self):

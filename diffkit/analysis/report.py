@@ -57,11 +57,11 @@ class AnalysisConfig:
     nasym_points_per_class: int = 1
     hutchinson_probes: int = 8
     loop_points_per_class: int = 1
-    potential_sigmas: tuple = (0.02, 0.035, 0.05, 0.07, 0.1)  # times the potential is fitted at
+    potential_sigmas: tuple = (0.035, 0.05, 0.07)  # noise levels the potential network is fitted at
     potential_noise_draws: int = 4  # noisings per training digit
-    potential_steps: int = 2000
+    potential_steps: int = 3000
     potential_hidden: int = 256
-    potential_depth: int = 3
+    potential_depth: int = 4
     flow_classes: tuple = tuple(range(10))
     flow_steps: int = 10
     flow_cols: Optional[int] = 24  # sketch size (None: full Jacobian)
@@ -240,14 +240,17 @@ def analyze_digits(model=None, output: str = "analysis-output", config: Optional
         with torch.random.fork_rng(devices=[]):  # seeded init, global RNG untouched
             torch.manual_seed(cfg.seed)
             pot = PotentialMLP(D, proc, cfg.potential_hidden, cfg.potential_depth,
-                               num_classes=10 if conditional else None).double()
+                               num_classes=10 if conditional else None)
         with torch.enable_grad():
             fit = fit_potential(bank, pot, cfg.potential_steps, batch_size=256, lr=2e-3, generator=gen(600))
         dec = dsm_decomposition(held, pot)
         gphi = PotentialScore(pot)
         labels_h = held.labels
-        g_h = torch.cat([PotentialScore(pot, int(c))(held.x[labels_h == c], held.t[labels_h == c]) for c in cfg.classes]) \
-            if conditional else gphi(held.x, held.t)
+        if conditional:
+            g_h = torch.cat([PotentialScore(pot, int(c))(held.x[labels_h == c], held.t[labels_h == c])
+                             for c in cfg.classes])
+        else:
+            g_h = gphi(held.x, held.t)
         order = torch.cat([torch.nonzero(labels_h == c).reshape(-1) for c in cfg.classes]) if conditional \
             else torch.arange(len(held))
         r_h = held.score[order] - g_h
@@ -259,7 +262,8 @@ def analyze_digits(model=None, output: str = "analysis-output", config: Optional
                                 gauge_energy=dec.gauge_energy, cross=dec.cross, gauge_fraction=rel_gauge,
                                 gauge_residual_max_abs_z=float(gr.z.abs().max()))
         timings["potential"] = time.perf_counter() - tic
-        log(f"  potential fit: {timings['potential']:.1f} s (loss {fit.history[0]:.3g} -> {res['potential']['loss_final']:.3g})")
+        log(f"  potential fit: {timings['potential']:.1f} s "
+            f"(loss {fit.history[0]:.3g} -> {res['potential']['loss_final']:.3g})")
 
         # ---------------------------------------------------------- ID per class: teacher vs conservative parts
         tic = time.perf_counter()
@@ -274,7 +278,8 @@ def analyze_digits(model=None, output: str = "analysis-output", config: Optional
             sv_loc, vh_loc = nb_spectrum(torch.stack([lq(nb_raw.points[b]) for b, lq in enumerate(locs)]))
             jac_raw, jac_phi = jacobian_id(score(c), proc, x0, t0), jacobian_id(phi, proc, x0, t0)
             jac_loc = torch.stack([torch.linalg.svdvals(lq.M) for lq in locs])
-            row = {"class": c, "nb_raw_log": nb_raw.id.tolist(), "nb_raw_abs": (D - spectral_gap(nb_raw.svals, "abs")).tolist(),
+            row = {"class": c, "nb_raw_log": nb_raw.id.tolist(),
+                   "nb_raw_abs": (D - spectral_gap(nb_raw.svals, "abs")).tolist(),
                    "nb_loc_log": (D - spectral_gap(sv_loc, "log")).tolist(),
                    "nb_loc_abs": (D - spectral_gap(sv_loc, "abs")).tolist(),
                    "nb_phi_log": nb_phi.id.tolist(), "nb_phi_abs": (D - spectral_gap(nb_phi.svals, "abs")).tolist(),
@@ -299,8 +304,9 @@ def analyze_digits(model=None, output: str = "analysis-output", config: Optional
                         continue
                     nb1 = nb_id(score(c), proc, x0[:1], t, n_perturb=K, generator=gen(900 + c), keep_samples=True)
                     lq = fit_local_quadratic(nb1.points[0], nb1.scores[0])
-                    spectra[c][s_] = {"raw": nb1.svals[0].tolist(), "loc": nb_spectrum(lq(nb1.points[0])[None])[0][0].tolist(),
-                                      "phi": nb_id(phi, proc, x0[:1], t, n_perturb=K, generator=gen(900 + c)).svals[0].tolist()}
+                    nb_p = nb_id(phi, proc, x0[:1], t, n_perturb=K, generator=gen(900 + c))
+                    spectra[c][s_] = {"raw": nb1.svals[0].tolist(), "phi": nb_p.svals[0].tolist(),
+                                      "loc": nb_spectrum(lq(nb1.points[0])[None])[0][0].tolist()}
         timings["id"] = time.perf_counter() - tic
         log(f"  NB / Jacobian IDs: {timings['id']:.1f} s")
 
@@ -354,7 +360,8 @@ def _plots(res, output):
                 col = f"C{j}"
                 for name, ls in (("raw", "-"), ("loc", ":"), ("phi", "--")):
                     sv = torch.tensor(d[name])
-                    ax.semilogy(range(1, len(sv) + 1), sv, ls, color=col, label=f"σ={float(s):.3g} {FIELD_NAMES[name]}")
+                    ax.semilogy(range(1, len(sv) + 1), sv, ls, color=col,
+                                label=f"σ={float(s):.3g} {FIELD_NAMES[name]}")
                     k = int(spectral_gap(sv[None], "log")[0])
                     ax.axvline(k + 0.5, color=col, ls=ls, lw=0.8, alpha=0.6)
             ax.set_title(f"class {c}: NB singular values")
@@ -378,8 +385,8 @@ def _plots(res, output):
     # ID per class
     rows = res["per_class"]
     keys = [("nb_raw_log", "NB teacher (log gap)"), ("nb_raw_abs", "NB teacher (abs gap)"),
-            ("nb_loc_log", "NB local ∇φ (log)"), ("nb_phi_log", "NB network ∇φ (log)"), ("jac_raw", "Jacobian teacher"),
-            ("flow", "flow Jacobian"), ("twonn", "TwoNN"), ("mle", "MLE")]
+            ("nb_loc_log", "NB local ∇φ (log)"), ("nb_phi_log", "NB network ∇φ (log)"),
+            ("jac_raw", "Jacobian teacher"), ("flow", "flow Jacobian"), ("twonn", "TwoNN"), ("mle", "MLE")]
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 3.6))
     w = 0.8 / len(keys)
     for j, (k, lab) in enumerate(keys):
@@ -432,11 +439,14 @@ def _markdown(res, files) -> str:
                  for r in res["nasym"]])
     L += ["", f"![NAsym vs σ]({files['nasym']})", ""]
     L += ["## Conservative part ∇φ and gauge part r = s - ∇φ", "",
-          f"A {'class-conditional ' if res['conditional'] else ''}potential network φ(x, t) was fitted by least squares "
+          f"A {'class-conditional ' if res['conditional'] else ''}potential network φ(x, t) "
+          "was fitted by least squares "
           f"E σ²‖∇φ - s‖² on {pot['bank_size']} forward-noised training digits at t ∈ {pot['times']} "
-          f"({pot['steps']} Adam steps; loss {pot['loss_first']:.3g} → {pot['loss_final']:.3g}). On held-out digits at t0 "
+          f"({pot['steps']} Adam steps; loss {pot['loss_first']:.3g} → {pot['loss_final']:.3g}). "
+          "On held-out digits at t0 "
           "(σ²-weighted; DSM(s) = DSM(∇φ) + E‖r‖² + cross exactly, cross → 0 at the exact projection):", ""]
-    L += _table(["DSM(s)", "DSM(∇φ)", "E σ²‖r‖²", "cross", "‖r‖²/‖s‖²", "max |z| weak gauge residual (16 ψ)"],
+    L += _table(["DSM(s)", "DSM(∇φ)", "E σ²‖r‖²", "cross", "‖r‖²/‖s‖²",
+                 "max |z| weak gauge residual (16 ψ)"],
                 [[pot["dsm_score"], pot["dsm_conservative"], pot["gauge_energy"], pot["cross"], pot["gauge_fraction"],
                   pot["gauge_residual_max_abs_z"]]])
     L += ["", "A |z| of a few is consistent with E[∇ψ·r] = 0 (a gauge r); large |z| means the fitted φ has not "
@@ -455,7 +465,9 @@ def _markdown(res, files) -> str:
 
     def rng(v):
         v = torch.as_tensor(v, dtype=torch.float64).reshape(-1)
-        return f"{_median(v):.3g} [{float(v.min()):.3g}-{float(v.max()):.3g}]" if v.numel() > 1 else f"{float(v[0]):.3g}"
+        if v.numel() == 1:
+            return f"{float(v[0]):.3g}"
+        return f"{_median(v):.3g} [{float(v.min()):.3g}-{float(v.max()):.3g}]"
 
     L += _table(["class", "NB teacher log", "NB teacher abs", "NB local ∇φ log", "NB network ∇φ log",
                  "Jacobian teacher", "Jacobian local ∇φ", "Jacobian network ∇φ", "angle local (°)",

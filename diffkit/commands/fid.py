@@ -133,7 +133,7 @@ def demo_step(ctx):
         x, y = digits_tensors("test")
         floor = compute_fid(torch.cat([x[y == c][: n // 10] for c in range(10)]), "digits-train")
         ctx.say(f"- FID-digits vs the train split at n={n} (n_ref={r.n_ref}): DDIM-{steps} teacher samples "
-                f"{r.value:.2f}, held-out test digits {floor.value:.2f} (the floor at this n; FID grows as n "
+                f"{r.value:.3f}, held-out test digits {floor.value:.3f} (the floor at this n; FID grows as n "
                 f"shrinks) in {time.perf_counter() - t0:.1f} s")
         return
     except (AssetError, ValueError) as e:

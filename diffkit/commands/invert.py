@@ -166,7 +166,7 @@ def demo_step(ctx):
         label = 3
         x = sample_from_model(pipe, label, seed=0)
         source = f"a DDIM-50 sample of class {label}"
-    steps = 50
+    steps = 20 if ctx.quick else 50
     model = EpsModel(pipe.unet, pipe.scheduler.config)
     cond = class_guidance(pipe.unet, [label], 1.0)
     t0 = time.perf_counter()

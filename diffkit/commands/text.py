@@ -1,6 +1,7 @@
-"""diffkit text: discrete (masked) text diffusion with RADD -- ``sample`` and ``nll``.
+"""diffkit text: discrete (masked) text diffusion with RADD -- ``sample``, ``nll`` and ``train``.
 
-``--model`` is a diffkit text pipeline folder, an official RADD checkpoint folder
+``--model`` (default ``text-radd``, the shipped character-level model in ``assets/``) is a diffkit
+text pipeline folder, an official RADD checkpoint folder
 (``config.json`` + ``model.safetensors``, e.g. a local copy of ``JingyangOu/radd-lambda-dce``),
 a RADDTransformer folder, or ``tiny`` (a random byte-level model: smoke tests only).
 """
@@ -10,7 +11,8 @@ from __future__ import annotations
 import sys
 
 NAME = "text"
-HELP = "discrete text diffusion (RADD): sample | nll"
+HELP = "discrete text diffusion (RADD): sample | nll | train"
+DEMO_ORDER = 40
 
 
 def add_arguments(p):
@@ -45,15 +47,45 @@ def add_arguments(p):
     n.add_argument("--draws", type=int, default=64, help="Monte Carlo draws (bounds)")
     n.add_argument("--batch-size", type=int, default=16)
 
-    t = sub.add_parser("train", help="[not yet available] train a text diffusion model (a later issue)")
-    t.add_argument("rest", nargs="...")
+    t = sub.add_parser("train", help="train the character-level RADD model with λ-DCE (rebuilds assets/text-radd)")
+    t.add_argument("--output", default="assets/text-radd", help="pipeline folder to write (default assets/text-radd)")
+    t.add_argument("--max-steps", type=int, default=20000, help="optimiser steps (default 20000)")
+    t.add_argument("--max-minutes", type=float, default=None,
+                   help="stop at the first checkpoint after this much wall time (the step reached is recorded)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", nargs="?", const="latest", default=None,
+                   help="resume from the latest checkpoint in --run-dir, or from the given checkpoint folder")
+    t.add_argument("--run-dir", default=None, help="checkpoints and loss log (default runs/<output name>)")
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=1.5e-3)
+    t.add_argument("--warmup-steps", type=int, default=100)
+    t.add_argument("--preset", default="text", choices=["text", "tiny"], help="model size (tiny: tests)")
+    t.add_argument("--checkpoint-every", type=int, default=250)
+    t.add_argument("--keep-checkpoints", type=int, default=2)
+    t.add_argument("--corpus", default=None, help="corpus snapshot file (default assets/text-radd/corpus/...)")
+    t.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: fastest on a busy shared machine)")
+    t.add_argument("--no-progress", action="store_true")
 
 
 def _model_args(p):
-    p.add_argument("--model", required=True, help="pipeline / official RADD / RADDTransformer folder, or 'tiny'")
+    p.add_argument("--model", default="text-radd",
+                   help="pipeline / official RADD / RADDTransformer folder, 'tiny', or an asset name "
+                        "(default: text-radd, the shipped character-level model)")
     p.add_argument("--tokenizer", default=None, help="byte | gpt2 | char:<alphabet> | folder (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+
+
+def _resolve_model(model):
+    """An asset name (``text-radd``) that is not a folder here resolves to the shipped asset."""
+    from pathlib import Path
+
+    from diffkit.assets import REBUILD, asset_path
+
+    if str(model) != "tiny" and not Path(model).exists() and str(model) in REBUILD:
+        return str(asset_path(model, required=("model_index.json", "transformer", "tokenizer")))
+    return model
 
 
 def _pipeline(args, **sched):
@@ -61,7 +93,7 @@ def _pipeline(args, **sched):
 
     from diffkit.pipelines.discrete import load_text_pipeline
 
-    pipe = load_text_pipeline(args.model, args.tokenizer, **sched)
+    pipe = load_text_pipeline(_resolve_model(args.model), args.tokenizer, **sched)
     pipe.to(torch.device(args.device))
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -133,6 +165,64 @@ def _nll(args):
           f"PPL {math.exp(total / len(ids)):.3f}")
 
 
+def _train(args):
+    import shlex
+    import time
+
+    import torch
+
+    from diffkit.text_train import train_text_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    command = "diffkit text train " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+    t0 = time.perf_counter()
+    res = train_text_model(args.output, max_steps=args.max_steps, max_minutes=args.max_minutes, seed=args.seed,
+                           resume=args.resume, run_dir=args.run_dir, batch_size=args.batch_size, lr=args.lr,
+                           warmup_steps=args.warmup_steps, preset=args.preset, checkpoint_every=args.checkpoint_every,
+                           keep_checkpoints=args.keep_checkpoints, progress=not args.no_progress,
+                           corpus_path=args.corpus, command=command)
+    loss = "n/a" if res.final_loss is None else f"{res.final_loss:.4f}"
+    print(f"trained {res.step} steps (final λ-DCE loss {loss} nats/char, {res.wall_time_s:.0f} s of training, "
+          f"{time.perf_counter() - t0:.0f} s this session); wrote {args.output}; checkpoints in {res.run_dir}")
+
+
+def demo_step(ctx):
+    """The shipped text model: one prompted sample at a few step counts, with its NFE."""
+    import time
+
+    from diffkit.assets import AssetError
+
+    try:
+        from diffkit.pipelines.discrete import load_text_pipeline
+
+        pipe = load_text_pipeline(_resolve_model("text-radd"))
+    except AssetError as e:
+        ctx.say(f"- Text model: skipped ({e})")
+        return
+    pipe.set_progress_bar_config(disable=True)
+    L = int(pipe.transformer.config.length)
+    ctx.say(f"- Text RADD (`assets/text-radd`, {sum(p.numel() for p in pipe.transformer.parameters()) / 1e6:.2f}M "
+            f"params, L = {L}), prompt \"A list \", per-row cache:")
+    lines = []
+    for steps in ((16, 128) if ctx.quick else (16, 64, 256)):
+        t0 = time.perf_counter()
+        out = pipe(batch_size=1, num_inference_steps=steps, prompt="A list ", seed=0)
+        dt = time.perf_counter() - t0
+        text = out.texts[0].replace("\n", "⏎")
+        ctx.say(f"  - {steps} steps: NFE {out.nfe:.0f} (law {_law(steps, int(out.num_generated[0])):.1f}), "
+                f"{dt:.2f} s: `{text[:80]}…`")
+        lines.append(f"=== {steps} steps, NFE {out.nfe:.0f} ===\n{out.texts[0]}\n")
+    with open(ctx.path("text_samples.txt"), "w") as f:
+        f.write("\n".join(lines))
+
+
+def _law(n, length):
+    from diffkit.samplers.absorbing import expected_nfe
+
+    return expected_nfe(n, length)
+
+
 def run(args):
     cmd = getattr(args, "text_command", None)
     if cmd == "sample":
@@ -140,8 +230,6 @@ def run(args):
     if cmd == "nll":
         return _nll(args)
     if cmd == "train":
-        print("diffkit text train: not yet available in this version (text model training comes in a later issue).",
-              file=sys.stderr)
-        return 2
+        return _train(args)
     print("usage: diffkit text {sample,nll} ... (see diffkit text SUBCOMMAND --help)", file=sys.stderr)
     return 2

@@ -51,7 +51,8 @@ ENV_WEIGHTS = "DIFFKIT_INCEPTION_WEIGHTS"
 INCEPTION_FILES = {
     "clean-fid": ("inception-2015-12-05.pt", "the StyleGAN2-ADA TorchScript Inception used by clean-fid",
                   "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"),
-    "torchmetrics": ("weights-inception-2015-12-05-6726825d.pth", "torch-fidelity's Inception state dict used by torchmetrics",
+    "torchmetrics": ("weights-inception-2015-12-05-6726825d.pth",
+                     "torch-fidelity's Inception state dict used by torchmetrics",
                      "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                      "weights-inception-2015-12-05-6726825d.pth"),
 }
@@ -69,7 +70,7 @@ class FeatureExtractor(nn.Module):
     in_channels: int | None = None
     input_size: tuple | None = None  # (H, W) the network needs, None = any
     resizes: bool = False  # whether the backend resizes images to input_size (Inception)
-    resize: str = "none"  # how
+    resize: str = "none"  # how images reach the network, as recorded with results
     backends: tuple = ("diffkit", "clean-fid", "torchmetrics")
 
     @property
@@ -176,7 +177,8 @@ def resolve_inception_weights(weights, backend: str) -> Path:
             raise InceptionWeightsError(f"clean-fid loads its Inception only from a file named exactly {fname!r} "
                                         f"(got {p}); rename the file or pass the folder that holds it")
         return p
-    where = f"looked at {p}" if p is not None else f"no path given (inception_weights= / --inception-weights / ${ENV_WEIGHTS})"
+    where = (f"looked at {p}" if p is not None
+             else f"no path given (inception_weights= / --inception-weights / ${ENV_WEIGHTS})")
     raise InceptionWeightsError(
         f"Inception weights for backend {backend!r} not found: {where}. This backend needs {fname!r} ({what}). "
         f"diffkit never downloads weights: fetch the file yourself from a trusted source (published at {url}) "

@@ -25,7 +25,6 @@ extractor's grid (the digits protocol: 17 levels); folders are read as saved.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.metadata
 import inspect
@@ -66,9 +65,19 @@ BACKENDS = ("diffkit", "clean-fid", "torchmetrics")
 #: --ref names -> (asset folder, stats file inside it)
 NAMED_REFERENCES = {"digits-train": ("digits-features", "train_stats.npz")}
 
+
+def _digits_train_images():
+    from ..data import digits_tensors
+
+    return digits_tensors("train")[0]
+
+
+#: named references whose images ship with diffkit: KID (which needs features) re-extracts them
+_REFERENCE_IMAGES = {"digits-train": _digits_train_images}
+
 #: protocol fields that must agree between gen and ref for a FID to mean anything
 _PROTOCOL_KEYS = ("protocol", "feature_extractor", "feature_dim", "levels", "grey_levels", "resize", "antialias",
-                  "weights_sha256", "feature_net_sha256", "channels", "image_size")
+                  "input_range", "weights_sha256", "feature_net_sha256", "channels", "image_size")
 
 
 class ProtocolWarning(UserWarning):
@@ -149,7 +158,8 @@ def _pick(data, names, path, what):
             return data[k]
     if what is None:
         return None
-    raise ValueError(f"statistics file {path} has no {what} (looked for {', '.join(names)}; found {', '.join(data.files)})")
+    raise ValueError(f"statistics file {path} has no {what} (looked for {', '.join(names)}; "
+                     f"found {', '.join(data.files)})")
 
 
 def load_stats(path) -> FIDStats:
@@ -440,12 +450,12 @@ class _TorchmetricsBackend(_Backend):
 _BACKEND_CLASSES = {"diffkit": _Backend, "clean-fid": _CleanFIDBackend, "torchmetrics": _TorchmetricsBackend}
 
 
-def _progress(it, enabled: bool, desc: str):
+def _progress(it, enabled: bool, desc: str, total=None):
     if not enabled:
         return it
     from tqdm.auto import tqdm
 
-    return tqdm(it, desc=desc)
+    return tqdm(it, desc=desc, total=total)
 
 
 # ---------------------------------------------------------------------------- sides
@@ -563,7 +573,8 @@ def _collect(src, name, backend: _Backend, n, batch_size, seed, info: ShardInfo,
         def block(lo, hi):
             out = []
             it = _iter_blocks(kind, src, n, lo, hi, batch_size, name, seed)
-            for x in _progress(it, show, desc):
+            total = math.ceil((hi - lo) / batch_size) if kind != "iterable" else None
+            for x in _progress(it, show, desc, total):
                 x = quantize_images(x, fx.levels, name)
                 if "chw" not in shape:
                     _check_size(x.shape[2:], other, fx, name)
@@ -642,6 +653,9 @@ def evaluate(gen, ref, metrics=("fid",), backend: Optional[str] = None, features
         raise ValueError(f"metrics must be a non-empty subset of ('fid', 'kid'), got {metrics!r}")
     be, info = _setup(backend, features, gen, ref, inception_weights, antialias, device, batch_size, progress)
     r = _collect(ref, "ref", be, n_ref, batch_size, seed, info, real=True)
+    if "kid" in metrics and r.features is None and str(ref) in _REFERENCE_IMAGES:
+        r.features = _collect(_REFERENCE_IMAGES[str(ref)](), "ref", be, n_ref, batch_size, seed, info,
+                              real=True).features
     g = _collect(gen, "gen", be, n, batch_size, seed, info, real=False, other=r)
     notes = _check_protocols(g, r, be.fx)
     results = []

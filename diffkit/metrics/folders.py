@@ -123,7 +123,8 @@ def quantize_images(images: torch.Tensor, levels: int = 256, name: str = "images
     return k if levels == 256 else k * (255.0 / q)
 
 
-def save_image_folder(images: torch.Tensor, folder, start_index: int = 0, levels: int = 256, prefix: str = "") -> list[str]:
+def save_image_folder(images: torch.Tensor, folder, start_index: int = 0, levels: int = 256,
+                      prefix: str = "") -> list[str]:
     """Write images ([-1, 1] float or uint8, NCHW) as lossless PNGs named by global index.
 
     ``levels`` < 256 snaps to that grey-level grid first (17 for FID-digits), so reading

@@ -1,0 +1,173 @@
+"""λ-DCE training of a character-level RADD model on the pydoc corpus (the shipped ``assets/text-radd``).
+
+The loss is RADD's ``lambda_DCE`` (§3.3, App. C; spec §3): per sequence, draw λ ∈ (0, 1), mask each
+token independently with probability λ, and score (1/λ) Σ_{masked i} -log c_θ(x₀ⁱ | unmasked). Its
+expectation over λ ~ U(0, 1) is the any-order autoregressive NLL, an upper bound on -log p(x₀)
+(the same estimator :func:`diffkit.likelihood.lambda_dce_nll` evaluates). λ is stratified over the
+global batch as in the official code (λ = (u + g mod B)/B for global sample g), which lowers the
+variance without changing the mean. All draws are functions of (seed, stream, global sample index),
+so the run resumes exactly through :class:`diffkit.train.Trainer`.
+
+The batch source cuts windows of ``length`` characters at uniformly random offsets of the train
+split (stateless: the window of sample g depends only on (seed, g)).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .seeding import rand_for_indices, randint_for_indices
+
+__all__ = ["LambdaDCELoss", "TextWindowSource", "PRESETS", "build_text_model", "train_text_model", "export_text_model"]
+
+#: RADDTransformer sizes: "text" is the shipped model, "tiny" is for tests.
+PRESETS = {
+    "text": dict(hidden_size=128, n_heads=4, n_blocks=4, length=128),
+    "tiny": dict(hidden_size=32, n_heads=2, n_blocks=1, length=32),
+}
+
+
+class LambdaDCELoss:
+    """λ-DCE loss in nats per token: mean over the batch of (1/λ)·Σ_masked CE / L."""
+
+    def __init__(self, mask_token_id: int, batch_size: int, seed: int = 0, min_lambda: float = 1e-4):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.mask_id, self.batch_size, self.seed, self.min_lambda = int(mask_token_id), int(batch_size), int(seed), float(min_lambda)
+
+    def masks(self, x0: torch.Tensor, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """(λ [B] float64, mask [B, L] bool) for the given global sample indices."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        u = rand_for_indices((), idx, self.seed, stream="dce-lambda", dtype=torch.float64)
+        lam = ((idx % self.batch_size).to(torch.float64) + u) / self.batch_size
+        lam = lam.clamp_min(self.min_lambda)
+        coins = rand_for_indices(x0.shape[1:], idx, self.seed, stream="dce-mask", dtype=torch.float64)
+        return lam, coins < lam[:, None]
+
+    def __call__(self, model, batch, indices, step):
+        x0 = batch
+        lam, mask = self.masks(x0, indices)
+        lam, mask = lam.to(x0.device), mask.to(x0.device)
+        noisy = torch.where(mask, torch.full_like(x0, self.mask_id), x0)
+        out = model(noisy).float()
+        logp = torch.log_softmax(out[..., :self.mask_id], dim=-1)  # real tokens only (mask column ignored)
+        ce = -logp.gather(-1, x0[..., None]).squeeze(-1)
+        per_seq = (ce * mask).sum(-1).double() / lam
+        return (per_seq / x0.shape[1]).mean().float()
+
+
+class TextWindowSource:
+    """``source(indices, step) -> [B, length]`` token windows at (seed, index)-determined offsets."""
+
+    def __init__(self, ids: torch.Tensor, length: int, seed: int = 0):
+        ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+        if ids.numel() < length:
+            raise ValueError(f"the training text has {ids.numel()} tokens, fewer than length={length}")
+        self.ids, self.length, self.seed = ids, int(length), int(seed)
+
+    def __call__(self, indices, step):
+        starts = randint_for_indices(0, self.ids.numel() - self.length + 1, indices, self.seed, stream="text-window")
+        return self.ids[starts[:, None] + torch.arange(self.length)[None, :]]
+
+
+def build_text_model(vocab_size: int, preset: str = "text", seed: int = 0, dropout: float = 0.0):
+    from .models.radd import RADDTransformer
+
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return RADDTransformer(vocab_size=vocab_size, dropout=dropout, **PRESETS[preset])
+
+
+def export_text_model(model, tokenizer, output, facts: Optional[dict] = None) -> Path:
+    """Write a DiscreteDiffusionPipeline folder (transformer/, scheduler/, tokenizer/) atomically,
+    keeping files of an existing folder that the export does not produce (corpus/, README.md, ...)."""
+    from .pipelines.discrete import DiscreteDiffusionPipeline
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    DiscreteDiffusionPipeline.from_model(model.eval(), tokenizer).save_pretrained(str(tmp), safe_serialization=True)
+    produced = {"transformer", "scheduler", "tokenizer", "model_index.json", "training.json"}
+    if output.exists():
+        for f in output.iterdir():
+            if f.name not in produced and not (tmp / f.name).exists():
+                os.replace(f, tmp / f.name)
+    if facts is not None:
+        (tmp / "training.json").write_text(json.dumps(facts, indent=1) + "\n")
+    if output.exists():
+        old = output.with_name(f".{output.name}.old-{os.getpid()}")
+        os.replace(output, old)
+        os.replace(tmp, output)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, output)
+    return output
+
+
+def train_text_model(output, max_steps: int = 20000, max_minutes: Optional[float] = None, seed: int = 0, resume=None,
+                     run_dir=None, batch_size: int = 32, lr: float = 1.5e-3, warmup_steps: int = 100,
+                     preset: str = "text", checkpoint_every: int = 250, keep_checkpoints: int = 2,
+                     progress: bool = True, corpus_path=None, accelerator=None, command: Optional[str] = None):
+    """Train (or resume) with λ-DCE and export the EMA model to ``output``. ``max_minutes`` stops
+    at the first checkpoint boundary after that much wall time of this session (the step reached is
+    recorded; the learning rate is constant after warm-up, so ``--max-steps N`` reproduces it)."""
+    from .models.tokenizers import CharTokenizer
+    from .text_corpus import CORPUS_PYTHON, CORPUS_SHA256, corpus_alphabet, corpus_split
+    from .train import Trainer, TrainConfig
+
+    output = Path(output)
+    run_dir = Path(run_dir) if run_dir else Path("runs") / output.name
+    tok = CharTokenizer(corpus_alphabet(corpus_path), unk=" ")
+    train_ids = torch.tensor(tok.encode(corpus_split("train", corpus_path)), dtype=torch.long)
+    model = build_text_model(tok.vocab_size, preset, seed)
+    L = int(model.config.length)
+    cfg = TrainConfig(max_steps=max_steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, grad_clip=1.0,
+                      ema_decay=0.999, seed=seed, checkpoint_every=checkpoint_every,
+                      keep_checkpoints=keep_checkpoints, progress=progress)
+    trainer = Trainer(model, LambdaDCELoss(tok.mask_token_id, batch_size, seed),
+                      TextWindowSource(train_ids, L, seed), cfg, run_dir, accelerator=accelerator,
+                      meta={"preset": preset, "what": "character-level RADD text model (lambda-DCE)"})
+    t0 = time.perf_counter()
+    if max_minutes is None:
+        result = trainer.fit(resume=resume)
+    else:  # chunks of checkpoint_every steps until the wall-time cap
+        ck = trainer.resolve_resume(resume)
+        if ck is not None:
+            trainer.load_checkpoint(ck)
+        chunk = max(checkpoint_every, 1)
+        while True:
+            result = trainer.fit(stop_at=min(trainer.step + chunk, max_steps))
+            if trainer.step >= max_steps or time.perf_counter() - t0 >= 60 * max_minutes:
+                break
+    if trainer.accelerator.is_main_process:
+        facts = {
+            "command": command, "steps": result.step, "batch_size": batch_size, "sequence_length": L,
+            "learning_rate": lr, "warmup_steps": warmup_steps, "ema_decay": cfg.ema_decay, "grad_clip": cfg.grad_clip,
+            "loss": "lambda-DCE (stratified lambda, nats/token)", "seed": seed, "preset": preset,
+            "architecture": {k: v for k, v in PRESETS[preset].items()},
+            "parameters": sum(p.numel() for p in trainer.unwrapped.parameters()),
+            "final_loss_nats_per_token": result.final_loss, "final_loss_window_steps": min(100, len(result.log)),
+            "wall_time_s": round(result.wall_time_s, 1), "processes": trainer.accelerator.num_processes,
+            "machine": f"{platform.machine()} {os.cpu_count()}-core CPU ({torch.get_num_threads()} torch threads), "
+                       f"torch {torch.__version__}" if trainer.accelerator.device.type == "cpu"
+                       else str(trainer.accelerator.device),
+            "corpus": f"CPython {CORPUS_PYTHON} pydoc_data.topics snapshot, sha256 {CORPUS_SHA256}",
+            "train_characters": int(train_ids.numel()),
+            "reproduce": (f"diffkit text train --output {output} --max-steps {result.step} --seed {seed} "
+                          f"--batch-size {batch_size} --lr {lr} --warmup-steps {warmup_steps} --preset {preset}"),
+        }
+        export_text_model(trainer.ema_model(), tok, output, facts)
+    trainer.accelerator.wait_for_everyone()
+    return result

@@ -31,7 +31,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import math
 import os
 import random
 import shutil
@@ -39,7 +38,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -48,7 +47,7 @@ from torch import nn
 from .seeding import rand_for_indices, randint_for_indices, randn_for_indices, sample_generator
 
 __all__ = ["TrainConfig", "EMA", "IndexedDataSource", "DDPMEpsLoss", "Trainer", "TrainResult",
-           "latest_checkpoint", "make_accelerator"]
+           "latest_checkpoint", "list_checkpoints", "make_accelerator"]
 
 CHECKPOINT_PREFIX = "step-"
 

@@ -95,3 +95,12 @@ def test_gauge_field_asymmetry_and_local_geometry():
         angles.append(max(float(principal_angles(nb.tangent_basis(b), fx.U).max()) for b in range(3)))
     assert all(a1 < a2 for a1, a2 in zip(angles, angles[1:])), angles
     assert math.degrees(angles[-1]) > 30
+
+
+def test_spectral_gap_rules_and_floor():
+    sv = torch.tensor([[100.0, 90.0, 80.0, 1.0, 0.9, 1e-9], [5.0, 4.0, 1.0, 0.5, 0.4, 0.3]], dtype=torch.float64)
+    assert spectral_gap(sv, "log").tolist() == [5, 2]  # a near-zero tail value wins the ratio test
+    assert spectral_gap(sv, "log", floor=1e-2).tolist() == [3, 2]  # ... unless raised to a floor
+    assert spectral_gap(sv, "abs").tolist() == [3, 2]
+    with pytest.raises(ValueError, match=r"floor must be in \[0, 1\)"):
+        spectral_gap(sv, "log", floor=1.5)

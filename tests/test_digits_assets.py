@@ -20,6 +20,14 @@ TEACHER_CMD = "diffkit train-teacher"
 FEATURES_CMD = "diffkit train-features"
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()  # small models: one thread (two spin badly on a busy 2-core machine)
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def teacher():
     pipe = load_pipeline("digits-unet")

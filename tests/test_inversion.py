@@ -193,12 +193,17 @@ def test_cli_invert_then_sample_from_inversion(tmp_path, tiny_class_unet, capsys
     assert "gamma must be in [0, 1]" in capsys.readouterr().err
 
 
-def test_demo_step_reports_round_trip(tmp_path):
+@pytest.mark.parametrize("assets", ["shipped", "missing"])
+def test_demo_step_reports_round_trip(tmp_path, monkeypatch, assets):
     from diffkit.cli import main
 
+    if assets == "missing":  # the demo falls back to a tiny random UNet
+        monkeypatch.setenv("DIFFKIT_ASSETS", str(tmp_path / "no-assets"))
     assert main(["demo", "--output", str(tmp_path), "--quick", "--only", "invert"]) == 0
     report = (tmp_path / "report.md").read_text()
     assert "round-trip relative error" in report and (tmp_path / "inversion_bdia.png").exists()
+    if assets == "missing":
+        assert "tiny random-weight UNet (assets/digits-unet not available yet)" in report
     err = float(report.split("round-trip relative error ")[1].split()[0])
     assert err <= TOL
 

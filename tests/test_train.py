@@ -14,9 +14,23 @@ from diffkit.data import digits_tensors
 from diffkit.train import DDPMEpsLoss, EMA, IndexedDataSource, Trainer, TrainConfig, latest_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
-# Two processes on a 2-core machine: parameters after 3 Adam steps agree to this absolute
-# tolerance (only the float summation order of the gradient all-reduce differs).
-TWO_PROCESS_ATOL = 1e-5
+# 1 vs 2 processes, 3 AdamW steps at lr 2e-3: only float summation order differs (per-process
+# batch means, gradient all-reduce). Adam divides by √v, so a parameter whose gradient is
+# ~0 can amplify a rounding difference into a visible update difference; hence two bounds:
+# the whole update (θ_3 − θ_0) agrees to 1e-3 relative L2, and no parameter differs by more
+# than 10% of one step's size (lr).
+TWO_PROCESS_UPDATE_RTOL = 1e-3
+TWO_PROCESS_MAX_ABS = 0.1 * 2e-3
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models gain nothing from a second thread, and on a busy 2-core machine two
+    # spinning OpenMP threads per process slow training down several-fold.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _setup(run_dir, max_steps=6, batch_size=8, lr=2e-3, checkpoint_every=3, seed=0, init_seed=0, loss_wrap=None,
@@ -149,10 +163,14 @@ def test_ema_warmup_and_copy():
 # ---------------------------------------------------------------------------- two processes
 def _two_process_worker(out_dir):
     import torch
+    from accelerate.state import AcceleratorState, GradientState
 
     from diffkit.train import make_accelerator
 
     torch.set_num_threads(1)
+    # The forked worker inherits the parent's (1-process) accelerate singletons: start afresh.
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
     acc = make_accelerator(cpu=True)
     tr = _setup(Path(out_dir) / "run2", max_steps=3, batch_size=8, checkpoint_every=0, accelerator=acc)
     res = tr.fit()
@@ -164,17 +182,19 @@ def _two_process_worker(out_dir):
 def test_two_processes_match_one_process(tmp_path):
     from accelerate import debug_launcher
 
-    torch.set_num_threads(1)
     one = _setup(tmp_path / "run1", max_steps=3, batch_size=8, checkpoint_every=0)
     res1 = one.fit()
     debug_launcher(_two_process_worker, args=(str(tmp_path),), num_processes=2)
     two = torch.load(tmp_path / "two.pt", weights_only=True)
     assert two["world"] == 2 and two["indices"] == [[0, 1, 2, 3]]  # rank 0 takes the first half of each batch
-    s1 = _state(one)
-    diff = max(float((s1[k] - two["state"][k]).abs().max()) for k in s1)
-    assert diff <= TWO_PROCESS_ATOL, diff
-    moved = max(float((s1[k] - _state(_setup(tmp_path / "init", max_steps=0))[k]).abs().max()) for k in s1)
-    assert moved > 100 * TWO_PROCESS_ATOL  # the runs really trained
+    s0, s1, s2 = _state(_setup(tmp_path / "init", max_steps=0)), _state(one), two["state"]
+    d1 = torch.cat([(s1[k] - s0[k]).flatten() for k in s0])
+    d2 = torch.cat([(s2[k] - s0[k]).flatten() for k in s0])
+    assert d1.abs().max() > 2e-3  # the runs really trained (Adam moves a parameter by up to ~lr per step)
+    rel = float((d1 - d2).norm() / d1.norm())
+    print(f"2 vs 1 process: relative update difference {rel:.2e}, max abs {float((d1 - d2).abs().max()):.2e}")
+    assert rel <= TWO_PROCESS_UPDATE_RTOL
+    assert float((d1 - d2).abs().max()) <= TWO_PROCESS_MAX_ABS
     assert two["log"] == pytest.approx([r["loss"] for r in res1.log], rel=1e-5)
 
 

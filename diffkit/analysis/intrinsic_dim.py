@@ -38,18 +38,25 @@ __all__ = ["GAP_RULES", "spectral_gap", "NBResult", "nb_spectrum", "nb_id", "IDR
 GAP_RULES = ("log", "abs")
 
 
-def spectral_gap(svals: torch.Tensor, rule: str = "log") -> torch.Tensor:
+def spectral_gap(svals: torch.Tensor, rule: str = "log", floor: Optional[float] = None) -> torch.Tensor:
     """Number of singular values above the largest gap, per row of descending ``svals`` (B, m).
 
-    ``"log"``: argmax of log s_i - log s_{i+1} (values floored at eps·s_1); ``"abs"``: argmax of s_i - s_{i+1}.
+    ``"log"``: argmax of log s_i - log s_{i+1}; ``"abs"``: argmax of s_i - s_{i+1}. Values below
+    ``floor``·s_1 (default: machine epsilon) are raised to it first, so that with ``"log"`` a single
+    near-zero value (e.g. a Hessian eigenvalue crossing zero in a tangent direction) cannot
+    create the largest ratio.
     """
     if rule not in GAP_RULES:
         raise ValueError(f"gap must be one of {GAP_RULES}, got {rule!r}")
     if svals.ndim != 2 or svals.shape[1] < 2:
         raise ValueError(f"svals: expected shape (B, m) with m >= 2, got {tuple(svals.shape)}")
+    if floor is not None and not 0 <= floor < 1:
+        raise ValueError(f"floor must be in [0, 1) (a fraction of the largest singular value), got {floor}")
     s = svals.to(torch.float64)
+    rel = torch.finfo(svals.dtype).eps if floor is None else max(float(floor), torch.finfo(svals.dtype).eps)
+    s = s.clamp_min(rel * s[:, :1].clamp_min(torch.finfo(torch.float64).tiny))
     if rule == "log":
-        s = s.clamp_min(torch.finfo(svals.dtype).eps * s[:, :1].clamp_min(torch.finfo(torch.float64).tiny)).log()
+        s = s.log()
     gaps = s[:, :-1] - s[:, 1:]
     return gaps.argmax(1) + 1
 

@@ -64,7 +64,8 @@ class AnalysisConfig:
     potential_depth: int = 4
     flow_classes: tuple = tuple(range(10))
     flow_steps: int = 10
-    flow_cols: Optional[int] = 24  # sketch size (None: full Jacobian)
+    flow_cols: Optional[int] = None  # sketch size (None: the full Jacobian; a sketch needs more columns than the ID)
+    gap_floor: float = 1e-2  # singular values below gap_floor·s_1 are clamped before the gap search
     mle_k: int = 10
     seed: int = 0
 
@@ -72,8 +73,7 @@ class AnalysisConfig:
     def quick(cls, **overrides) -> "AnalysisConfig":
         cfg = dict(classes=(0, 1, 7), spectra_sigmas=(0.05,), spectra_classes=(0, 1), points_per_class=2,
                    nasym_sigmas=(0.05, 0.2, 0.9), potential_sigmas=(0.035, 0.05, 0.07), potential_noise_draws=1,
-                   potential_steps=150, potential_hidden=128, potential_depth=2, flow_classes=(1,), flow_steps=6,
-                   flow_cols=12)
+                   potential_steps=150, potential_hidden=128, potential_depth=2, flow_classes=(1,), flow_steps=6)
         cfg.update(overrides)
         return cls(**cfg)
 
@@ -278,18 +278,16 @@ def analyze_digits(model=None, output: str = "analysis-output", config: Optional
             sv_loc, vh_loc = nb_spectrum(torch.stack([lq(nb_raw.points[b]) for b, lq in enumerate(locs)]))
             jac_raw, jac_phi = jacobian_id(score(c), proc, x0, t0), jacobian_id(phi, proc, x0, t0)
             jac_loc = torch.stack([torch.linalg.svdvals(lq.M) for lq in locs])
-            row = {"class": c, "nb_raw_log": nb_raw.id.tolist(),
-                   "nb_raw_abs": (D - spectral_gap(nb_raw.svals, "abs")).tolist(),
-                   "nb_loc_log": (D - spectral_gap(sv_loc, "log")).tolist(),
-                   "nb_loc_abs": (D - spectral_gap(sv_loc, "abs")).tolist(),
-                   "nb_phi_log": nb_phi.id.tolist(), "nb_phi_abs": (D - spectral_gap(nb_phi.svals, "abs")).tolist(),
-                   "jac_raw": jac_raw.id.tolist(), "jac_loc": (D - spectral_gap(jac_loc, "log")).tolist(),
-                   "jac_phi": jac_phi.id.tolist(),
+            ids = lambda sv, rule="log": (D - spectral_gap(sv, rule, cfg.gap_floor)).tolist()  # noqa: E731
+            row = {"class": c, "nb_raw_log": ids(nb_raw.svals), "nb_raw_abs": ids(nb_raw.svals, "abs"),
+                   "nb_loc_log": ids(sv_loc), "nb_loc_abs": ids(sv_loc, "abs"),
+                   "nb_phi_log": ids(nb_phi.svals), "nb_phi_abs": ids(nb_phi.svals, "abs"),
+                   "jac_raw": ids(jac_raw.svals), "jac_loc": ids(jac_loc), "jac_phi": ids(jac_phi.svals),
                    "local_nasym": [float(((lq.G - lq.G.T) / 2).pow(2).sum() / lq.G.pow(2).sum()) for lq in locs],
                    "local_affine_residual": [lq.residual for lq in locs]}
             ang_loc, ang_phi = [], []
             for b in range(x0.shape[0]):
-                k = int(nb_raw.id[b])
+                k = row["nb_raw_log"][b]
                 tb = nb_raw.tangent_basis(b, k)
                 ang_loc.append(math.degrees(float(principal_angles(tb, vh_loc[b, D - k:].T).max())))
                 ang_phi.append(math.degrees(float(principal_angles(tb, nb_phi.tangent_basis(b, k)).max())))
@@ -319,7 +317,8 @@ def analyze_digits(model=None, output: str = "analysis-output", config: Optional
             x1 = torch.randn(1, 1, 8, 8, generator=gen(1000 + c), dtype=torch.float64)
             with torch.enable_grad():
                 fj = flow_jacobian(score(c), proc, x1, grid, n_cols=cfg.flow_cols, generator=gen(1100 + c))
-            flows[c] = dict(id=int(fj.id[0]), sigma=proc.sigma(fj.t).tolist(), svals=fj.svals[:, 0].tolist())
+            flows[c] = dict(id=int(spectral_gap(fj.svals[-1], "log", cfg.gap_floor)[0]),
+                            sigma_ve=fj.sigma_ve.tolist(), svals=fj.svals[:, 0].tolist())
         timings["flow"] = time.perf_counter() - tic
         log(f"  flow Jacobian: {timings['flow']:.1f} s")
 
@@ -362,7 +361,7 @@ def _plots(res, output):
                     sv = torch.tensor(d[name])
                     ax.semilogy(range(1, len(sv) + 1), sv, ls, color=col,
                                 label=f"σ={float(s):.3g} {FIELD_NAMES[name]}")
-                    k = int(spectral_gap(sv[None], "log")[0])
+                    k = int(spectral_gap(sv[None], "log", res["config"]["gap_floor"])[0])
                     ax.axvline(k + 0.5, color=col, ls=ls, lw=0.8, alpha=0.6)
             ax.set_title(f"class {c}: NB singular values")
             ax.set_xlabel("index (gap: vertical lines; ID = D - index)")
@@ -404,9 +403,9 @@ def _plots(res, output):
         c, fl = next(iter(res["flows"].items()))
         fig, ax = plt.subplots(figsize=(4.8, 3.4))
         sv = torch.tensor(fl["svals"])
-        ax.loglog(fl["sigma"], sv, lw=0.8)
+        ax.loglog(fl["sigma_ve"], sv, lw=0.8)
         ax.invert_xaxis()
-        ax.set_xlabel("σ_t (integrating →)")
+        ax.set_xlabel("σ_ve = σ/α (integrating →)")
         ax.set_ylabel("singular values of ∂x_t/∂x_T")
         ax.set_title(f"class {c}: flow Jacobian (ID {fl['id']})")
         files["flow"] = "flow_jacobian.png"
@@ -453,7 +452,8 @@ def _markdown(res, files) -> str:
           "captured the whole conservative part.", "", f"![potential fit]({files['potential']})", ""]
     L += ["## Intrinsic dimension per class", "",
           "Median over points [min-max]. NB = normal-bundle estimator (SVD of K scores around α_t0·x0); "
-          "gap rules: log (largest ratio) and abs (largest difference). Jacobian = singular values of the exact "
+          "gap rules: log (largest ratio) and abs (largest difference), both after raising singular values "
+          f"below {cfg['gap_floor']:g}·s_1 to that floor. Jacobian = singular values of the exact "
           "score Jacobian at α_t0·x0 (log gap). Two conservative parts of the teacher are compared with it: "
           "*local ∇φ* -- the least-squares projection of the teacher onto gradients of quadratic potentials over "
           "the NB ball itself (the measure the NB estimator integrates over; Lyapunov solve of the affine fit), "

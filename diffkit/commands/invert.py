@@ -116,7 +116,8 @@ def run(args):
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     x, label, what = prepare(pipe, args)
-    pipe.unet.to(_dtype(args.dtype))
+    if pipe.unet.dtype != _dtype(args.dtype):
+        pipe.unet.to(_dtype(args.dtype))
     model = EpsModel(pipe.unet, pipe.scheduler.config)
     cond = class_guidance(pipe.unet, [label], args.guidance) if label is not None else None
     if cond is None and args.guidance != 1.0:
@@ -149,12 +150,14 @@ def demo_step(ctx):
     try:
         pipe = load_pipeline("digits-unet")
         what = "the shipped digits teacher"
-    except AssetError:
+    except (AssetError, OSError, ValueError) as e:  # missing, or unreadable while being rebuilt
         from diffkit.pipelines.class_conditional import ClassConditionalPipeline
         from diffkit.testing import tiny_unet2d
 
-        pipe = ClassConditionalPipeline(tiny_unet2d(num_classes=10), DDIMScheduler())
-        what = "a tiny random-weight UNet (assets/digits-unet not available yet)"
+        pipe = ClassConditionalPipeline(tiny_unet2d(num_classes=10), DDIMScheduler(clip_sample=False))
+        missing = isinstance(e, AssetError) and "not found" in str(e)
+        what = ("a tiny random-weight UNet (assets/digits-unet " + ("not available yet)" if missing else
+                                                                   f"unreadable: {e})"))
     pipe.set_progress_bar_config(disable=True)
     cfg = pipe.unet.config
     try:
@@ -180,7 +183,8 @@ def demo_step(ctx):
     edited = regenerate(model, result, class_guidance(pipe.unet, [edit_label], 1.0))
     path = save_grid(torch.cat([x.to(recon.device, torch.float64), recon, edited]).float(),
                      ctx.path("inversion_bdia.png"), nrow=3, upscale=8)
-    ctx.say(f"- Exact inversion (BDIA-DDIM, gamma 0.94, {steps} steps, float64 state, {model.dtype} model) of "
+    dtype = str(model.dtype).replace("torch.", "")
+    ctx.say(f"- Exact inversion (BDIA-DDIM, gamma 0.94, {steps} steps, float64 state, {dtype} model) of "
             f"{source} on {what}: round-trip relative error {err:.2e} (inversion {t_inv:.2f} s, "
             f"regeneration {t_reg:.2f} s); regenerated as label {edit_label} for an edit -> "
             f"`{os.path.basename(path)}` (input | reconstruction | edit)")

@@ -72,7 +72,9 @@ def run_from_inversion(args):
     if not model_dir:
         raise ValueError("--model is required: the inversion file does not name its model")
     pipe = load_pipeline(model_dir)
-    pipe.unet.to(getattr(torch, result.settings.get("model_dtype", "float32")))
+    dtype = getattr(torch, result.settings.get("model_dtype", "float32"))
+    if pipe.unet.dtype != dtype:
+        pipe.unet.to(dtype)
     model = EpsModel(pipe.unet, pipe.scheduler.config)
     labels = [int(x) for x in args.labels.split(",")] if args.labels else extra.get("labels")
     scale = result.settings["guidance_scale"] if args.guidance is None else args.guidance

@@ -156,5 +156,7 @@ def run(args):
                          run_dir=args.run_dir, batch_size=args.batch_size, lr=args.lr,
                          checkpoint_every=args.checkpoint_every, progress=not args.no_progress, command=command)
     f = getattr(res, "facts", None)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     acc = f"test accuracy {f['test_accuracy']:.4f} ({f['test_correct']}/{f['test_n']}); " if f else ""
     print(f"trained {res.step} steps ({acc}{time.perf_counter() - t0:.0f} s); wrote {args.output}")

@@ -195,5 +195,6 @@ def run(args):
                         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
                         progress=not args.no_progress, command=command)
     loss = "n/a" if res.final_loss is None else f"{res.final_loss:.4f}"
-    print(f"trained {res.step} steps (final loss {loss}, {res.wall_time_s:.0f} s of training, "
-          f"{time.perf_counter() - t0:.0f} s this session); wrote {args.output}; checkpoints in {res.run_dir}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"trained {res.step} steps (final loss {loss}, {res.wall_time_s:.0f} s of training, "
+              f"{time.perf_counter() - t0:.0f} s this session); wrote {args.output}; checkpoints in {res.run_dir}")

@@ -105,14 +105,14 @@ class EpsModel(nn.Module):
 
     # ------------------------------------------------------------------ levels
     def levels(self, t, like: torch.Tensor):
-        """(alpha, std) = (√ᾱ_t, √(1-ᾱ_t)) per sample, in ``like``'s dtype."""
-        t = torch.as_tensor(t)
-        if t.is_floating_point() and not torch.equal(t, t.round()):
-            sigma = self.schedule.t_to_sigma(t.detach().cpu())
-            ac = 1.0 / (1.0 + sigma * sigma)
-        else:
-            ac = self.schedule.alpha_cumprod(t.detach().cpu().long())
-        ac = ac.to(device=like.device, dtype=like.dtype)
+        """(alpha, std) = (√ᾱ_t, √(1-ᾱ_t)) per sample, in ``like``'s dtype.
+
+        Integer t reads the float64 table; floating t is continuous (log-sigma interpolation).
+        Computed on the sample's device without a host sync (no per-step GPU stall).
+        """
+        t = torch.as_tensor(t, device=like.device)
+        ac = self.schedule.alpha_cumprod_on_device(t.detach())
+        ac = ac.to(dtype=like.dtype)
         return ac.sqrt(), (1 - ac).sqrt()
 
     # ------------------------------------------------------------------ calls

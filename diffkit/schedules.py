@@ -134,7 +134,35 @@ class VPSchedule:
             prediction_type=cfg.get("prediction_type", "epsilon"),
         )
 
+    def __post_init__(self):
+        object.__setattr__(self, "_device_tables", {})
+
     # ----------------------------------------------------------------- basic levels
+    def _tables_on(self, device: torch.device):
+        """(ᾱ table with final_alpha_cumprod appended, log sigma_ve table) on ``device``, cached."""
+        key = str(device)
+        if key not in self._device_tables:
+            ext = torch.cat([self.alphas_cumprod, self.alphas_cumprod.new_tensor([self.final_alpha_cumprod])])
+            self._device_tables[key] = (ext.to(device), self.sigmas_ve.log().to(device))
+        return self._device_tables[key]
+
+    def alpha_cumprod_on_device(self, t: torch.Tensor) -> torch.Tensor:
+        """ᾱ(t) in float64 on t's device, without a host sync (no range checks).
+
+        Integer t: the table value (t = -1 is ``final_alpha_cumprod``). Floating t: continuous,
+        from sigma_ve interpolated linearly in log between grid points (pass integer tensors
+        where table values must be bit-exact).
+        """
+        table, log_sigmas = self._tables_on(t.device)
+        if not t.is_floating_point():
+            return table[torch.where(t < 0, torch.full_like(t, self.num_train_timesteps), t)]
+        tt = t.to(torch.float64).clamp(0, self.num_train_timesteps - 1)
+        lo = tt.floor().long()
+        hi = (lo + 1).clamp(max=self.num_train_timesteps - 1)
+        w = tt - lo.double()
+        sigma = ((1 - w) * log_sigmas[lo] + w * log_sigmas[hi]).exp()
+        return 1.0 / (1.0 + sigma * sigma)
+
     @property
     def num_train_timesteps(self) -> int:
         return int(self.alphas_cumprod.shape[0])

@@ -400,6 +400,13 @@ class Trainer:
             raise FileNotFoundError(f"checkpoint {path} is incomplete (missing {', '.join(missing)})")
         acc = self.accelerator
         state = json.loads((path / "trainer_state.json").read_text())
+        # Sample indices (hence data order and every draw) depend on these: resuming with
+        # other values would silently continue a different run.
+        for key in ("batch_size", "seed"):
+            saved = state.get("config", {}).get(key)
+            if saved is not None and saved != getattr(self.config, key):
+                raise ValueError(f"checkpoint {path} was written with {key}={saved}, this run has "
+                                 f"{key}={getattr(self.config, key)}; resume with the same {key}")
         self.unwrapped.load_state_dict(load_file(str(path / "model.safetensors"), device=str(acc.device)))
         self.ema.load_state_dict({"shadow": load_file(str(path / "ema.safetensors")),
                                   "num_updates": state["ema_num_updates"], "decay": self.config.ema_decay})

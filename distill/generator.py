@@ -4,8 +4,14 @@ G(z[, c]) = x̂0 of a teacher-architecture UNet evaluated once on pure noise at 
 trained timestep (DMD/DMD2's ``D(σ_init·z; σ_init)`` with σ_init = the teacher's largest
 ``sigma_ve``). In VP coordinates the EDM input x̃ = σ_init·z is the latent
 z_vp = √ᾱ·x̃ = √(1−ᾱ)·z, so the UNet sees std_vp(t_g)·z at timestep t_g. Initialised as a
-copy of the teacher, G⁰ is the teacher's own one-step x̂0 prediction (blurry class means
-at σ_init ≈ 157 for a linear-β schedule; spec §8 item 7).
+copy of the teacher, G⁰ is the teacher's own one-step x̂0 prediction.
+
+Conditioning (spec §8 item 7): for an ε-prediction UNet, x̂0 = (z − √(1−ᾱ)·ε̂)/√ᾱ
+multiplies every error and every update of ε̂ by σ_init (≈ 157 at the top step of a
+linear-β 1,000-step schedule). The digits teacher's G⁰ at t = 999 has x̂0 RMS ≈ 4 with
+most pixels outside [-1, 1]; at ``timestep=399`` (σ_init ≈ 2, DMD2's SDXL choice) it is a
+recognisable, blurry digit. The top timestep stays the default (the method's definition);
+``timestep`` is the knob.
 """
 
 from __future__ import annotations

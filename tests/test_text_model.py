@@ -177,3 +177,10 @@ def test_tiny_train_run_decreases_loss_and_resumes_exactly(tmp_path):
     pipe = load_text_pipeline(str(tmp_path / "b"))
     out = pipe(batch_size=1, num_inference_steps=8, seed=0)
     assert len(out.texts[0]) == 32 and not (out.sequences == pipe.mask_token_id).any()
+
+
+def test_example_text_sampling():
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "text_sampling.py"), "--steps", "8", "32"],
+                       capture_output=True, text=True, env=ENV, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("=== ") == 2 and "\nA list " in r.stdout and "bits/char" in r.stdout

@@ -145,6 +145,10 @@ def test_resume_errors_name_the_folder(tmp_path):
         tr.fit(resume="latest")
     with pytest.raises(FileNotFoundError, match="does-not-exist"):
         tr.fit(resume=str(tmp_path / "does-not-exist"))
+    done = _setup(tmp_path / "done", max_steps=1, checkpoint_every=0)
+    done.fit()
+    with pytest.raises(ValueError, match="batch_size=8, this run has batch_size=16"):
+        _setup(tmp_path / "done", max_steps=2, batch_size=16).fit(resume="latest")
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         TrainConfig(max_steps=1, batch_size=0)
 

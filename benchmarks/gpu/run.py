@@ -72,6 +72,55 @@ def ensure_diffkit() -> None:
         setattr(diffkit, sub, mod)
 
 
+# ---------------------------------------------------------------------------- xformers, isolated
+_XF_CHILD = """
+import sys, torch
+try:
+    import xformers, xformers.ops as xops
+except BaseException as e:
+    print("IMPORT", type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "", flush=True)
+    sys.exit(0)
+try:
+    q = torch.randn(1, 4, 1, 8, device=sys.argv[1], dtype=getattr(torch, sys.argv[2]))
+    xops.memory_efficient_attention(q, q, q)
+    print("OK", flush=True)
+except BaseException as e:
+    print("OP", type(e).__name__, flush=True)
+"""
+
+
+def xformers_isolation(device: str, dtype: str) -> str | None:
+    """Import xformers and run its op in a child process first; returns why it must be kept out of
+    this process, or None (absent, works, or fails cleanly -- then diffkit's in-process probe
+    reports it).
+
+    Why: an xformers wheel built for another torch can crash the interpreter (no try/except
+    survives that), and diffusers imports ``xformers.ops`` unguarded at import time whenever the
+    package is installed -- an import that raises would take diffusers, and so diffkit, down."""
+    if importlib.util.find_spec("xformers") is None:
+        return None
+    try:
+        r = subprocess.run([sys.executable, "-c", _XF_CHILD, device, dtype], capture_output=True, text=True,
+                           timeout=180)
+    except subprocess.TimeoutExpired:
+        return "its import/probe hung for 180 s in a child process"
+    lines = [ln for ln in r.stdout.splitlines() if ln.split(" ")[0] in ("IMPORT", "OP", "OK")]
+    if r.returncode != 0 or not lines:
+        how = f"signal {-r.returncode}" if r.returncode < 0 else f"exit code {r.returncode}"
+        return f"its import/probe crashed a child process ({how})"
+    if lines[-1].startswith("IMPORT"):
+        return f"import failed in a child process: {lines[-1][7:]}"
+    return None
+
+
+def hide_xformers() -> None:
+    """Make xformers look absent to this process (diffusers included): ``find_spec`` returns None
+    for a name mapped to None in ``sys.modules``, and importing it raises ImportError."""
+    for name in [m for m in sys.modules if m == "xformers" or m.startswith("xformers.")]:
+        del sys.modules[name]
+    sys.modules["xformers"] = None
+
+
 # ---------------------------------------------------------------------------- sizes
 SD15_UNET = dict(  # Stable Diffusion 1.5's UNet config (sample_size only names the 1024 px latent)
     sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
@@ -103,16 +152,17 @@ class Sizes:
     disback_teacher: str
     disback_batch: int
     disback_steps: int
+    disback_warmup: int
     caps: dict = field(default_factory=dict)  # section -> seconds of repeated measurements
 
 
 REAL = Sizes(unet=SD15_UNET, latent=128, text_len=77, fwd_reps=5, loop_steps=50, loop_pairs=2, rt_steps=20,
              radd=RADD_SMALL, radd_runs=(("b1", 4096, 1), ("b8", 1024, 8)), radd_fwd_reps=10,
-             disback_teacher="digits-unet", disback_batch=32, disback_steps=20,
+             disback_teacher="digits-unet", disback_batch=32, disback_steps=20, disback_warmup=3,
              caps=dict(attention=15, bdia_loop=35, radd_fwd=5, disback=10))
-TINY = Sizes(unet=TINY_UNET, latent=16, text_len=8, fwd_reps=3, loop_steps=50, loop_pairs=1, rt_steps=10,
+TINY = Sizes(unet=TINY_UNET, latent=16, text_len=8, fwd_reps=3, loop_steps=20, loop_pairs=1, rt_steps=10,
              radd=RADD_TINY, radd_runs=(("b1", 256, 1), ("b8", 64, 8)), radd_fwd_reps=3,
-             disback_teacher="digits-unet", disback_batch=32, disback_steps=3,
+             disback_teacher="digits-unet", disback_batch=8, disback_steps=2, disback_warmup=1,
              caps=dict(attention=3, bdia_loop=6, radd_fwd=2, disback=4))
 
 GAMMA = 0.94  # BDIA's γ for sampling and inversion (the inversion module's default)
@@ -177,7 +227,8 @@ def table(report: Report) -> str:
     lines = ["| metric | value | unit | goal | status | note |", "|---|---|---|---|---|---|"]
     for r in report.ordered():
         note = str(r["note"]).replace("|", "/").replace("\n", " ")
-        lines.append(f"| {r['metric']} | {fmt(r['value'])} | {r['unit']} | {r['goal'] or ''} | {r['status']} | {note} |")
+        lines.append(f"| {r['metric']} | {fmt(r['value'])} | {r['unit']} | {r['goal'] or ''} | {r['status']} "
+                     f"| {note} |")
     return "\n".join(lines)
 
 
@@ -242,7 +293,7 @@ def rel_diff(a, b) -> float:
 
 
 # ---------------------------------------------------------------------------- environment
-def environment(device, tiny: bool) -> dict:
+def environment(device, tiny: bool, xformers_hidden: str | None = None) -> dict:
     import torch
 
     env = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -258,15 +309,15 @@ def environment(device, tiny: bool) -> dict:
             env["driver"] = f"unknown ({type(e).__name__})"
     else:
         env.update(card=f"CPU ({platform.machine()}, {os.cpu_count()} cores)", driver=None)
+    from importlib import metadata
+
     for mod in ("diffusers", "xformers", "numpy", "accelerate", "transformers"):
-        if importlib.util.find_spec(mod) is None:
+        try:  # the installed distribution's version: nothing is imported (xformers may be broken)
+            env[mod] = metadata.version(mod)
+        except metadata.PackageNotFoundError:
             env[mod] = "absent"
-            continue
-        try:
-            m = importlib.import_module(mod)
-            env[mod] = getattr(m, "__version__", "?")
-        except Exception as e:  # e.g. xformers built for another torch
-            env[mod] = f"import failed ({type(e).__name__})"
+    if xformers_hidden:
+        env["xformers"] += f" (hidden: {xformers_hidden})"
     return env
 
 
@@ -285,6 +336,7 @@ class Ctx:
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.dname = str(self.dtype).replace("torch.", "")
         self.clock = Clock(self.device)
+        self.xformers_hidden = None
         self._unet = None
 
     def generator(self, seed=0):
@@ -323,7 +375,10 @@ def section_attention(ctx: Ctx):
     with warnings.catch_warnings():  # the fallback is reported in the table instead
         warnings.simplefilter("ignore")
         choice = enable_best(unet)
-    rep.add("attention.choice", "enable_best(unet) backend", choice.backend, note=choice.reason)
+    why = choice.reason
+    if ctx.xformers_hidden:  # kept out of this process before diffusers was imported
+        why = f"xformers installed but {ctx.xformers_hidden}; hidden from this process"
+    rep.add("attention.choice", "enable_best(unet) backend", choice.backend, note=why)
 
     def fwd():
         with torch.no_grad():
@@ -340,6 +395,8 @@ def section_attention(ctx: Ctx):
             note="n/a on CPU" if not clock.cuda else "")
 
     usable, reason = probe_xformers(ctx.device, ctx.dtype)
+    if ctx.xformers_hidden:
+        reason = f"installed but {ctx.xformers_hidden}"
     if usable:
         try:
             with warnings.catch_warnings():
@@ -350,8 +407,9 @@ def section_attention(ctx: Ctx):
             else:
                 xt = clock.repeat(fwd, 2, s.fwd_reps, s.caps["attention"])
                 out = fwd()
-                rep.add("attention.xformers.forward_ms", "UNet forward, xformers", 1e3 * statistics.median(xt), "ms",
-                        note=f"{shape}; median of {len(xt)}; SDPA/xformers time {ms / (1e3 * statistics.median(xt)):.3f}")
+                xms = 1e3 * statistics.median(xt)
+                rep.add("attention.xformers.forward_ms", "UNet forward, xformers", xms, "ms",
+                        note=f"{shape}; median of {len(xt)}; SDPA/xformers time {ms / xms:.3f}")
                 rep.add("attention.xformers.peak_mem_gib", "peak memory, xformers", clock.peak_gib(fwd), "GiB")
                 d = rel_diff(out, ref)
                 rep.add("attention.xformers.rel_diff", "‖xformers − SDPA‖ / ‖SDPA‖", d, goal="≤ 1e-2", met=d <= 1e-2)
@@ -375,7 +433,7 @@ def section_repeat(ctx: Ctx):
     same = all(torch.equal(outs[0], o) for o in outs[1:])
     diff = max(float((outs[0].float() - o.float()).abs().max()) for o in outs[1:])
     rep.add("repeat.bitwise", f"{ctx.dname} UNet forward bitwise repeatable (3 calls)", same, goal="yes", met=same,
-            note=f"max |Δ| {diff:.3g}")
+            note=f"max abs difference {diff:.3g}")
 
 
 def section_bdia(ctx: Ctx):
@@ -556,9 +614,10 @@ def section_disback(ctx: Ctx):
             tr.fit(stop_at=0)  # sets up Stage 2 (vanilla mode has no Stage 1)
             step = tr.train_step
         except (ImportError, AttributeError, TypeError) as e:
-            rep.add(rid, metric, None, status="unavailable", note=f"DisBackTrainer API not there: {type(e).__name__}: {e}")
+            rep.add(rid, metric, None, status="unavailable",
+                    note=f"DisBackTrainer API not there: {type(e).__name__}: {e}")
             return
-        times = clock.repeat(step, 2, s.disback_steps, s.caps["disback"])
+        times = clock.repeat(step, s.disback_warmup, s.disback_steps, s.caps["disback"])
     med = statistics.median(times)
     params = sum(p.numel() for p in unet.parameters())
     rep.add(rid, metric, 1 / med, "steps/s",
@@ -582,7 +641,8 @@ def parse_args(argv=None):
     p.add_argument("--budget", type=float, default=150.0,
                    help="seconds; sections not started within it are reported as skipped (default 150)")
     p.add_argument("--only", default=None, help=f"comma-separated sections ({', '.join(n for n, _ in SECTIONS)})")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default 1 on CPU: toy-sized ops on a shared machine)")
     a = p.parse_args(argv)
     names = [n for n, _ in SECTIONS]
     a.only = names if a.only is None else [x.strip() for x in a.only.split(",") if x.strip()]
@@ -595,14 +655,31 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
+    if not args.tiny and args.device is not None and not args.device.startswith("cuda"):
+        print("error: real sizes (SD-1.5 at 1024 px, RADD-small) need a CUDA device; use --tiny on CPU",
+              file=sys.stderr)
+        return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     ensure_diffkit()
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    # before diffusers is imported: it imports an installed xformers unguarded
+    hidden = xformers_isolation(args.device, "float16" if args.device.startswith("cuda") else "float32")
+    if hidden:
+        hide_xformers()
+    try:
+        from diffusers.utils import logging as dlogging
+    except ImportError as e:
+        print(f"error: diffusers is not importable ({e}); install its wheel first: "
+              "bash benchmarks/gpu/run.sh --wheel-dir DIR (see benchmarks/gpu/README.md)", file=sys.stderr)
+        return 2
+
+    dlogging.set_verbosity_error()  # e.g. the fp16 cast notice; the table is the output
+    dlogging.disable_progress_bar()
+    if args.threads or args.device == "cpu":
+        torch.set_num_threads(args.threads or 1)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
         return 2
@@ -612,11 +689,12 @@ def main(argv=None) -> int:
         return 2
 
     report = Report()
-    env = environment(torch.device(args.device), args.tiny)
+    env = environment(torch.device(args.device), args.tiny, hidden)
     print(f"diffkit GPU check ({'tiny' if args.tiny else 'real sizes'}) on {env['card']}; torch {env['torch']}, "
           f"CUDA {env['cuda']}, driver {env['driver']}, diffusers {env['diffusers']}, xformers {env['xformers']}; "
           f"{env['date']}", flush=True)
     ctx = Ctx(args, report)
+    ctx.xformers_hidden = hidden
     for name, fn in SECTIONS:
         if name not in args.only:
             continue

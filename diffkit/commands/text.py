@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 NAME = "text"
-HELP = "discrete text diffusion (RADD): sample | nll | train"
+HELP = "discrete text diffusion (RADD): sample | nll | train | card"
 DEMO_ORDER = 40
 
 
@@ -66,6 +66,13 @@ def add_arguments(p):
     t.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: fastest on a busy shared machine)")
     t.add_argument("--no-progress", action="store_true")
+
+    c = sub.add_parser("card", help="evaluate a trained text model folder and write its README.md model card")
+    c.add_argument("--model", default="assets/text-radd", help="text pipeline folder (with training.json)")
+    c.add_argument("--draws", type=int, default=16, help="λ-DCE Monte Carlo draws per held-out block")
+    c.add_argument("--steps", type=int, nargs="+", default=[16, 64, 256, 1024], help="step counts of the samples")
+    c.add_argument("--prompt", default="A list ")
+    c.add_argument("--threads", type=int, default=1)
 
 
 def _model_args(p):
@@ -231,5 +238,13 @@ def run(args):
         return _nll(args)
     if cmd == "train":
         return _train(args)
-    print("usage: diffkit text {sample,nll} ... (see diffkit text SUBCOMMAND --help)", file=sys.stderr)
+    if cmd == "card":
+        import torch
+
+        from diffkit.text_train import write_model_card
+
+        torch.set_num_threads(args.threads)
+        print(f"wrote {write_model_card(args.model, draws=args.draws, steps=tuple(args.steps), prompt=args.prompt)}")
+        return 0
+    print("usage: diffkit text {sample,nll,train,card} ... (see diffkit text SUBCOMMAND --help)", file=sys.stderr)
     return 2

@@ -171,9 +171,14 @@ def demo_step(ctx):
         return
     per, steps = (4, 10) if ctx.quick else (8, 25)
     labels = torch.arange(10).repeat_interleave(per)  # row k of the grid = digit k
-    t0 = time.perf_counter()
-    x = sample_digits(pipe, labels, seed=0, steps=steps, guidance=1.0)
-    dt = time.perf_counter() - t0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # an 8×8 model gains nothing from more; extra threads spin on a busy machine
+    try:
+        t0 = time.perf_counter()
+        x = sample_digits(pipe, labels, seed=0, steps=steps, guidance=1.0)
+        dt = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(threads)
     path = save_grid(x, ctx.path("digits_per_class.png"), nrow=per, upscale=4)
     try:
         acc = f"; feature-net top-1 {(classify(x) == labels.numpy()).mean():.2f}"

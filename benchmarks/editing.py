@@ -1,0 +1,314 @@
+"""Editing by inversion: BDIA-DDIM vs EDICT vs DDIM inversion (round trip, quality, edits, overhead).
+
+    python benchmarks/editing.py            # full sizes (diffkit bench editing)
+    python benchmarks/editing.py --quick    # CI sizes, well under a minute on 2 cores
+
+Tables (markdown, printed; --json also writes them):
+1. Round trip (invert, regenerate with the same condition), latent relative L2 error, for BDIA
+   γ ∈ {0.9, 0.94, 1.0}, EDICT (p = 0.93) and DDIM inversion, at 10/20/50 steps, model dtype
+   float32/bfloat16 × state dtype float64/float32, on the digits teacher (test digits, their
+   labels, guidance 1) and the tiny SD pipeline (random image, a prompt, guidance 3), with
+   model evaluations (NFE, inversion + regeneration) and wall time. BDIA's float32-state rows
+   run the same pure functions (``diffkit.samplers.bdia``) with float32 latents -- the library
+   loop keeps the state in float64.
+2. Equal model evaluations: BDIA at 2N steps vs EDICT at N steps (round trip and edit metrics).
+3. Sampling quality: FID-digits (diffkit.metrics.digits protocol) of DDIM vs BDIA γ ∈ {0.5,
+   0.75, 1.0} at 10/20/50 steps from the same noise (class-balanced labels).
+4. Edit strength sweep on digits: test digits inverted under their label, regenerated under
+   (label + 5) mod 10; the feature net's target-class accuracy and the mean per-image L2 change
+   in [-1, 1] pixels, for BDIA, EDICT and DDIM inversion.
+5. Overhead: BDIA vs DDIM sampling-loop wall time on the digits teacher at batch ≥ 64, and
+   scheduler ``step`` time in µs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+
+
+def machine() -> str:
+    import os
+
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
+            f"thread(s), torch {torch.__version__}")
+
+
+def table(title, header, rows):
+    print(f"\n### {title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        print("| " + " | ".join(_fmt(v) for v in r) + " |")
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.2e}" if (v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e4)) else f"{v:.3g}"
+    return str(v)
+
+
+# ---------------------------------------------------------------------- models
+def digits_setup(n):
+    from diffkit.conditioning import class_guidance
+    from diffkit.data import digits_tensors
+    from diffkit.pipelines import load_pipeline
+
+    pipe = load_pipeline("digits-unet")
+    pipe.set_progress_bar_config(disable=True)
+    x, y = digits_tensors("test")
+    x, y = x[:n], y[:n]
+    return pipe, x.to(torch.float64), class_guidance(pipe.unet, y, 1.0), y
+
+
+def sd_setup(n):
+    from diffkit.conditioning import prompt_guidance
+    from diffkit.pipelines.editing import encode_image
+    from diffkit.testing import tiny_sd_pipeline
+
+    pipe = tiny_sd_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    img = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    z = encode_image(pipe, img)
+    return pipe, z, prompt_guidance(pipe, "a photo of a cat", guidance_scale=3.0)
+
+
+# ---------------------------------------------------------------------- round trips
+@torch.no_grad()
+def bdia_round_trip(model, z, g, steps, gamma, state_dtype, strength=1.0):
+    """(reconstruction, NFE). float64: the library loops; float32: the same pure functions in float32."""
+    from diffkit.samplers.bdia import bdia_inverse_step, bdia_step, ddim_map
+    from diffkit.samplers.inversion import invert, inversion_window, regenerate
+
+    if state_dtype == torch.float64:
+        r = invert(model, z, g, steps=steps, strength=strength, gamma=gamma)
+        return regenerate(model, r, g), 2 * r.settings["nfe"] - 1
+    window = inversion_window(model.schedule, steps, strength)
+    ac = [float(model.schedule.alpha_cumprod(t)) for t in window] + [float(model.schedule.final_alpha_cumprod)]
+    n = len(window)
+    pred = lambda zz, t: model.predict(zz, torch.tensor(t), g)  # noqa: E731
+    lo = z.to(state_dtype)
+    eps, x0 = pred(lo, 0)
+    cur = ddim_map(x0, eps, ac[n - 1])
+    for k in range(n - 1, 0, -1):
+        eps, x0 = pred(cur, window[k])
+        cur, lo = bdia_inverse_step(lo, cur, eps, ac[k - 1], ac[k], ac[k + 1], gamma, x0=x0), cur
+    up, cur = cur, lo
+    for k in range(1, n):
+        eps, x0 = pred(cur, window[k])
+        cur, up = bdia_step(up, cur, eps, ac[k - 1], ac[k], ac[k + 1], gamma, x0=x0), cur
+    return cur, 2 * n - 1
+
+
+def round_trip(method, model, z, g, steps, state_dtype, cfg):
+    from diffkit.samplers.ddim_inversion import ddim_invert, ddim_regenerate
+    from diffkit.samplers.edict import edict_invert, edict_regenerate
+
+    if method.startswith("bdia"):
+        return bdia_round_trip(model, z, g, steps, float(method.split("=")[1]), state_dtype)
+    if method == "edict":
+        r = edict_invert(model, z, g, steps=steps, state_dtype=state_dtype)
+        return edict_regenerate(model, r, g), 2 * r.settings["nfe"]
+    r = ddim_invert(model, z, g, steps=steps, scheduler_config=cfg, state_dtype=state_dtype)
+    return ddim_regenerate(model, r, g, scheduler_config=cfg), 2 * r.settings["nfe"]
+
+
+METHODS = ["bdia γ=0.9", "bdia γ=0.94", "bdia γ=1.0", "edict", "ddim-inversion"]
+
+
+def bench_round_trip(args, out):
+    import warnings
+
+    from diffkit.denoisers import EpsModel
+    from diffkit.samplers.inversion import relative_error
+
+    rows = []
+    setups = [("digits", *digits_setup(args.n_digits)[:3])]
+    setups.append(("tiny SD", *sd_setup(1)))
+    for name, pipe, z, g in setups:
+        for mdt in args.model_dtypes:
+            pipe.unet.to(getattr(torch, mdt))
+            model = EpsModel(pipe.unet, pipe.scheduler.config)
+            for steps in args.steps:
+                for sdt in ("float64", "float32"):
+                    for m in METHODS:
+                        t0 = time.perf_counter()
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")
+                            rec, nfe = round_trip(m.replace("γ", "gamma").replace("bdia gamma", "bdia"), model, z, g,
+                                                  steps, getattr(torch, sdt), pipe.scheduler.config)
+                        rows.append([name, steps, mdt, sdt, m, relative_error(rec, z), nfe,
+                                     time.perf_counter() - t0])
+        pipe.unet.to(torch.float32)
+    table("Round trip: latent relative L2 error (invert + regenerate, same condition)",
+          ["model", "steps", "model dtype", "state dtype", "method", "rel. error", "NFE", "wall s"], rows)
+    out["round_trip"] = rows
+
+
+# ---------------------------------------------------------------------- editing
+def edit_metrics(pipe, x, y, method, steps, strength, gamma=0.94):
+    from diffkit.metrics.digits import classify
+    from diffkit.pipelines.editing import edit
+
+    target = (y + 5) % 10
+    t0 = time.perf_counter()
+    r = edit(pipe, x.float(), y, target, steps=steps, strength=strength, gamma=gamma, method=method, reconstruct=True)
+    dt = time.perf_counter() - t0
+    acc = float((classify(r.image) == target.numpy()).mean())
+    l2 = float((r.image - r.source_image).flatten(1).norm(dim=1).mean())
+    return acc, l2, r.latent_error, r.nfe["inversion"] + r.nfe["regeneration"], dt
+
+
+def bench_equal_nfe(args, out):
+    pipe, x, _, y = digits_setup(args.n_edit)
+    rows = []
+    for n in args.equal_nfe:
+        for method, steps in (("bdia", 2 * n), ("edict", n), ("ddim-inversion", 2 * n)):
+            acc, l2, err, nfe, dt = edit_metrics(pipe, x, y, method, steps, 0.8)
+            rows.append([method, steps, nfe, err, acc, l2, dt])
+    table(f"Equal model evaluations on digits (strength 0.8, {len(y)} test digits, target = label + 5 mod 10; "
+          "error = reconstruction with source = target)",
+          ["method", "steps", "NFE (inv + edit)", "round-trip error", "target acc.", "L2 change", "wall s"], rows)
+    out["equal_nfe"] = rows
+
+
+def bench_strength(args, out):
+    pipe, x, _, y = digits_setup(args.n_edit)
+    rows = []
+    for s in args.strengths:
+        for method in ("bdia", "edict", "ddim-inversion"):
+            acc, l2, err, nfe, dt = edit_metrics(pipe, x, y, method, args.edit_steps, s)
+            rows.append([s, method, acc, l2, err, nfe])
+    table(f"Edit strength sweep on digits ({args.edit_steps} steps, {len(y)} test digits, target = label + 5 mod 10, "
+          "guidance 1, BDIA γ 0.94)", ["strength", "method", "target acc.", "L2 change", "round-trip error", "NFE"],
+          rows)
+    out["strength"] = rows
+
+
+# ---------------------------------------------------------------------- quality
+def bench_fid(args, out):
+    from diffusers import DDIMScheduler
+
+    from diffkit.metrics.digits import balanced_labels, fid_digits, load_reference_stats, sample_digits
+    from diffkit.samplers.bdia_ddim import BDIADDIMScheduler
+
+    pipe = digits_setup(1)[0]
+    ref = load_reference_stats()
+    labels = balanced_labels(args.fid_n)
+    base = pipe.scheduler.config
+    rows = []
+    for steps in args.fid_steps:
+        row = [steps]
+        for gamma in (0.0, 0.5, 0.75, 1.0):
+            pipe.scheduler = (DDIMScheduler.from_config(base) if gamma == 0
+                              else BDIADDIMScheduler.from_config(base, gamma=gamma))
+            imgs = sample_digits(pipe, labels, seed=0, steps=steps, batch_size=500)
+            row.append(fid_digits(imgs, reference=ref, kid_subsets=10).fid)
+        rows.append(row)
+    pipe.scheduler = DDIMScheduler.from_config(base)
+    table(f"FID-digits, same noise (seed 0), n = {args.fid_n} class-balanced, guidance 1",
+          ["steps", "DDIM", "BDIA γ=0.5", "BDIA γ=0.75", "BDIA γ=1.0"], rows)
+    out["fid"] = rows
+
+
+# ---------------------------------------------------------------------- overhead
+def bench_overhead(args, out):
+    from diffusers import DDIMScheduler
+
+    from diffkit.samplers.bdia_ddim import BDIADDIMScheduler
+
+    pipe = digits_setup(1)[0]
+    base = pipe.scheduler.config
+    labels = torch.arange(args.batch) % 10
+    rows = []
+    for steps in args.overhead_steps:
+        times = {}
+        for name in ("ddim", "bdia", "ddim", "bdia"):  # interleaved; best of the repeats
+            pipe.scheduler = DDIMScheduler.from_config(base) if name == "ddim" else \
+                BDIADDIMScheduler.from_config(base, gamma=0.94)
+            for _ in range(args.reps):
+                t0 = time.perf_counter()
+                pipe(class_labels=labels, num_inference_steps=steps, seed=0, output_type="pt", progress=False)
+                times[name] = min(times.get(name, 1e9), time.perf_counter() - t0)
+        rows.append([steps, args.batch, times["ddim"], times["bdia"], times["bdia"] / times["ddim"]])
+    pipe.scheduler = DDIMScheduler.from_config(base)
+    table("Sampling-loop wall time on the digits teacher (best of repeats, s)",
+          ["steps", "batch", "DDIM", "BDIA γ=0.94", "ratio"], rows)
+    out["overhead_loop"] = rows
+
+    srows = []
+    for shape in ((args.batch, 1, 8, 8), (1, 4, 64, 64)):
+        sample = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        eps = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+        res = []
+        for cls in (DDIMScheduler, BDIADDIMScheduler):
+            s = cls.from_config(base) if cls is DDIMScheduler else cls.from_config(base, gamma=0.94)
+            s.set_timesteps(50)
+            best = 1e9
+            for _ in range(3):
+                s.set_timesteps(50)
+                z = sample
+                t0 = time.perf_counter()
+                for t in s.timesteps:
+                    z = s.step(eps, t, z, return_dict=False)[0]
+                best = min(best, (time.perf_counter() - t0) / len(s.timesteps))
+            res.append(best * 1e6)
+        srows.append([str(tuple(shape)), res[0], res[1], res[1] / res[0]])
+    table("Scheduler step time (µs per call, float32 sample, 50-step loop, best of 3)",
+          ["sample shape", "DDIM", "BDIA γ=0.94", "ratio"], srows)
+    out["overhead_step"] = srows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="CI sizes (well under a minute)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)")
+    p.add_argument("--only", default=None, help="comma list of: round_trip,equal_nfe,fid,strength,overhead")
+    p.add_argument("--json", default=None, help="also write the tables to this JSON file")
+    ints = lambda v: [int(x) for x in v.split(",")]  # noqa: E731
+    floats = lambda v: [float(x) for x in v.split(",")]  # noqa: E731
+    p.add_argument("--steps", type=ints, default=None, help="round-trip step counts (default 10,20,50)")
+    p.add_argument("--model-dtypes", type=lambda v: v.split(","), default=None, help="default float32,bfloat16")
+    p.add_argument("--n-digits", type=int, default=None, help="test digits in the round-trip table (default 16)")
+    p.add_argument("--equal-nfe", type=ints, default=None, help="EDICT step counts N (BDIA/DDIM run 2N; default 25)")
+    p.add_argument("--n-edit", type=int, default=None, help="test digits edited (default 200)")
+    p.add_argument("--edit-steps", type=int, default=None, help="steps of the strength sweep (default 50)")
+    p.add_argument("--strengths", type=floats, default=None, help="default 0.5,0.6,0.7,0.8,0.9,1.0")
+    p.add_argument("--fid-steps", type=ints, default=None, help="default 10,20,50")
+    p.add_argument("--fid-n", type=int, default=None, help="FID sample count, a multiple of 10 (default 1000)")
+    p.add_argument("--overhead-steps", type=ints, default=None, help="default 10,50")
+    p.add_argument("--batch", type=int, default=None, help="batch of the overhead table (>= 64; default 256)")
+    p.add_argument("--reps", type=int, default=None, help="repeats of the overhead table (default 3)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        sizes = dict(steps=[5], model_dtypes=["float32"], n_digits=2, equal_nfe=[3], n_edit=10, edit_steps=6,
+                     strengths=[0.5, 1.0], fid_steps=[5], fid_n=50, overhead_steps=[5], batch=64, reps=1)
+    else:
+        sizes = dict(steps=[10, 20, 50], model_dtypes=["float32", "bfloat16"], n_digits=16, equal_nfe=[25],
+                     n_edit=200, edit_steps=50, strengths=[0.5, 0.6, 0.7, 0.8, 0.9, 1.0], fid_steps=[10, 20, 50],
+                     fid_n=1000, overhead_steps=[10, 50], batch=256, reps=3)
+    for k, v in sizes.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    print("settings: " + ", ".join(f"{k}={getattr(args, k)}" for k in sizes))
+    only = set(args.only.split(",")) if args.only else None
+    print(f"# editing benchmark ({'quick' if args.quick else 'full'}) on {machine()}")
+    out = {"machine": machine(), "quick": args.quick}
+    t_all = time.perf_counter()
+    for name, fn in (("round_trip", bench_round_trip), ("equal_nfe", bench_equal_nfe), ("fid", bench_fid),
+                     ("strength", bench_strength), ("overhead", bench_overhead)):
+        if only is None or name in only:
+            fn(args, out)
+    print(f"\ntotal {time.perf_counter() - t_all:.1f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""The shipped character-level RADD model (assets/text-radd): caching, draw precision, NLL, sample quality.
+
+(a) cache speed-up on the shipped model: wall time and NFE, cached vs uncached, at
+    n ∈ {L/4, L, 2L, 4L}, batch 1 and 8, against the law's ideal n / E-NFE (E-NFE = n(1-(1-1/n)^l)).
+(b) the draw's precision: diffkit's two-stage float64 draw vs the official joint float32 race
+    (float16 / float32 probability buffer) -- NFE and unmasking curves against the law, with a
+    uniform model over a 50,257-token vocabulary, l = 1024, n ∈ {1024, 4096} (a ~100-character
+    vocabulary cannot show the effect: the race's deficit grows with V).
+(c) held-out NLL bound (λ-DCE, bits/char) vs number of Monte Carlo draws per block.
+(d) sample quality proxy: perplexity of samples under a character bigram model fitted on the
+    train split, and their unigram entropy, at several step counts (held-out text for reference).
+
+    python benchmarks/radd_text.py [--quick] [--parts abcd] [--threads N] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+from diffkit.samplers.absorbing import expected_nfe
+from diffkit.samplers.radd import RADDScheduler
+from diffkit.samplers.radd_reference import joint_race_unmask_uniform
+
+V_GPT2 = 50257
+
+
+def _pipe(model):
+    from diffkit.assets import asset_path
+    from diffkit.pipelines.discrete import load_text_pipeline
+
+    pipe = load_text_pipeline(str(asset_path(model, required=("model_index.json",))))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _best(fn, repeat: int) -> float:
+    best = math.inf
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+# ------------------------------------------------------------------ (a)
+def part_a(pipe, quick: bool) -> list[dict]:
+    L = int(pipe.transformer.config.length)
+    ratios = [0.25, 1, 4] if quick else [0.25, 1, 2, 4]
+    batches = [1, 8]
+    repeat = 1 if quick else 3
+    print(f"\n## (a) Cache speed-up on the shipped model (L = l = {L}, unprompted), "
+          f"{torch.get_num_threads()} thread(s), {_machine()}\n")
+    print("| batch | n | E-NFE law | NFE cached (rows/sample) | NFE uncached | no cache (s) | cached (s) | "
+          "speed-up | ideal n/E-NFE | same samples |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    pipe(batch_size=1, num_inference_steps=8, output_type="ids")  # warm-up
+    for B in batches:
+        for r in ratios:
+            n = int(r * L)
+            res = {}
+            t_u = _best(lambda: res.__setitem__("u", pipe(batch_size=B, num_inference_steps=n, use_cache=False,
+                                                          output_type="ids", seed=1)), repeat)
+            t_c = _best(lambda: res.__setitem__("c", pipe(batch_size=B, num_inference_steps=n, use_cache=True,
+                                                          output_type="ids", seed=1)), repeat)
+            law = expected_nfe(n, L)
+            same = torch.equal(res["u"].sequences, res["c"].sequences)
+            print(f"| {B} | {n} | {law:.1f} | {res['c'].nfe:.1f} | {res['u'].nfe:.0f} | {t_u:.2f} | {t_c:.2f} | "
+                  f"{t_u / t_c:.2f}x | {n / law:.2f}x | {'yes' if same else 'no'} |")
+            rows.append(dict(batch=B, n=n, L=L, law=law, nfe_cached=res["c"].nfe, nfe_uncached=res["u"].nfe,
+                             nfe_changes=res["c"].nfe_changes, uncached_s=t_u, cached_s=t_c, speedup=t_u / t_c,
+                             ideal=n / law, identical=same))
+    return rows
+
+
+# ------------------------------------------------------------------ (b)
+def _two_stage(n: int, length: int, samples: int, seed: int):
+    """Reveal step of every position (the pipeline's stage-1 draw, float64), uniform model."""
+    sched = RADDScheduler(num_inference_steps=n, mask_token_id=V_GPT2)
+    sched.set_timesteps(n)
+    x = torch.full((samples, length), V_GPT2)
+    gens = [torch.Generator().manual_seed(seed * 1000 + b) for b in range(samples)]
+    steps = sched.reveal_steps(x, gens)
+    counts = torch.stack([torch.bincount(r, minlength=n) for r in steps])  # [S, n] reveals per step
+    return counts, sched.times
+
+
+def _race(n: int, length: int, samples: int, seed: int, buffer_dtype):
+    """The official joint race (float32 draw, ``buffer_dtype`` probabilities), uniform model, per step."""
+    sched = RADDScheduler(num_inference_steps=n, mask_token_id=V_GPT2)
+    sched.set_timesteps(n)
+    g = torch.Generator().manual_seed(seed)
+    masked = torch.full((samples,), length, dtype=torch.long)
+    rows = torch.arange(samples)
+    counts = torch.zeros(samples, n, dtype=torch.long)
+    for i, psi in enumerate(sched.psis):
+        total = int(masked.sum())
+        if total == 0:
+            break
+        hit = joint_race_unmask_uniform(total, V_GPT2, psi, final=i == n - 1, generator=g, buffer_dtype=buffer_dtype)
+        c = torch.zeros(samples, dtype=torch.long).index_add_(0, rows.repeat_interleave(masked), hit.long())
+        counts[:, i] = c
+        masked -= c
+    return counts
+
+
+def part_b(quick: bool) -> list[dict]:
+    length = 1024
+    grid = [1024, 4096]
+    samples, race_samples = (4, 2) if quick else (32, 8)
+    fracs = [0.5, 0.9, 0.99, 0.999]
+    print(f"\n## (b) Draw precision: uniform model, V = {V_GPT2}, l = {length}\n")
+    print("NFE = steps with >= 1 reveal (mean over samples, % vs the law). Masked fraction after "
+          "step i: law = t_(i+1) (log-linear, stay probability s/t per step).\n")
+    print("| n | law E-NFE | two-stage float64 | race fp32 buffer | race fp16 buffer | masked at t≈ "
+          + " / ".join(f"{1 - f:g}" for f in fracs) + ": law | two-stage | race fp16 |")
+    print("|---|---|---|---|---|---|---|---|")
+    rows = []
+    for n in grid:
+        law = expected_nfe(n, length)
+        ts, times = _two_stage(n, length, samples, seed=n)
+        r32 = _race(n, length, race_samples, n + 1, torch.float32)
+        r16 = _race(n, length, race_samples, n + 2, torch.float16)
+
+        def nfe(c):
+            return [(r > 0).sum().item() for r in c]
+
+        def masked_after(c, i):
+            return 1.0 - float(c[:, :i + 1].sum()) / (c.shape[0] * length)
+
+        idx = [min(n - 2, int(f * n)) for f in fracs]
+        curve = {name: [masked_after(c, i) for i in idx] for name, c in (("two_stage", ts), ("race_fp16", r16),
+                                                                          ("race_fp32", r32))}
+        curve["law"] = [times[i + 1] for i in idx]
+
+        def fmt(v):
+            m = statistics.fmean(v)
+            return f"{m:.1f} ({100 * (m / law - 1):+.1f}%)"
+
+        def cf(v):
+            return " / ".join(f"{x:.4f}" for x in v)
+
+        print(f"| {n} | {law:.1f} | {fmt(nfe(ts))} | {fmt(nfe(r32))} | {fmt(nfe(r16))} | {cf(curve['law'])} | "
+              f"{cf(curve['two_stage'])} | {cf(curve['race_fp16'])} |")
+        rows.append(dict(n=n, l=length, law=law, two_stage=nfe(ts), race_fp32=nfe(r32), race_fp16=nfe(r16),
+                         curve_steps=idx, curve=curve))
+    return rows
+
+
+# ------------------------------------------------------------------ (c)
+def heldout_blocks(pipe, max_blocks=None) -> list[list[int]]:
+    from diffkit.text_corpus import corpus_split
+
+    L = int(pipe.transformer.config.length)
+    ids = pipe.tokenizer.encode(corpus_split("heldout"))
+    blocks = [ids[i:i + L] for i in range(0, len(ids) - L + 1, L)]
+    return blocks[:max_blocks] if max_blocks else blocks
+
+
+def heldout_bound(pipe, draws: int, max_blocks=None, seed: int = 0) -> dict:
+    """λ-DCE bound in bits/char over the held-out blocks; stderr from the per-block MC errors."""
+    from diffkit.likelihood import lambda_dce_nll
+
+    blocks = heldout_blocks(pipe, max_blocks)
+    res = [lambda_dce_nll(pipe.transformer, b, draws, seed=seed + k, batch_size=64) for k, b in enumerate(blocks)]
+    chars = sum(len(b) for b in blocks)
+    nats = sum(r.nll for r in res)
+    se = math.sqrt(sum(r.stderr ** 2 for r in res)) if draws > 1 else float("nan")
+    return dict(draws=draws, blocks=len(blocks), chars=chars, bits_per_char=nats / chars / math.log(2),
+                stderr_bits=se / chars / math.log(2))
+
+
+def part_c(pipe, quick: bool) -> list[dict]:
+    draws = [1, 4, 16] if quick else [1, 4, 16, 64]
+    max_blocks = 8 if quick else None
+    print("\n## (c) Held-out NLL bound (λ-DCE, stratified λ) vs Monte Carlo draws per block\n")
+    print("| draws / block | blocks | characters | bound (bits/char) | MC std. error |")
+    print("|---|---|---|---|---|")
+    rows = []
+    for d in draws:
+        t = time.perf_counter()
+        r = heldout_bound(pipe, d, max_blocks)
+        r["seconds"] = time.perf_counter() - t
+        se = "n/a" if d == 1 else f"{r['stderr_bits']:.3f}"
+        print(f"| {d} | {r['blocks']} | {r['chars']} | {r['bits_per_char']:.3f} | {se} |")
+        rows.append(r)
+    return rows
+
+
+# ------------------------------------------------------------------ (d)
+def part_d(pipe, quick: bool) -> list[dict]:
+    from diffkit.text_corpus import BigramModel, corpus_alphabet, corpus_split, unigram_entropy_bits
+
+    steps = [16, 64] if quick else [16, 64, 256, 1024]
+    n = 4 if quick else 32
+    bg = BigramModel(corpus_split("train"), corpus_alphabet())
+    held = corpus_split("heldout")
+    print(f"\n## (d) Sample quality proxy: {n} unprompted samples per step count (cached, float64 draw)\n")
+    print("| steps | bigram perplexity | unigram entropy (bits/char) | mean NFE | seconds |")
+    print("|---|---|---|---|---|")
+    print(f"| held-out text | {bg.perplexity(held):.2f} | {unigram_entropy_bits(held):.3f} | | |")
+    rows = [dict(steps="heldout", bigram_ppl=bg.perplexity(held), unigram_entropy=unigram_entropy_bits(held))]
+    for s in steps:
+        t = time.perf_counter()
+        out = pipe(batch_size=n, num_inference_steps=s, seed=0)
+        dt = time.perf_counter() - t
+        ppl = statistics.fmean(bg.perplexity(x) for x in out.texts)  # mean of per-sample perplexities
+        ent = unigram_entropy_bits("".join(out.texts))
+        print(f"| {s} | {ppl:.2f} | {ent:.3f} | {out.nfe:.1f} | {dt:.1f} |")
+        rows.append(dict(steps=s, bigram_ppl=ppl, unigram_entropy=ent, nfe=out.nfe, seconds=dt,
+                         example=out.texts[0]))
+    return rows
+
+
+def _machine() -> str:
+    return (f"{torch.cuda.get_device_name()}" if torch.cuda.is_available()
+            else f"{platform.machine()} {os.cpu_count()}-core CPU")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small sizes (CI: well under a minute)")
+    p.add_argument("--parts", default="abcd", help="which benchmarks to run (subset of 'abcd')")
+    p.add_argument("--model", default="text-radd", help="text pipeline folder or asset name")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (small ops: 1 is fastest)")
+    p.add_argument("--json", default=None, help="write the results to this JSON file")
+    args = p.parse_args(argv)
+    bad = set(args.parts) - set("abcd")
+    if bad or not args.parts:
+        raise SystemExit(f"--parts must be letters of 'abcd', got {args.parts!r}")
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    result = dict(quick=args.quick, threads=args.threads, torch=torch.__version__, machine=_machine())
+    pipe = _pipe(args.model) if set(args.parts) & set("acd") else None
+    with torch.no_grad():
+        for part, fn in (("a", lambda: part_a(pipe, args.quick)), ("b", lambda: part_b(args.quick)),
+                         ("c", lambda: part_c(pipe, args.quick)), ("d", lambda: part_d(pipe, args.quick))):
+            if part in args.parts:
+                result[part] = fn()
+    print(f"\n(total {time.perf_counter() - t0:.0f} s)")
+    if args.json:
+        d = os.path.dirname(os.path.abspath(args.json))
+        os.makedirs(d, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(result, fh, indent=1)
+        os.replace(tmp, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -333,6 +333,7 @@ def test_example_script_runs(teacher_dir, tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "examples" / "disback_distill.py"), "--teacher", str(teacher_dir),
                         "--output", str(out), "--max-steps", "2", "--stage1-steps", "2", "--path-nodes", "2",
                         "--steps-per-node", "1", "--batch-size", "4"],
-                       capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+                       capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+                       timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "NFE 1" in r.stdout and (out / "samples.png").exists() and (out / "model_index.json").exists()

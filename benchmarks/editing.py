@@ -38,12 +38,16 @@ def machine() -> str:
             f"thread(s), torch {torch.__version__}")
 
 
-def table(title, header, rows):
+def table(title, header, rows=()):
     print(f"\n### {title}\n")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
-        print("| " + " | ".join(_fmt(v) for v in r) + " |")
+        row(r)
+
+
+def row(r):
+    print("| " + " | ".join(_fmt(v) for v in r) + " |", flush=True)
 
 
 def _fmt(v):
@@ -127,8 +131,13 @@ def bench_round_trip(args, out):
     from diffkit.samplers.inversion import relative_error
 
     rows = []
-    setups = [("digits", *digits_setup(args.n_digits)[:3])]
-    setups.append(("tiny SD", *sd_setup(1)))
+    table("Round trip: latent relative L2 error (invert + regenerate, same condition)",
+          ["model", "steps", "model dtype", "state dtype", "method", "rel. error", "NFE", "wall s"])
+    setups = []
+    if "digits" in args.models:
+        setups.append(("digits", *digits_setup(args.n_digits)[:3]))
+    if "sd" in args.models:
+        setups.append(("tiny SD", *sd_setup(1)))
     for name, pipe, z, g in setups:
         for mdt in args.model_dtypes:
             pipe.unet.to(getattr(torch, mdt))
@@ -143,9 +152,8 @@ def bench_round_trip(args, out):
                                                   steps, getattr(torch, sdt), pipe.scheduler.config)
                         rows.append([name, steps, mdt, sdt, m, relative_error(rec, z), nfe,
                                      time.perf_counter() - t0])
+                        row(rows[-1])
         pipe.unet.to(torch.float32)
-    table("Round trip: latent relative L2 error (invert + regenerate, same condition)",
-          ["model", "steps", "model dtype", "state dtype", "method", "rel. error", "NFE", "wall s"], rows)
     out["round_trip"] = rows
 
 
@@ -273,6 +281,8 @@ def main(argv=None):
     floats = lambda v: [float(x) for x in v.split(",")]  # noqa: E731
     p.add_argument("--steps", type=ints, default=None, help="round-trip step counts (default 10,20,50)")
     p.add_argument("--model-dtypes", type=lambda v: v.split(","), default=None, help="default float32,bfloat16")
+    p.add_argument("--models", type=lambda v: v.split(","), default=["digits", "sd"],
+                   help="round-trip models: digits (the teacher), sd (tiny SD); default both")
     p.add_argument("--n-digits", type=int, default=None, help="test digits in the round-trip table (default 16)")
     p.add_argument("--equal-nfe", type=ints, default=None, help="EDICT step counts N (BDIA/DDIM run 2N; default 25)")
     p.add_argument("--n-edit", type=int, default=None, help="test digits edited (default 200)")

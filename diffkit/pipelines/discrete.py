@@ -122,6 +122,9 @@ class DiscreteDiffusionPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, tokenizer=None, **kwargs):
+        from ..models import radd as _model_module  # noqa: F401  (diffusers resolves the saved class names
+        from ..samplers import radd as _sched_module  # noqa: F401  only from modules already imported)
+
         pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         tok_dir = Path(pretrained_model_name_or_path) / "tokenizer"
         if tokenizer is None and tok_dir.is_dir():

@@ -220,6 +220,9 @@ def demo_step(ctx):
         ctx.say(f"  - {steps} steps: NFE {out.nfe:.0f} (law {_law(steps, int(out.num_generated[0])):.1f}), "
                 f"{dt:.2f} s: `{text[:80]}…`")
         lines.append(f"=== {steps} steps, NFE {out.nfe:.0f} ===\n{out.texts[0]}\n")
+    import os
+
+    os.makedirs(os.path.dirname(ctx.path("text_samples.txt")) or ".", exist_ok=True)
     with open(ctx.path("text_samples.txt"), "w") as f:
         f.write("\n".join(lines))
 

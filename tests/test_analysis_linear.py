@@ -47,7 +47,7 @@ def test_linear_subspace_grid(kind, D, d):
         assert jacobian_id(score, proc, x0, t0, gap="abs").id.tolist() == [d] * 3
         grid = log_sigma_grid(proc, 30, proc.t_max, t0)
         fj = flow_jacobian(score, proc, fx.sample_t(2, proc, proc.t_max, g), grid)
-        assert fj.id.tolist() == [d, d]
+        assert fj.id.tolist() == [d, d] and fj.slope_id().tolist() == [d, d]
 
 
 @pytest.mark.parametrize("kind,steps", [("ve", 300), ("vp", 500)])

@@ -12,7 +12,8 @@ VP score s = -ε/std_vp for UNets -- and x0 in data coordinates):
   Jacobian at α_t0·x0 (for K ≫ D the centred score matrix ≈ σ·Z·Jᵀ).
 * :func:`flow_jacobian` -- singular values of the probability-flow map's Jacobian
   Y = ∂x_t/∂x_{t1} (Horvat & Pfister 2024, Fig. 2): along the manifold they saturate as
-  t → 0, off it they vanish like σ_t; ID = #above the largest gap at the last time.
+  t → 0, off it they vanish like σ_t; ID = #above the largest gap at the last time, or
+  ``FlowJacobian.slope_id()`` = #values whose log-log slope against σ is below ½.
 
 Gap rules (:func:`spectral_gap`): ``"log"`` -- the largest ratio s_i/s_{i+1} (robust to a
 gauge part); ``"abs"`` -- the largest difference s_i - s_{i+1} (SB's choice).
@@ -168,6 +169,24 @@ class FlowJacobian:
     id: torch.Tensor  # (B,) #above the largest gap at the last time
     x: torch.Tensor  # (B, *S) the flow's end point x_{t_grid[-1]}
     gap: str
+
+    def slopes(self, window: float = 0.5) -> torch.Tensor:
+        """d log s_i / d log σ̃ over the last ``window`` fraction of the log-σ range, (B, m): ≈ 0 along
+        the manifold (saturating), ≈ 1 across it (vanishing like σ_t)."""
+        if not 0 < window <= 1:
+            raise ValueError(f"window must be in (0, 1], got {window}")
+        ls = self.sigma_ve.log()
+        start = int(torch.nonzero(ls <= ls[-1] + window * (ls[0] - ls[-1])).min())
+        if start >= ls.numel() - 1:
+            start = ls.numel() - 2
+        lsv = self.svals.clamp_min(torch.finfo(self.svals.dtype).tiny).log()
+        return (lsv[-1] - lsv[start]) / (ls[-1] - ls[start])
+
+    def slope_id(self, window: float = 0.5, threshold: float = 0.5) -> torch.Tensor:
+        """ID as the number of singular values whose log-log slope is below ``threshold`` (HP24 Fig. 2:
+        tangent values saturate, normal ones decay like σ); usable where the final spectrum has no
+        clear gap."""
+        return (self.slopes(window) < threshold).sum(1)
 
 
 def _step_jacobian(step: Callable, xt: torch.Tensor, max_batch: int):

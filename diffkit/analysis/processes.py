@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 import torch
 
-__all__ = ["VEProcess", "VPLinearProcess", "DiscreteVPProcess", "as_process", "as_times", "noise",
+__all__ = ["VEProcess", "VPLinearProcess", "DiscreteVPProcess", "as_times", "noise",
            "log_sigma_grid", "pf_step", "probability_flow"]
 
 
@@ -157,20 +157,6 @@ class DiscreteVPProcess(_Process):
 
     def t_at_sigma_ve(self, sigma_ve) -> torch.Tensor:
         return self.schedule.sigma_to_t(torch.as_tensor(sigma_ve, dtype=torch.float64))
-
-
-def as_process(obj) -> _Process:
-    """A process, or a diffusers scheduler / config / ``VPSchedule`` -> :class:`DiscreteVPProcess`."""
-    if isinstance(obj, _Process):
-        return obj
-    proc = getattr(obj, "process", None)
-    if isinstance(proc, _Process):
-        return proc
-    try:
-        return DiscreteVPProcess(obj)
-    except TypeError:
-        raise TypeError(f"process: expected VEProcess, VPLinearProcess, DiscreteVPProcess or a diffusers scheduler "
-                        f"(config), got {type(obj).__name__}") from None
 
 
 def _bc(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -30,8 +30,8 @@ from typing import Callable, Optional
 import torch
 
 from .circulation import loop_circulation
-from .gauge import (PotentialMLP, PotentialScore, ScoreBank, dsm_decomposition, fit_local_quadratic, fit_potential,
-                    gauge_residual, make_bank)
+from .gauge import (PotentialMLP, PotentialScore, ScoreBank, _grad_phi, dsm_decomposition, fit_local_quadratic,
+                    fit_potential, gauge_residual, make_bank)
 from .intrinsic_dim import (flow_jacobian, jacobian_id, mle_id, nb_id, nb_spectrum, principal_angles, spectral_gap,
                             twonn_id)
 from .jacobian import asymmetry
@@ -245,18 +245,9 @@ def analyze_digits(model=None, output: str = "analysis-output", config: Optional
         with torch.enable_grad():
             fit = fit_potential(bank, pot, cfg.potential_steps, batch_size=256, lr=2e-3, generator=gen(600))
         dec = dsm_decomposition(held, pot)
-        gphi = PotentialScore(pot)
-        labels_h = held.labels
-        if conditional:
-            g_h = torch.cat([PotentialScore(pot, int(c))(held.x[labels_h == c], held.t[labels_h == c])
-                             for c in cfg.classes])
-        else:
-            g_h = gphi(held.x, held.t)
-        order = torch.cat([torch.nonzero(labels_h == c).reshape(-1) for c in cfg.classes]) if conditional \
-            else torch.arange(len(held))
-        r_h = held.score[order] - g_h
-        gr = gauge_residual(r_h, held.x[order], n_test=16, generator=gen(700))
-        rel_gauge = float((r_h ** 2).sum(1).mean() / (held.score[order] ** 2).sum(1).mean())
+        r_h = held.score - _grad_phi(pot, held.x, held.t, held.labels, False)  # per-sample class labels
+        gr = gauge_residual(r_h, held.x, n_test=16, generator=gen(700))
+        rel_gauge = float((r_h ** 2).sum(1).mean() / (held.score ** 2).sum(1).mean())
         res["potential"] = dict(bank_size=len(bank), times=t_pot, steps=cfg.potential_steps,
                                 loss_first=fit.history[0], loss_final=float(torch.tensor(fit.history[-50:]).mean()),
                                 dsm_score=dec.dsm_score, dsm_conservative=dec.dsm_conservative,
@@ -318,7 +309,7 @@ def analyze_digits(model=None, output: str = "analysis-output", config: Optional
             x1, _ = noise(proc, test_pts[c][:1].double(), t1, gen(1000 + c))
             with torch.enable_grad():
                 fj = flow_jacobian(score(c), proc, x1, grid, n_cols=cfg.flow_cols, generator=gen(1100 + c))
-            flows[c] = dict(id=int(spectral_gap(fj.svals[-1], "log", cfg.gap_floor)[0]),
+            flows[c] = dict(id=int(fj.slope_id()[0]), gap_id=int(spectral_gap(fj.svals[-1], "log", cfg.gap_floor)[0]),
                             sigma_ve=fj.sigma_ve.tolist(), svals=fj.svals[:, 0].tolist())
         timings["flow"] = time.perf_counter() - tic
         log(f"  flow Jacobian: {timings['flow']:.1f} s")
@@ -450,7 +441,14 @@ def _markdown(res, files) -> str:
                 [[pot["dsm_score"], pot["dsm_conservative"], pot["gauge_energy"], pot["cross"], pot["gauge_fraction"],
                   pot["gauge_residual_max_abs_z"]]])
     L += ["", "A |z| of a few is consistent with E[∇ψ·r] = 0 (a gauge r); large |z| means the fitted φ has not "
-          "captured the whole conservative part.", "", f"![potential fit]({files['potential']})", ""]
+          "captured the whole conservative part."]
+    if pot["dsm_conservative"] > pot["dsm_score"]:
+        L += ["", f"**The network has not reached the projection**: the exact conservative part always has "
+              f"DSM(∇φ) ≤ DSM(s) (their difference is E‖r‖² ≥ 0), here {pot['dsm_conservative']:.3g} > "
+              f"{pot['dsm_score']:.3g}. Its ‖r‖²/‖s‖² = {pot['gauge_fraction']:.2f} mixes fitting error "
+              "with the gauge part: treat the network-∇φ columns below as unconverged; the local ∇φ "
+              "columns do not depend on the network."]
+    L += ["", f"![potential fit]({files['potential']})", ""]
     L += ["## Intrinsic dimension per class", "",
           "Median over points [min-max]. NB = normal-bundle estimator (SVD of K scores around α_t0·x0); "
           "gap rules: log (largest ratio) and abs (largest difference), both after raising singular values "
@@ -463,7 +461,9 @@ def _markdown(res, files) -> str:
           "part (at the teacher's ID). Local NAsym = antisymmetric share of the affine fit's Jacobian. "
           f"Flow = flow-Jacobian ID (∂x_t0/∂x_t1 from one held-out digit noised to σ = {cfg['flow_sigma1']:g}, "
           f"{cfg['flow_steps']} Heun steps uniform in log σ, "
-          f"{'full Jacobian' if cfg['flow_cols'] is None else str(cfg['flow_cols']) + '-column sketch'}). "
+          f"{'full Jacobian' if cfg['flow_cols'] is None else str(cfg['flow_cols']) + '-column sketch'}): "
+          "the number of singular values whose log-log slope against σ over the last half of the range is "
+          "below 0.5 (saturating, i.e. tangent); the log-gap count at t0 is in results.json. "
           f"TwoNN and MLE (k = {cfg['mle_k']}) on all digits of the class.", ""]
 
     def rng(v):

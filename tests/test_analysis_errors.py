@@ -9,6 +9,15 @@ from diffkit.analysis import (LinearGaussianManifold, PotentialMLP, QuadraticPot
                               gauge_field, gauge_residual, jacobian, jacobian_id, log_sigma_grid, loop_circulation,
                               nb_id, spectral_gap)
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tests run many small ops: one thread avoids OpenMP barrier stalls when cores are shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 PROC = VEProcess(1e-3, 5.0)
 FX = LinearGaussianManifold(6, 2, seed=0)
 X0 = FX.sample(2, torch.Generator().manual_seed(0))

@@ -13,6 +13,15 @@ from diffkit.analysis import (LinearGaussianManifold, PotentialMLP, PotentialSco
                               scaled_field)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tests run many small ops: one thread avoids OpenMP barrier stalls when cores are shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.mark.parametrize("kind", ["ve", "vp"])
 def test_gauge_field_preserves_sampling_neither_necessary_nor_sufficient(kind):
     """PF-ODE covariance at σ = 0.05: a gauge field (a up to 3) stays within 3x the Monte Carlo floor;

@@ -12,6 +12,15 @@ from diffkit.analysis import (LinearGaussianManifold, VEProcess, VPLinearProcess
                               gauge_field, jacobian, jacobian_id, log_sigma_grid, nb_id, principal_angles,
                               probability_flow, random_antisymmetric, spectral_gap)
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tests run many small ops: one thread avoids OpenMP barrier stalls when cores are shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 PROCESSES = {"ve": lambda: VEProcess(1e-4, 5.0), "vp": lambda: VPLinearProcess()}
 
 

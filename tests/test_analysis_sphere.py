@@ -6,6 +6,15 @@ import torch
 from diffkit.analysis import (SphereManifold, VEProcess, VPLinearProcess, jacobian_id, loop_circulation, nb_id,
                               principal_angles)
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tests run many small ops: one thread avoids OpenMP barrier stalls when cores are shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 PROCESSES = {"ve": lambda: VEProcess(1e-4, 5.0), "vp": lambda: VPLinearProcess()}
 
 

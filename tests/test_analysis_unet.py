@@ -16,6 +16,15 @@ from diffkit.denoisers import EpsModel
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tests run many small ops: one thread avoids OpenMP barrier stalls when cores are shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _attn_kinds(unet):
     from diffusers.models.attention_processor import Attention
 

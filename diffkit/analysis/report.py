@@ -69,6 +69,8 @@ class AnalysisConfig:
     gap_floor: float = 1e-2  # singular values below gap_floor·s_1 are clamped before the gap search
     mle_k: int = 10
     seed: int = 0
+    threads: Optional[int] = 1  # torch CPU threads during the analysis (restored after); None: leave as is.
+    # Its ops are small (D = 64): extra threads gain little and cost a lot when the cores are shared.
 
     @classmethod
     def quick(cls, **overrides) -> "AnalysisConfig":
@@ -163,10 +165,22 @@ def _median(x) -> float:
 def analyze_digits(model=None, output: str = "analysis-output", config: Optional[AnalysisConfig] = None,
                    log: Callable[[str], None] = print) -> dict:
     """Run the analysis and write ``report.md``, ``results.json`` and PNGs into ``output``; return the results."""
+    cfg = config or AnalysisConfig()
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ValueError(f"threads must be >= 1 or None, got {cfg.threads}")
+    before = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _analyze(model, output, cfg, log)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _analyze(model, output, cfg, log):
     import matplotlib
 
     matplotlib.use("Agg")
-    cfg = config or AnalysisConfig()
     t_start = time.perf_counter()
     timings = {}
     unet, sched_cfg, what = load_model(model)
@@ -387,7 +401,7 @@ def _plots(res, output):
     ax.set_xticklabels([str(r["class"]) for r in rows])
     ax.set_xlabel("class")
     ax.set_ylabel(f"ID (median over points; D={D})")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.14))
     files["id"] = "id_per_class.png"
     _savefig(fig, os.path.join(output, files["id"]))
     # flow-Jacobian singular values

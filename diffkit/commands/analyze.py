@@ -26,12 +26,16 @@ def add_arguments(p):
     p.add_argument("--points-per-class", type=int, default=None, help="held-out digits per class for NB/Jacobian IDs")
     p.add_argument("--potential-steps", type=int, default=None, help="Adam steps of the potential fit")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads during the analysis (default 1: its ops are small; 0 = leave as is)")
 
 
 def config_from_args(args):
     from diffkit.analysis.report import AnalysisConfig
 
-    over = {"seed": args.seed}
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0 = leave torch's setting), got {args.threads}")
+    over = {"seed": args.seed, "threads": args.threads or None}
     if args.classes:
         over["classes"] = _ints(args.classes)
         over["spectra_classes"] = over["classes"][:3]
@@ -68,8 +72,7 @@ def demo_step(ctx):
     out = ctx.path("analysis")
     res = analyze_digits(None, out, AnalysisConfig.quick(), log=lambda m: None)
     nas = ", ".join(f"{r['nasym_mean']:.3f}@σ={r['sigma']:.2g}" for r in res["nasym"])
-    ids = "; ".join(f"{r['class']}: teacher {sorted(r['nb_raw_log'])}, ∇φ {sorted(r['nb_phi_log'])}, "
+    ids = "; ".join(f"{r['class']}: teacher {sorted(r['nb_raw_log'])}, local ∇φ {sorted(r['nb_loc_log'])}, "
                     f"TwoNN {r['twonn']:.1f}" for r in res["per_class"])
-    ctx.say(f"- Gauge analysis ({res['model']}): NAsym {nas}; gauge share of the score ‖r‖²/‖s‖² = "
-            f"{res['potential']['gauge_fraction']:.3f}; NB ID at σ={res['sigma_t0']:.3g} — {ids} "
+    ctx.say(f"- Gauge analysis ({res['model']}): NAsym {nas}; NB ID at σ={res['sigma_t0']:.3g} — {ids} "
             f"-> `{os.path.join('analysis', 'report.md')}`")

@@ -188,7 +188,7 @@ def test_save_and_load_with_tokenizer(pipe, tmp_path):
     assert a.texts == b.texts
 
 
-def test_cli_text_sample_nll_and_train(tmp_path, capsys):
+def test_cli_text_sample_and_nll(tmp_path, capsys):
     out = tmp_path / "s.txt"
     assert main(["text", "sample", "--model", "tiny", "--steps", "12", "--n", "2", "--length", "16",
                  "--prompt", "Hi", "--top-k", "20", "--output", str(out)]) == 0
@@ -198,8 +198,6 @@ def test_cli_text_sample_nll_and_train(tmp_path, capsys):
     assert "lambda-dce: NLL" in capsys.readouterr().out
     assert main(["text", "nll", "--model", "tiny", "--text", "hello", "--estimator", "ar-forward"]) == 0
     assert "ar-forward: NLL" in capsys.readouterr().out
-    assert main(["text", "train"]) == 2
-    assert "not yet available" in capsys.readouterr().err
     assert main(["text", "sample", "--model", str(tmp_path / "none")]) == 1
     assert "model folder" in capsys.readouterr().err
 

@@ -197,25 +197,8 @@ def _tiny_pipe():
     return ClassConditionalPipeline(tiny_unet2d(num_classes=10), tiny_ddim_scheduler())
 
 
-def _sharded_worker(out_dir, folder):
-    os.environ["OMP_NUM_THREADS"] = "1"  # else accelerate resets the thread count inside the fork
-    torch.set_num_threads(1)
-    from diffkit.metrics.sharding import run_sharded, shard_info
-
-    info = shard_info()
-    res = {"world": info.world}
-    m = ModelSamples(_tiny_pipe(), "ddim", steps=3).build("cpu")
-    res["images"] = run_sharded(13, lambda lo, hi: m.images(list(range(lo, hi)), seed=0).flatten(1).numpy(), info)
-    res["model"] = compute_stats(ModelSamples(_tiny_pipe(), "ddim", steps=3), features=small_cnn(), n=13,
-                                 batch_size=4).features
-    for be in ("clean-fid", "torchmetrics"):
-        st = compute_stats(folder, backend=be, features=small_cnn(), n=101, batch_size=16)
-        res[f"{be}_f"], res[f"{be}_mu"], res[f"{be}_sigma"] = st.features, st.mu, st.sigma
-    np.savez(os.path.join(out_dir, f"rank{info.rank}.npz"), **res)
-
-
 def test_one_and_two_process_runs_give_the_same_features(folders, tmp_path):
-    from accelerate import debug_launcher
+    from _dist_worker import launch
 
     m = ModelSamples(_tiny_pipe(), "ddim", steps=3).build("cpu")
     one = {"images": m.images(list(range(13)), seed=0).flatten(1).numpy(),
@@ -223,7 +206,8 @@ def test_one_and_two_process_runs_give_the_same_features(folders, tmp_path):
                                   batch_size=13).features}
     for be in ("clean-fid", "torchmetrics"):
         one[be] = compute_stats(folders / "a", backend=be, features=small_cnn(), n=101, batch_size=101)
-    debug_launcher(_sharded_worker, args=(str(tmp_path), str(folders / "a")), num_processes=2)
+    r = launch("fid", tmp_path, folders / "a")
+    assert r.returncode == 0, r.stderr[-3000:]
     for rank in (0, 1):  # every process holds all gathered results, in global index order
         two = np.load(tmp_path / f"rank{rank}.npz")
         assert int(two["world"]) == 2

@@ -165,30 +165,13 @@ def test_ema_warmup_and_copy():
 
 
 # ---------------------------------------------------------------------------- two processes
-def _two_process_worker(out_dir):
-    import torch
-    from accelerate.state import AcceleratorState, GradientState
-
-    from diffkit.train import make_accelerator
-
-    torch.set_num_threads(1)
-    # The forked worker inherits the parent's (1-process) accelerate singletons: start afresh.
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    acc = make_accelerator(cpu=True)
-    tr = _setup(Path(out_dir) / "run2", max_steps=3, batch_size=8, checkpoint_every=0, accelerator=acc)
-    res = tr.fit()
-    if acc.is_main_process:
-        torch.save({"state": _state(tr), "log": [r["loss"] for r in res.log], "world": acc.num_processes,
-                    "indices": [tr.local_indices(0).tolist()]}, Path(out_dir) / "two.pt")
-
-
 def test_two_processes_match_one_process(tmp_path):
-    from accelerate import debug_launcher
+    from _dist_worker import launch
 
     one = _setup(tmp_path / "run1", max_steps=3, batch_size=8, checkpoint_every=0)
     res1 = one.fit()
-    debug_launcher(_two_process_worker, args=(str(tmp_path),), num_processes=2)
+    r = launch("train", tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
     two = torch.load(tmp_path / "two.pt", weights_only=True)
     assert two["world"] == 2 and two["indices"] == [[0, 1, 2, 3]]  # rank 0 takes the first half of each batch
     s0, s1, s2 = _state(_setup(tmp_path / "init", max_steps=0)), _state(one), two["state"]

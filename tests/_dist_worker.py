@@ -1,0 +1,60 @@
+"""Worker for the 1- vs 2-process tests, run as `python -m torch.distributed.run --standalone
+--nproc_per_node 2 tests/_dist_worker.py {train,fid} OUT_DIR [FOLDER]`.
+
+Each rank is a fresh interpreter: forking the pytest process (accelerate's debug_launcher)
+after torch has started its OpenMP thread pool can deadlock the children, and did so in CI.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def train(out_dir):
+    from diffkit.train import make_accelerator
+    from test_train import _setup, _state
+
+    acc = make_accelerator(cpu=True)
+    tr = _setup(Path(out_dir) / "run2", max_steps=3, batch_size=8, checkpoint_every=0, accelerator=acc)
+    res = tr.fit()
+    if acc.is_main_process:
+        torch.save({"state": _state(tr), "log": [r["loss"] for r in res.log], "world": acc.num_processes,
+                    "indices": [tr.local_indices(0).tolist()]}, Path(out_dir) / "two.pt")
+
+
+def fid(out_dir, folder):
+    from diffkit.metrics import ModelSamples, compute_stats
+    from diffkit.metrics.sharding import run_sharded, shard_info
+    from test_fid import _tiny_pipe, small_cnn
+
+    info = shard_info()
+    res = {"world": info.world}
+    m = ModelSamples(_tiny_pipe(), "ddim", steps=3).build("cpu")
+    res["images"] = run_sharded(13, lambda lo, hi: m.images(list(range(lo, hi)), seed=0).flatten(1).numpy(), info)
+    res["model"] = compute_stats(ModelSamples(_tiny_pipe(), "ddim", steps=3), features=small_cnn(), n=13,
+                                 batch_size=4).features
+    for be in ("clean-fid", "torchmetrics"):
+        st = compute_stats(folder, backend=be, features=small_cnn(), n=101, batch_size=16)
+        res[f"{be}_f"], res[f"{be}_mu"], res[f"{be}_sigma"] = st.features, st.mu, st.sigma
+    np.savez(os.path.join(out_dir, f"rank{info.rank}.npz"), **res)
+
+
+def launch(*args, timeout=300):
+    """Run this worker on 2 CPU processes (gloo); returns the CompletedProcess."""
+    import subprocess
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           __file__, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+if __name__ == "__main__":
+    {"train": train, "fid": fid}[sys.argv[1]](*sys.argv[2:])

@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(VENV)/bin/diffkit demo --output demo-output
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15 tests
 
 clean:
 	rm -rf $(VENV) demo-output build *.egg-info

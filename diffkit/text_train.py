@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -94,27 +93,14 @@ def export_text_model(model, tokenizer, output, facts: Optional[dict] = None) ->
     keeping files of an existing folder that the export does not produce (corpus/, README.md, ...)."""
     from .pipelines.discrete import DiscreteDiffusionPipeline
 
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    from .atomic import replace_dir, staging_dir
+
+    tmp = staging_dir(output)
     DiscreteDiffusionPipeline.from_model(model.eval(), tokenizer).save_pretrained(str(tmp), safe_serialization=True)
-    produced = {"transformer", "scheduler", "tokenizer", "model_index.json", "training.json"}
-    if output.exists():
-        for f in output.iterdir():
-            if f.name not in produced and not (tmp / f.name).exists():
-                os.replace(f, tmp / f.name)
     if facts is not None:
         (tmp / "training.json").write_text(json.dumps(facts, indent=1) + "\n")
-    if output.exists():
-        old = output.with_name(f".{output.name}.old-{os.getpid()}")
-        os.replace(output, old)
-        os.replace(tmp, output)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, output)
-    return output
+    return replace_dir(tmp, output, produced=("transformer", "scheduler", "tokenizer", "model_index.json",
+                                              "training.json"))
 
 
 def train_text_model(output, max_steps: int = 20000, max_minutes: Optional[float] = None, seed: int = 0, resume=None,

@@ -44,10 +44,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .atomic import replace_dir, write_text_atomically
 from .seeding import rand_for_indices, randint_for_indices, randn_for_indices, sample_generator
 
 __all__ = ["TrainConfig", "EMA", "IndexedDataSource", "DDPMEpsLoss", "Trainer", "TrainResult",
-           "latest_checkpoint", "list_checkpoints", "make_accelerator"]
+           "latest_checkpoint", "list_checkpoints", "make_accelerator", "write_checkpoint_dir", "rng_state",
+           "set_rng_state"]
 
 CHECKPOINT_PREFIX = "step-"
 
@@ -225,7 +227,7 @@ def make_accelerator(cpu: Optional[bool] = None):
     return Accelerator(cpu=cpu)
 
 
-def _step_dir_name(step: int) -> str:
+def checkpoint_dir_name(step: int) -> str:
     return f"{CHECKPOINT_PREFIX}{step:07d}"
 
 
@@ -242,13 +244,7 @@ def latest_checkpoint(run_dir) -> Optional[Path]:
     return cks[-1] if cks else None
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _rng_state(generators: dict) -> dict:
+def rng_state(generators: dict) -> dict:
     """Every RNG a process may draw from, as tensors/ints only (loadable with weights_only=True)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, gauss_next = random.getstate()
@@ -262,7 +258,7 @@ def _rng_state(generators: dict) -> dict:
     return st
 
 
-def _set_rng_state(st: dict, generators: dict) -> None:
+def set_rng_state(st: dict, generators: dict) -> None:
     torch.set_rng_state(st["torch"])
     n = st["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
@@ -275,6 +271,36 @@ def _set_rng_state(st: dict, generators: dict) -> None:
         raise ValueError(f"checkpoint has no state for registered generator(s) {sorted(missing)}")
     for k, g in generators.items():
         g.set_state(st["generators"][k])
+
+
+def write_checkpoint_dir(accelerator, run_dir, step: int, keep: int, write: Callable[[Path], None],
+                         generators: Optional[dict] = None) -> Path:
+    """``<run_dir>/checkpoints/step-NNNNNNN`` written atomically by every process together.
+
+    Each process saves its RNG states (``rng-rank{r}.pt``: torch, numpy, python and the named
+    ``generators``); the main process calls ``write(folder)`` for the rest, renames the folder
+    into place, points ``checkpoints/latest`` at it and keeps the newest ``keep`` checkpoints.
+    The staging folder has a fixed name (not a pid) so that all processes write into it."""
+    acc = accelerator
+    root = Path(run_dir) / "checkpoints"
+    name = checkpoint_dir_name(step)
+    final, tmp = root / name, root / f".tmp-{name}"
+    if acc.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    acc.wait_for_everyone()
+    torch.save(rng_state(generators or {}), tmp / f"rng-rank{acc.process_index}.pt")
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        write(tmp)
+        replace_dir(tmp, final)  # re-saving the same step (a resume with no new steps) replaces it
+        write_text_atomically(root / "latest", name + "\n")
+        for old in list_checkpoints(run_dir)[:-max(int(keep), 1)]:
+            shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+    return final
 
 
 @dataclass
@@ -354,17 +380,8 @@ class Trainer:
         from safetensors.torch import save_file
 
         acc = self.accelerator
-        ck_root = self.run_dir / "checkpoints"
-        name = _step_dir_name(self.step)
-        final, tmp = ck_root / name, ck_root / f".tmp-{name}"
-        if acc.is_main_process:
-            ck_root.mkdir(parents=True, exist_ok=True)
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir()
-        acc.wait_for_everyone()
-        torch.save(_rng_state(self.generators), tmp / f"rng-rank{acc.process_index}.pt")
-        if acc.is_main_process:
+
+        def write(tmp: Path) -> None:
             sd = {k: v.detach().cpu().contiguous() for k, v in self.unwrapped.state_dict().items()}
             save_file(sd, str(tmp / "model.safetensors"))
             save_file({k: v.contiguous() for k, v in self.ema.shadow.items()}, str(tmp / "ema.safetensors"))
@@ -377,18 +394,9 @@ class Trainer:
             state = {"step": self.step, "ema_num_updates": self.ema.num_updates, "wall_time_s": self.wall_time_s,
                      "world_size": acc.num_processes, "config": asdict(self.config), "meta": self.meta}
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-            if final.exists():  # re-saving the same step (e.g. a resume with no new steps)
-                old = ck_root / f".old-{name}"
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old)
-            else:
-                os.replace(tmp, final)
-            _atomic_write_text(ck_root / "latest", name + "\n")
-            for old in list_checkpoints(self.run_dir)[:-max(self.config.keep_checkpoints, 1)]:
-                shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
-        return final
+
+        return write_checkpoint_dir(acc, self.run_dir, self.step, self.config.keep_checkpoints, write,
+                                    self.generators)
 
     def load_checkpoint(self, path) -> None:
         from safetensors.torch import load_file
@@ -420,7 +428,7 @@ class Trainer:
                     obj.load_state_dict(extra[k])
         rng = path / f"rng-rank{acc.process_index}.pt"
         if state.get("world_size") == acc.num_processes and rng.exists():
-            _set_rng_state(torch.load(rng, weights_only=True), self.generators)
+            set_rng_state(torch.load(rng, weights_only=True), self.generators)
         elif acc.is_main_process:
             print(f"note: checkpoint written by {state.get('world_size')} process(es), resumed on "
                   f"{acc.num_processes}: per-process RNG states not restored (sample-indexed draws are unaffected)",
@@ -478,7 +486,7 @@ class Trainer:
                    "wall_time_s": round(self.wall_time_s, 1), "world_size": self.accelerator.num_processes,
                    "parameters": sum(p.numel() for p in self.unwrapped.parameters()),
                    "checkpoint": str(checkpoint) if checkpoint else None, "config": asdict(self.config), "meta": self.meta}
-        _atomic_write_text(self.run_dir / "train_summary.json", json.dumps(summary, indent=1) + "\n")
+        write_text_atomically(self.run_dir / "train_summary.json", json.dumps(summary, indent=1) + "\n")
 
     # ------------------------------------------------------------------ loop
     def fit(self, resume=None, stop_at: Optional[int] = None) -> TrainResult:

@@ -57,8 +57,9 @@ from diffkit.conditioning import class_guidance, num_classes
 from diffkit.denoisers import EpsModel
 from diffkit.schedules import VPSchedule, config_to_dict
 from diffkit.seeding import randint_for_indices, randn_for_indices, sample_seed
-from diffkit.train import (EMA, Trainer, TrainConfig, _atomic_write_text, _rng_state, _set_rng_state,
-                           _step_dir_name, latest_checkpoint, list_checkpoints)
+from diffkit.atomic import write_text_atomically
+from diffkit.train import (EMA, Trainer, TrainConfig, latest_checkpoint, list_checkpoints, set_rng_state,
+                           write_checkpoint_dir)
 
 from .generator import OneStepGenerator, check_generator_timestep, export_generator
 from .losses import DEFAULT_T_RANGE, WEIGHTINGS, DistributionMatchingLoss, check_t_range, score_loss
@@ -490,7 +491,7 @@ class DisBackTrainer:
                 f = cand_dir / f"cand-{b:07d}.safetensors"
                 _save_safetensors(trainer.unwrapped, f)
                 record["candidates"].append({"step": b, "file": f.name, "eval_loss": self.stage1_eval_loss(trainer.unwrapped)})
-                _atomic_write_text(progress_file, json.dumps(record, indent=1))
+                write_text_atomically(progress_file, json.dumps(record, indent=1))
             acc.wait_for_everyone()
         if acc.is_main_process:
             self._write_path(record, trainer.wall_time_s)
@@ -548,7 +549,7 @@ class DisBackTrainer:
                 "processes": self.accelerator.num_processes, "disk_bytes": sum(n["bytes"] for n in nodes),
                 "candidates": record["candidates"]}
         raw = {"version": 1, "teacher_sha256": self.teacher_sha256, "nodes": nodes, "info": info}
-        _atomic_write_text(d / PATH_FILE, json.dumps(raw, indent=1) + "\n")
+        write_text_atomically(d / PATH_FILE, json.dumps(raw, indent=1) + "\n")
         keep = {Path(n["file"]).name for n in nodes[1:]}
         for f in (d / "path").iterdir():  # unchosen candidates, once the manifest no longer needs them
             if f.name not in keep:
@@ -845,18 +846,8 @@ class DisBackTrainer:
 
     def save_checkpoint(self) -> Path:
         acc = self.accelerator
-        root = self.run_dir / "checkpoints"
-        name = _step_dir_name(self.step)
-        final, tmp = root / name, root / f".tmp-{name}"
-        if acc.is_main_process:
-            root.mkdir(parents=True, exist_ok=True)
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir()
-        acc.wait_for_everyone()
-        torch.save(_rng_state({}), tmp / f"rng-rank{acc.process_index}.pt")
-        acc.wait_for_everyone()
-        if acc.is_main_process:
+
+        def write(tmp: Path) -> None:
             _save_safetensors(self.gen_unwrapped.unet, tmp / "generator.safetensors")
             _save_safetensors(self.ema.shadow, tmp / "generator_ema.safetensors")
             _save_safetensors(self.fake_unwrapped, tmp / "fake.safetensors")
@@ -867,16 +858,9 @@ class DisBackTrainer:
                      "stage1_dir": str(self.stage1_dir) if self.config.needs_path else None,
                      "switches": self.switches, "evals": self.evals}
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-            if final.exists():
-                old = root / f".old-{name}"
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old)
-            else:
-                os.replace(tmp, final)
-            _atomic_write_text(root / "latest", name + "\n")
-            for old in list_checkpoints(self.run_dir)[:-max(self.config.keep_checkpoints, 1)]:
-                shutil.rmtree(old, ignore_errors=True)
+
+        final = write_checkpoint_dir(acc, self.run_dir, self.step, self.config.keep_checkpoints, write)
+        if acc.is_main_process:
             self._write_log()
             self._write_summary(final)
         acc.wait_for_everyone()
@@ -908,7 +892,7 @@ class DisBackTrainer:
         self.opt_f.load_state_dict(opt["opt_f"])
         rng = path / f"rng-rank{acc.process_index}.pt"
         if state.get("world_size") == acc.num_processes and rng.exists():
-            _set_rng_state(torch.load(rng, weights_only=True), {})
+            set_rng_state(torch.load(rng, weights_only=True), {})
         self.step = int(state["step"])
         self.wall_time_s = float(state.get("wall_time_s", 0.0))
         self.switches = [s for s in state.get("switches", []) if s["step"] <= self.step]
@@ -937,7 +921,7 @@ class DisBackTrainer:
         os.replace(tmp, p)
 
     def _write_evals(self) -> None:
-        _atomic_write_text(self.run_dir / "evals.json", json.dumps(self.evals, indent=1) + "\n")
+        write_text_atomically(self.run_dir / "evals.json", json.dumps(self.evals, indent=1) + "\n")
 
     def _write_summary(self, checkpoint) -> None:
         tail = self.log[-100:]
@@ -952,7 +936,7 @@ class DisBackTrainer:
                        "node_eval_loss": [n["eval_loss"] for n in self.manifest.nodes],
                        "disk_bytes": self.manifest.disk_bytes, "wall_time_s": self.manifest.info.get("wall_time_s")},
                    "config": asdict(self.config)}
-        _atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+        write_text_atomically(self.run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
 
 
 def _norm(v):

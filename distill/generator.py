@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import nn
 
+from diffkit.atomic import replace_dir, staging_dir
 from diffkit.conditioning import Condition, Guidance
 from diffkit.denoisers import EpsModel
 
@@ -85,20 +84,10 @@ def export_generator(unet: nn.Module, scheduler, output, timestep: Optional[int]
     """
     from diffkit.pipelines.one_step import OneStepPipeline
 
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = staging_dir(output)
     unet = copy.deepcopy(unet).cpu().eval()
     OneStepPipeline(unet, scheduler, generator_timestep=timestep).save_pretrained(str(tmp), safe_serialization=True)
     if facts is not None:
         (tmp / "distill.json").write_text(json.dumps(facts, indent=1) + "\n")
-    if output.exists():
-        old = output.with_name(f".{output.name}.old-{os.getpid()}")
-        os.replace(output, old)
-        os.replace(tmp, output)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, output)
-    return output
+    # a model card or sample PNGs written beside the export survive a re-export
+    return replace_dir(tmp, output, produced=("unet", "scheduler", "model_index.json", "distill.json"))

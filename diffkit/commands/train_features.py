@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import platform
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -62,6 +61,7 @@ def train_features(output, max_steps: int = 1500, seed: int = 0, resume=None, ru
                    command: str | None = None):
     import torch
 
+    from diffkit.atomic import replace_dir, staging_dir
     from diffkit.data import TEST_EVERY, digits_tensors
     from diffkit.metrics.digits import compute_reference_stats, save_reference_stats
     from diffkit.models.digits_features import DigitsFeatureNet
@@ -96,21 +96,12 @@ def train_features(output, max_steps: int = 1500, seed: int = 0, resume=None, ru
                          "data": f"sklearn load_digits train split ({train_n} images; every {TEST_EVERY}th "
                                  "image of each class held out as the test split)"},
         }
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        tmp = staging_dir(output)
         ema.save(tmp, extra_config=facts)
         stats = compute_reference_stats(ema, "train", net_dir=tmp)
         save_reference_stats(stats, tmp / "train_stats.npz")
         (tmp / "README.md").write_text(_card(facts, stats))
-        if output.exists():
-            old = output.with_name(f".{output.name}.old-{os.getpid()}")
-            os.replace(output, old)
-            os.replace(tmp, output)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, output)
+        replace_dir(tmp, output)
         result.facts = facts
     trainer.accelerator.wait_for_everyone()
     return result

@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -133,26 +132,14 @@ def export_pipeline(unet, scheduler, output, facts: dict | None = None) -> Path:
     """Write a ClassConditionalPipeline folder atomically (tmp folder + os.replace)."""
     from diffkit.pipelines.class_conditional import ClassConditionalPipeline
 
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    from diffkit.atomic import replace_dir, staging_dir
+
+    tmp = staging_dir(output)
     ClassConditionalPipeline(unet.eval(), scheduler).save_pretrained(str(tmp), safe_serialization=True)
-    if output.exists():  # keep files the quality report added (model card, PNGs) unless re-exported
-        for f in output.iterdir():
-            if f.name not in ("unet", "scheduler", "model_index.json", "training.json") and not (tmp / f.name).exists():
-                os.replace(f, tmp / f.name)
     if facts is not None:
         (tmp / "training.json").write_text(json.dumps(facts, indent=1) + "\n")
-    if output.exists():
-        old = output.with_name(f".{output.name}.old-{os.getpid()}")
-        os.replace(output, old)
-        os.replace(tmp, output)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, output)
-    return output
+    # keep files the quality report added (model card, PNGs) unless re-exported
+    return replace_dir(tmp, output, produced=("unet", "scheduler", "model_index.json", "training.json"))
 
 
 def demo_step(ctx):

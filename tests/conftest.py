@@ -41,3 +41,14 @@ def tiny_class_unet():
     from diffkit.testing import tiny_unet2d
 
     return tiny_unet2d(num_classes=10)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (modules opt in with ``pytestmark``): tiny models and many
+    small ops gain nothing from a second thread, and on a shared 2-core machine two spinning
+    OpenMP threads per process slowed such tests several-fold."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

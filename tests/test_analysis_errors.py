@@ -10,13 +10,7 @@ from diffkit.analysis import (LinearGaussianManifold, PotentialMLP, QuadraticPot
                               nb_id, spectral_gap)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run many small ops: one thread avoids OpenMP barrier stalls when cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 PROC = VEProcess(1e-3, 5.0)
 FX = LinearGaussianManifold(6, 2, seed=0)

@@ -13,13 +13,7 @@ from diffkit.analysis import (LinearGaussianManifold, VEProcess, VPLinearProcess
                               probability_flow, random_antisymmetric, spectral_gap)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run many small ops: one thread avoids OpenMP barrier stalls when cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 PROCESSES = {"ve": lambda: VEProcess(1e-4, 5.0), "vp": lambda: VPLinearProcess()}
 

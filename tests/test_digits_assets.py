@@ -20,12 +20,7 @@ TEACHER_CMD = "diffkit train-teacher"
 FEATURES_CMD = "diffkit train-features"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()  # small models: one thread (two spin badly on a busy 2-core machine)
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -23,14 +23,7 @@ TWO_PROCESS_UPDATE_RTOL = 1e-3
 TWO_PROCESS_MAX_ABS = 0.1 * 2e-3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from a second thread, and on a busy 2-core machine two
-    # spinning OpenMP threads per process slow training down several-fold.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def _setup(run_dir, max_steps=6, batch_size=8, lr=2e-3, checkpoint_every=3, seed=0, init_seed=0, loss_wrap=None,

@@ -20,13 +20,42 @@ from ..conditioning import Guidance, class_guidance, num_classes
 from ..denoisers import EpsModel
 from ..seeding import randn_for_indices
 
-__all__ = ["ClassConditionalPipeline", "ImagePipelineOutput"]
+__all__ = ["ClassConditionalPipeline", "ImagePipelineOutput", "check_output_type", "initial_noise", "to_output"]
 
 
 @dataclass
 class ImagePipelineOutput(BaseOutput):
     images: object  # tensor in [-1, 1] (output_type="pt"), numpy in [0, 1] ("np") or PIL list ("pil")
     nfe: int = 0
+
+
+# The pieces every diffkit image pipeline shares (this one and OneStepPipeline).
+def check_output_type(output_type: str) -> None:
+    if output_type not in ("pil", "np", "pt"):
+        raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+
+
+def initial_noise(unet, batch_size: int, seed: int, sample_indices=None, device=None) -> torch.Tensor:
+    """N(0, I) of the UNet's sample shape, one draw per global sample index (default 0..B-1),
+    so a sample does not depend on the batch it is generated in."""
+    idx = list(sample_indices) if sample_indices is not None else list(range(batch_size))
+    if len(idx) != batch_size:
+        raise ValueError(f"sample_indices has {len(idx)} entries for a batch of {batch_size}")
+    cfg = unet.config
+    return randn_for_indices((cfg.in_channels, cfg.sample_size, cfg.sample_size), idx, seed,
+                             dtype=torch.float32, device=device)
+
+
+def to_output(images: torch.Tensor, output_type: str, nfe: int, return_dict: bool, numpy_to_pil):
+    """[-1, 1] images -> the requested output type, wrapped as diffusers pipelines return it."""
+    images = images.clamp(-1, 1)
+    if output_type != "pt":
+        images = ((images + 1) / 2).permute(0, 2, 3, 1).float().cpu().numpy()
+        if output_type == "pil":
+            images = numpy_to_pil(images)
+    if not return_dict:
+        return (images,)
+    return ImagePipelineOutput(images=images, nfe=nfe)
 
 
 class ClassConditionalPipeline(DiffusionPipeline):
@@ -53,8 +82,7 @@ class ClassConditionalPipeline(DiffusionPipeline):
                  num_inference_steps: int = 50, guidance_scale: float = 1.0, eta: float = 0.0, seed: int = 0,
                  sample_indices: Optional[Sequence[int]] = None, latents: Optional[torch.Tensor] = None,
                  output_type: str = "pil", return_dict: bool = True, progress: bool = True):
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+        check_output_type(output_type)
         if class_labels is not None:
             class_labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
             batch_size = len(class_labels)
@@ -62,13 +90,8 @@ class ClassConditionalPipeline(DiffusionPipeline):
             batch_size = 1 if latents is None else latents.shape[0]
         guidance = self.guidance(class_labels, guidance_scale)
         model = EpsModel(self.unet, self.scheduler.config)
-        cfg = self.unet.config
         if latents is None:
-            idx = list(sample_indices) if sample_indices is not None else list(range(batch_size))
-            if len(idx) != batch_size:
-                raise ValueError(f"sample_indices has {len(idx)} entries for a batch of {batch_size}")
-            latents = randn_for_indices((cfg.in_channels, cfg.sample_size, cfg.sample_size), idx, seed,
-                                        dtype=torch.float32, device=self.device)
+            latents = initial_noise(self.unet, batch_size, seed, sample_indices, self.device)
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         latents = latents * self.scheduler.init_noise_sigma
         params = inspect.signature(self.scheduler.step).parameters
@@ -79,11 +102,4 @@ class ClassConditionalPipeline(DiffusionPipeline):
             out = model.raw(inp, t, guidance)
             nfe += 1
             latents = self.scheduler.step(out, t, latents, **extra, return_dict=False)[0]
-        images = latents.clamp(-1, 1)
-        if output_type != "pt":
-            images = ((images + 1) / 2).permute(0, 2, 3, 1).float().cpu().numpy()
-            if output_type == "pil":
-                images = self.numpy_to_pil(images)
-        if not return_dict:
-            return (images,)
-        return ImagePipelineOutput(images=images, nfe=nfe)
+        return to_output(latents, output_type, nfe, return_dict, self.numpy_to_pil)

@@ -16,8 +16,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from ..conditioning import num_classes
-from ..seeding import randn_for_indices
-from .class_conditional import ImagePipelineOutput
+from .class_conditional import check_output_type, initial_noise, to_output
 
 __all__ = ["OneStepPipeline"]
 
@@ -46,8 +45,7 @@ class OneStepPipeline(DiffusionPipeline):
                  num_inference_steps: int = 1, guidance_scale: float = 1.0, eta: float = 0.0, seed: int = 0,
                  sample_indices: Optional[Sequence[int]] = None, latents: Optional[torch.Tensor] = None,
                  output_type: str = "pil", return_dict: bool = True, progress: bool = True):
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+        check_output_type(output_type)
         if guidance_scale != 1.0:
             raise ValueError(f"guidance_scale: a one-step generator samples its distilled distribution; only 1.0 "
                              f"is accepted, got {guidance_scale}")
@@ -65,18 +63,7 @@ class OneStepPipeline(DiffusionPipeline):
             raise ValueError(f"class_labels is required for a class-conditional generator (accepted labels: 0..{n - 1})")
         elif batch_size is None:
             batch_size = 1 if latents is None else latents.shape[0]
-        cfg = self.unet.config
         if latents is None:
-            idx = list(sample_indices) if sample_indices is not None else list(range(batch_size))
-            if len(idx) != batch_size:
-                raise ValueError(f"sample_indices has {len(idx)} entries for a batch of {batch_size}")
-            latents = randn_for_indices((cfg.in_channels, cfg.sample_size, cfg.sample_size), idx, seed,
-                                        dtype=torch.float32, device=self.device)
-        images = self.generator()(latents.to(self.device), class_labels).clamp(-1, 1)
-        if output_type != "pt":
-            images = ((images + 1) / 2).permute(0, 2, 3, 1).float().cpu().numpy()
-            if output_type == "pil":
-                images = self.numpy_to_pil(images)
-        if not return_dict:
-            return (images,)
-        return ImagePipelineOutput(images=images, nfe=1)
+            latents = initial_noise(self.unet, batch_size, seed, sample_indices, self.device)
+        images = self.generator()(latents.to(self.device), class_labels)
+        return to_output(images, output_type, 1, return_dict, self.numpy_to_pil)

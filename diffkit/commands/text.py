@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sys
 
+from ._training import add_training_arguments
+
 NAME = "text"
 HELP = "discrete text diffusion (RADD): sample | nll | train | card"
 DEMO_ORDER = 40
@@ -48,24 +50,13 @@ def add_arguments(p):
     n.add_argument("--batch-size", type=int, default=16)
 
     t = sub.add_parser("train", help="train the character-level RADD model with λ-DCE (rebuilds assets/text-radd)")
-    t.add_argument("--output", default="assets/text-radd", help="pipeline folder to write (default assets/text-radd)")
-    t.add_argument("--max-steps", type=int, default=20000, help="optimiser steps (default 20000)")
+    add_training_arguments(t, output="assets/text-radd", what="pipeline folder", max_steps=20000, batch_size=32,
+                           lr=1.5e-3, checkpoint_every=250, threads_default=1)
     t.add_argument("--max-minutes", type=float, default=None,
                    help="stop at the first checkpoint after this much wall time (the step reached is recorded)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="resume from the latest checkpoint in --run-dir, or from the given checkpoint folder")
-    t.add_argument("--run-dir", default=None, help="checkpoints and loss log (default runs/<output name>)")
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=1.5e-3)
     t.add_argument("--warmup-steps", type=int, default=100)
     t.add_argument("--preset", default="text", choices=["text", "tiny"], help="model size (tiny: tests)")
-    t.add_argument("--checkpoint-every", type=int, default=250)
-    t.add_argument("--keep-checkpoints", type=int, default=2)
     t.add_argument("--corpus", default=None, help="corpus snapshot file (default assets/text-radd/corpus/...)")
-    t.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: fastest on a busy shared machine)")
-    t.add_argument("--no-progress", action="store_true")
 
     c = sub.add_parser("card", help="evaluate a trained text model folder and write its README.md model card")
     c.add_argument("--model", default="assets/text-radd", help="text pipeline folder (with training.json)")

@@ -16,22 +16,15 @@ import sys
 import time
 from pathlib import Path
 
+from ._training import add_training_arguments
+
 NAME = "train-features"
 HELP = "train the digits feature network and its FID reference statistics (rebuilds assets/digits-features)"
 
 
 def add_arguments(p):
-    p.add_argument("--output", default="assets/digits-features", help="folder to write (default assets/digits-features)")
-    p.add_argument("--max-steps", type=int, default=1500, help="optimiser steps (default 1500)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="resume from the latest checkpoint in --run-dir, or from the given checkpoint folder")
-    p.add_argument("--run-dir", default=None, help="checkpoints and loss log (default runs/<output name>)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--no-progress", action="store_true")
+    add_training_arguments(p, output="assets/digits-features", what="folder", max_steps=1500, batch_size=128,
+                           lr=2e-3, checkpoint_every=500)
 
 
 class ClassifierLoss:
@@ -57,8 +50,8 @@ def accuracy(net, split: str) -> tuple[int, int]:
 
 
 def train_features(output, max_steps: int = 1500, seed: int = 0, resume=None, run_dir=None, batch_size: int = 128,
-                   lr: float = 2e-3, checkpoint_every: int = 500, progress: bool = True, accelerator=None,
-                   command: str | None = None):
+                   lr: float = 2e-3, checkpoint_every: int = 500, keep_checkpoints: int = 2, progress: bool = True,
+                   accelerator=None, command: str | None = None):
     import torch
 
     from diffkit.atomic import replace_dir, staging_dir
@@ -74,7 +67,8 @@ def train_features(output, max_steps: int = 1500, seed: int = 0, resume=None, ru
         torch.manual_seed(seed)
         net = DigitsFeatureNet()
     cfg = TrainConfig(max_steps=max_steps, batch_size=batch_size, lr=lr, weight_decay=1e-4, warmup_steps=50,
-                      grad_clip=1.0, ema_decay=0.995, seed=seed, checkpoint_every=checkpoint_every, progress=progress)
+                      grad_clip=1.0, ema_decay=0.995, seed=seed, checkpoint_every=checkpoint_every,
+                      keep_checkpoints=keep_checkpoints, progress=progress)
     trainer = Trainer(net, ClassifierLoss(), IndexedDataSource(x, y, seed=seed), cfg, run_dir, accelerator=accelerator,
                       meta={"what": "digits feature network"})
     result = trainer.fit(resume=resume)
@@ -145,7 +139,8 @@ def run(args):
     t0 = time.perf_counter()
     res = train_features(args.output, max_steps=args.max_steps, seed=args.seed, resume=args.resume,
                          run_dir=args.run_dir, batch_size=args.batch_size, lr=args.lr,
-                         checkpoint_every=args.checkpoint_every, progress=not args.no_progress, command=command)
+                         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+                         progress=not args.no_progress, command=command)
     f = getattr(res, "facts", None)
     if int(os.environ.get("RANK", "0")) != 0:
         return

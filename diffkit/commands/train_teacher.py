@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from ._training import add_training_arguments
+
 NAME = "train-teacher"
 HELP = "train the class-conditional digits teacher (rebuilds assets/digits-unet)"
 DEMO_ORDER = 10
@@ -44,20 +46,9 @@ LABEL_DROPOUT = 0.1
 
 
 def add_arguments(p):
-    p.add_argument("--output", default="assets/digits-unet", help="pipeline folder to write (default assets/digits-unet)")
-    p.add_argument("--max-steps", type=int, default=4000, help="optimiser steps (default 4000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="resume from the latest checkpoint in --run-dir, or from the given checkpoint folder")
-    p.add_argument("--run-dir", default=None, help="checkpoints and loss log (default runs/<output name>)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
+    add_training_arguments(p, output="assets/digits-unet", what="pipeline folder", max_steps=4000, batch_size=128,
+                           lr=1e-3, checkpoint_every=500)
     p.add_argument("--preset", choices=sorted(PRESETS), default="digits", help="UNet size (tiny: tests)")
-    p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--keep-checkpoints", type=int, default=2)
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice; 1 is fastest on a busy shared machine)")
-    p.add_argument("--no-progress", action="store_true")
 
 
 def unet_config(preset: str = "digits") -> dict:

@@ -16,17 +16,15 @@ only steps that reveal a token are visited), against the ideal n / E-NFE.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import statistics
 import sys
-import tempfile
 import time
 
 import torch
 from diffusers.configuration_utils import FrozenDict
 
+from diffkit.atomic import write_json_atomically
 from diffkit.models.radd import tiny_radd_transformer
 from diffkit.pipelines.discrete import DiscreteDiffusionPipeline
 from diffkit.samplers.absorbing import expected_nfe
@@ -149,12 +147,7 @@ def main(argv=None):
                   cache=part2(args.quick))
     print(f"\n(total {time.perf_counter() - t0:.0f} s)")
     if args.json:
-        d = os.path.dirname(os.path.abspath(args.json))
-        os.makedirs(d, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(result, fh, indent=1)
-        os.replace(tmp, args.json)
+        write_json_atomically(args.json, result)
     return 0
 
 

@@ -16,17 +16,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 
 import torch
 
+from diffkit.atomic import write_json_atomically
 from diffkit.samplers.absorbing import expected_nfe
 from diffkit.samplers.radd import RADDScheduler
 from diffkit.samplers.radd_reference import joint_race_unmask_uniform
@@ -251,12 +250,7 @@ def main(argv=None):
                 result[part] = fn()
     print(f"\n(total {time.perf_counter() - t0:.0f} s)")
     if args.json:
-        d = os.path.dirname(os.path.abspath(args.json))
-        os.makedirs(d, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(result, fh, indent=1)
-        os.replace(tmp, args.json)
+        write_json_atomically(args.json, result)
     return 0
 
 

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Iterable, Optional
 
-__all__ = ["write_text_atomically", "staging_dir", "replace_dir"]
+__all__ = ["write_text_atomically", "write_json_atomically", "staging_dir", "replace_dir"]
 
 
 def write_text_atomically(path, text: str) -> None:
@@ -16,6 +16,15 @@ def write_text_atomically(path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json_atomically(path, obj, indent: int = 1) -> None:
+    """``obj`` as JSON (a benchmark's results, a run summary); creates the parent folder."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(path, json.dumps(obj, indent=indent) + "\n")
 
 
 def staging_dir(final) -> Path:

@@ -33,6 +33,9 @@ def add_arguments(p):
     p.add_argument("--output", default="demo-output")
     p.add_argument("--only", default=None, help="comma-separated step names to run")
     p.add_argument("--quick", action="store_true", help="smaller sizes (used by tests)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: the shipped models are small, and extra threads only "
+                        "spin when the cores are shared)")
 
 
 def demo_step(ctx: DemoContext):
@@ -65,6 +68,18 @@ def demo_step(ctx: DemoContext):
 
 
 def run(args):
+    import torch
+
+    n = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:  # called in-process (tests, notebooks): leave the caller's setting as it was
+        torch.set_num_threads(n)
+
+
+def _run(args):
     from diffkit.cli import PLANNED, command_modules
 
     os.makedirs(args.output, exist_ok=True)

@@ -73,6 +73,9 @@ def _model_args(p):
     p.add_argument("--tokenizer", default=None, help="byte | gpt2 | char:<alphabet> | folder (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: these models are small; on a busy 2-core machine two "
+                        "threads made sampling ~30x slower)")
 
 
 def _resolve_model(model):
@@ -91,6 +94,8 @@ def _pipeline(args, **sched):
 
     from diffkit.pipelines.discrete import load_text_pipeline
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     pipe = load_text_pipeline(_resolve_model(args.model), args.tokenizer, **sched)
     pipe.to(torch.device(args.device))
     pipe.set_progress_bar_config(disable=True)

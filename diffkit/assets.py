@@ -17,7 +17,11 @@ REBUILD = {
     "digits-unet": ("the class-conditional digits teacher", "diffkit train-teacher --output assets/digits-unet"),
     "digits-features": ("the digits feature network", "diffkit train-features --output assets/digits-features"),
     "text-radd": ("the character-level RADD text model", "diffkit text train --output assets/text-radd"),
-    "digits-onestep": ("the one-step digits generator", "diffkit distill --teacher assets/digits-unet --output assets/digits-onestep"),
+    "digits-onestep": ("the one-step digits generator",
+                       "diffkit distill --teacher assets/digits-unet --mode warm-critic --generator-timestep 399 "
+                       "--lr-generator 3e-5 --warmup-steps 50 --ema-decay 0.99 --stage1-steps 400 --path-nodes 5 "
+                       "--steps-per-node 100 --max-steps 4000 --cpu --output assets/digits-onestep, then the same "
+                       "with --lr-generator 1e-5 --ema-decay 0.999 --max-steps 5500 --resume"),
 }
 
 

@@ -21,7 +21,8 @@ REBUILD = {
                        "diffkit distill --teacher assets/digits-unet --mode warm-critic --generator-timestep 399 "
                        "--lr-generator 3e-5 --warmup-steps 50 --ema-decay 0.99 --stage1-steps 400 --path-nodes 5 "
                        "--steps-per-node 100 --max-steps 4000 --cpu --output assets/digits-onestep, then the same "
-                       "with --lr-generator 1e-5 --ema-decay 0.999 --max-steps 5500 --resume"),
+                       "with --lr-generator 1e-5 --ema-decay 0.999 --max-steps 5500 --resume, then with "
+                       "--lr-generator 5e-6 --ema-decay 0.999 --max-steps 9500 --resume"),
 }
 
 

@@ -60,6 +60,7 @@ def main(argv=None):
     a = parse(argv)
     torch.set_num_threads(a.threads)
     from diffkit.assets import asset_path
+    from diffkit.atomic import write_json_atomically
     from diffkit.images import save_grid
     from diffkit.metrics.digits import (balanced_labels, fid_digits, load_reference_stats, mean_std,
                                         memorisation_ratio, sample_digits, top1_accuracy)
@@ -93,8 +94,7 @@ def main(argv=None):
            "images_per_s": {"one_step": ips_one, "teacher_ddim50": ips_teacher, "batch": a.speed_batch,
                             "speedup": ips_one / ips_teacher},
            "teacher_fid_ddim50": TEACHER_FID, "machine": machine}
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
+    write_json_atomically(a.json, res)
     f, t = res["fid"], res["top1"]
     print(f"FID-digits {f[0]:.4f} ± {f[1]:.4f} (n={a.n}, seeds {seeds}; {f[0] / TEACHER_FID[0]:.2f}× the teacher's "
           f"DDIM-50), top-1 {t[0]:.3f} ± {t[1]:.3f}, memorisation ratio {mem['ratio']:.3f}; images/s one-step "

@@ -47,6 +47,9 @@ import sys
 import time
 from pathlib import Path
 
+from diffkit.atomic import write_json_atomically
+from diffkit.metrics.digits import mean_std
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # ---- fixed before any result -------------------------------------------------------------
@@ -119,13 +122,6 @@ def config(a, arm: str, seed: int):
                          progress=False)
 
 
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def run_one(a, pipe, evaluators, arm: str, seed: int) -> dict:
     """Train (or resume) one arm × seed; returns and stores its result record."""
     from diffkit.distill.disback import DisBackTrainer
@@ -150,7 +146,7 @@ def run_one(a, pipe, evaluators, arm: str, seed: int) -> dict:
            "switches": [{"step": s["step"], "node": s["node"]} for s in tr.switches],
            "fake_loss_last50": sum(r["loss_fake"] for r in tr.log[-50:]) / max(len(tr.log[-50:]), 1),
            "settings": settings(a)}
-    _write_json(a.out / "results" / f"{arm}-seed{seed}.json", rec)
+    write_json_atomically(a.out / "results" / f"{arm}-seed{seed}.json", rec)
     return rec
 
 
@@ -186,12 +182,9 @@ def compute_curve(rec, ratio):
 
 
 def _ms(v):
-    import numpy as np
-
+    """mean_std over the values present (a threshold not reached gives None)."""
     v = [x for x in v if x is not None]
-    if not v:
-        return None, None
-    return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+    return mean_std(v) if v else (None, None)
 
 
 def _speedups(num, den, seeds, n_boot=2000):
@@ -369,7 +362,7 @@ def main(argv=None):
            "total_train_wall_s": round(sum(r["stage2_wall_s"] for r in recs) +
                                        sum({r["seed"]: r["stage1_wall_s"] for r in recs}.values()), 1),
            **summary, "runs": recs}
-    _write_json(a.json, out)
+    write_json_atomically(a.json, out)
     print_table(summary, a)
     plot(summary, a)
     print(f"\nmachine: {machine}; wrote {a.json} and {a.plot}")

@@ -14,6 +14,8 @@ import importlib
 import pkgutil
 import sys
 
+from diffkit.threads import torch_threads
+
 PLANNED = {
     "invert": "exact inversion of an image (BDIA-DDIM issue)",
     "edit": "edit an image via exact inversion (editing issue)",
@@ -72,7 +74,8 @@ def main(argv=None) -> int:
         parser.print_help()
         return 0
     try:
-        code = args._run(args)
+        with torch_threads(getattr(args, "threads", None)):  # --threads of the commands that have it
+            code = args._run(args)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"diffkit {args.command}: error: {e}", file=sys.stderr)
         return 1

@@ -34,6 +34,7 @@ from .gauge import (PotentialMLP, PotentialScore, ScoreBank, _grad_phi, dsm_deco
                     fit_potential, gauge_residual, make_bank)
 from .intrinsic_dim import (flow_jacobian, jacobian_id, mle_id, nb_id, nb_spectrum, principal_angles, spectral_gap,
                             twonn_id)
+from ..threads import torch_threads
 from .jacobian import asymmetry
 from .processes import log_sigma_grid, noise
 from .score import UNetScore, math_attention
@@ -168,13 +169,8 @@ def analyze_digits(model=None, output: str = "analysis-output", config: Optional
     cfg = config or AnalysisConfig()
     if cfg.threads is not None and cfg.threads < 1:
         raise ValueError(f"threads must be >= 1 or None, got {cfg.threads}")
-    before = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         return _analyze(model, output, cfg, log)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _analyze(model, output, cfg, log):

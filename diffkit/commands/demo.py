@@ -68,18 +68,6 @@ def demo_step(ctx: DemoContext):
 
 
 def run(args):
-    import torch
-
-    n = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        return _run(args)
-    finally:  # called in-process (tests, notebooks): leave the caller's setting as it was
-        torch.set_num_threads(n)
-
-
-def _run(args):
     from diffkit.cli import PLANNED, command_modules
 
     os.makedirs(args.output, exist_ok=True)

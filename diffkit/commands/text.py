@@ -94,8 +94,6 @@ def _pipeline(args, **sched):
 
     from diffkit.pipelines.discrete import load_text_pipeline
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     pipe = load_text_pipeline(_resolve_model(args.model), args.tokenizer, **sched)
     pipe.to(torch.device(args.device))
     pipe.set_progress_bar_config(disable=True)
@@ -172,12 +170,8 @@ def _train(args):
     import shlex
     import time
 
-    import torch
-
     from diffkit.text_train import train_text_model
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     command = "diffkit text train " + " ".join(shlex.quote(a) for a in sys.argv[3:])
     t0 = time.perf_counter()
     res = train_text_model(args.output, max_steps=args.max_steps, max_minutes=args.max_minutes, seed=args.seed,
@@ -238,11 +232,8 @@ def run(args):
     if cmd == "train":
         return _train(args)
     if cmd == "card":
-        import torch
-
         from diffkit.text_train import write_model_card
 
-        torch.set_num_threads(args.threads)
         print(f"wrote {write_model_card(args.model, draws=args.draws, steps=tuple(args.steps), prompt=args.prompt)}")
         return 0
     print("usage: diffkit text {sample,nll,train,card} ... (see diffkit text SUBCOMMAND --help)", file=sys.stderr)

@@ -131,10 +131,6 @@ images clamped to [-1, 1] and quantised to 17 grey levels before the network;
 
 
 def run(args):
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     command = "diffkit train-features " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else None
     t0 = time.perf_counter()
     res = train_features(args.output, max_steps=args.max_steps, seed=args.seed, resume=args.resume,

@@ -81,6 +81,38 @@ def test_rows_do_not_depend_on_the_batch(pipe):
     assert torch.equal(three[0], one[0])
 
 
+def test_row_k_is_the_same_for_any_batch_size_at_the_api(pipe):
+    """Row k depends only on (seed, k): a batch of rows 0..5 equals the same rows drawn in chunks of
+    4 + 2 and of 1 (``row_indices`` = their global indices), cached or not, and a batch of one at
+    row 0 is the default batch of one. Checked for the two-stage draw (float64 and float32 token
+    draws) and for the random any-order path."""
+    for extra, sched in (({}, {}), ({}, dict(precision="float32")), (dict(order="random", seq_len=12), {})):
+        if sched:
+            pipe.scheduler = RADDScheduler.from_config(pipe.scheduler.config, **sched)
+        kw = dict(num_inference_steps=12, seed=7, output_type="ids", **extra)
+        full = pipe(batch_size=6, **kw).sequences
+        fours = torch.cat([pipe(batch_size=4, row_indices=range(0, 4), **kw).sequences,
+                           pipe(batch_size=2, row_indices=[4, 5], use_cache=False, **kw).sequences])
+        ones = torch.cat([pipe(batch_size=1, row_indices=[k], **kw).sequences for k in range(6)])
+        assert torch.equal(fours, full) and torch.equal(ones, full), extra or sched
+        assert torch.equal(pipe(batch_size=1, **kw).sequences, full[:1])
+        rev = pipe(batch_size=3, row_indices=torch.tensor([5, 3, 1]), **kw).sequences  # any order of rows
+        assert torch.equal(rev, full[[5, 3, 1]])
+    pipe.scheduler = RADDScheduler.from_config(pipe.scheduler.config, precision="float64")
+
+
+def test_batch_size_and_row_indices_errors(pipe):
+    for bad in (0, -1, 2.5, True, "4"):
+        with pytest.raises(ValueError, match=r"batch_size must be an integer >= 1 or None, got"):
+            pipe(batch_size=bad, num_inference_steps=2)
+    with pytest.raises(ValueError, match=r"row_indices must hold one index per row \(2\), got 3"):
+        pipe(batch_size=2, row_indices=[0, 1, 2])
+    with pytest.raises(ValueError, match=r"row_indices must be integers >= 0, got \[1, -1\]"):
+        pipe(batch_size=2, row_indices=[1, -1])
+    with pytest.raises(ValueError, match="pass either generator or row_indices"):
+        pipe(batch_size=1, row_indices=[3], generator=torch.Generator().manual_seed(0))
+
+
 def test_no_mask_token_in_any_output(pipe):
     """Property: whatever the strategy, temperature, filters, final rule, precision or prompt, the
     output holds real tokens only, and fixed tokens are kept."""
@@ -208,3 +240,28 @@ def test_example_runs(tmp_path):
                        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr
     assert "identical samples: True" in r.stdout and "E-NFE law" in r.stdout
+
+
+def _cli_sample(capsys, *extra):
+    rc = main(["text", "sample", "--model", "tiny", "--steps", "8", "--n", "6", "--length", "16", "--seed", "3",
+               *extra])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    return cap.out
+
+
+def test_cli_text_sample_rows_do_not_depend_on_batch_size(capsys):
+    """Row k of ``--n 6`` is the same for --batch-size 1, 4 and 6 (and the default, all rows)."""
+    ref = _cli_sample(capsys, "--batch-size", "6")
+    assert ref.count("--- sample ") == 6
+    assert _cli_sample(capsys) == ref
+    assert _cli_sample(capsys, "--batch-size", "4") == ref
+    assert _cli_sample(capsys, "--batch-size", "1", "--no-cache") == ref
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_cli_text_sample_rejects_a_bad_batch_size(capsys, value):
+    with pytest.raises(SystemExit) as e:
+        main(["text", "sample", "--model", "tiny", "--steps", "2", "--n", "2", "--batch-size", value])
+    assert e.value.code == 2
+    assert f"argument --batch-size: must be an integer >= 1, got {value!r}" in capsys.readouterr().err

@@ -8,6 +8,7 @@ a RADDTransformer folder, or ``tiny`` (a random byte-level model: smoke tests on
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from ._training import add_training_arguments
@@ -22,8 +23,8 @@ def add_arguments(p):
 
     s = sub.add_parser("sample", help="sample text (per-row cached RADD sampler)")
     _model_args(s)
-    s.add_argument("--steps", type=int, default=128, help="number of sampling steps n")
-    s.add_argument("--n", type=int, default=4, help="number of samples")
+    s.add_argument("--steps", type=_positive_int, default=128, help="number of sampling steps n")
+    s.add_argument("--n", type=_positive_int, default=4, help="number of samples")
     s.add_argument("--length", type=int, default=None, help="sequence length in tokens (default: the model's)")
     s.add_argument("--prompt", default=None, help="text placed at the start (never resampled)")
     s.add_argument("--suffix", default=None, help="text placed at the end (infilling)")
@@ -36,7 +37,8 @@ def add_arguments(p):
     s.add_argument("--method", default="tweedie", choices=["tweedie", "euler"])
     s.add_argument("--order", default=None, help="any-order AR sampling: forward | backward | random")
     s.add_argument("--no-cache", action="store_true", help="re-run every row at every step (baseline)")
-    s.add_argument("--batch-size", type=int, default=None, help="rows per sampling batch (default: all)")
+    s.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="rows per sampling batch, >= 1 (default: all); the samples do not depend on it")
     s.add_argument("--output", default=None, help="also write the samples to this text file")
 
     n = sub.add_parser("nll", help="NLL of a text: λ-DCE / k-DCE bound or exact fixed-order AR NLL")
@@ -64,6 +66,17 @@ def add_arguments(p):
     c.add_argument("--steps", type=int, nargs="+", default=[16, 64, 256, 1024], help="step counts of the samples")
     c.add_argument("--prompt", default="A list ")
     c.add_argument("--threads", type=int, default=1)
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse reports "argument --X: <this message>")."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return v
 
 
 def _model_args(p):
@@ -103,16 +116,15 @@ def _pipeline(args, **sched):
 def _sample(args):
     import time
 
-    if args.steps < 1 or args.n < 1:
-        raise ValueError(f"--steps and --n must be >= 1 (got {args.steps}, {args.n})")
     pipe = _pipeline(args, final=args.final, precision=args.precision, method=args.method)
-    bs = args.batch_size or args.n
+    bs = args.n if args.batch_size is None else args.batch_size
     texts, seqs, nfe, changes, t0 = [], [], [], [], time.perf_counter()
-    for start in range(0, args.n, bs):
+    for start in range(0, args.n, bs):  # rows keyed by their global index: any --batch-size, same samples
         b = min(bs, args.n - start)
         out = pipe(batch_size=b, seq_len=args.length, num_inference_steps=args.steps, prompt=args.prompt,
                    suffix=args.suffix, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                   order=args.order, use_cache=not args.no_cache, seed=args.seed + start)
+                   order=args.order, use_cache=not args.no_cache, seed=args.seed,
+                   row_indices=range(start, start + b))
         seqs += out.sequences.tolist()
         texts += out.texts or [" ".join(map(str, r)) for r in out.sequences.tolist()]
         nfe += out.nfe_per_sample.tolist()

@@ -21,6 +21,7 @@ paper's eq. D.17, whose mean follows n (1 - (1 - 1/n)^l) for any model).
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -81,6 +82,31 @@ def _as_id_lists(x, batch: Optional[int], name: str, tokenizer) -> Optional[list
     if len(rows) == 1 and batch and batch > 1:
         rows = rows * batch
     return rows
+
+
+def _is_index(v, low: int) -> bool:
+    """An integer (Python, NumPy or 0-d tensor; not a bool) >= ``low``."""
+    if isinstance(v, bool):
+        return False
+    try:
+        return operator.index(v) >= low
+    except TypeError:
+        return False
+
+
+def _row_generators(seed: int, row_indices, batch: int) -> list[torch.Generator]:
+    """One generator per row, keyed by (seed, the row's global index): row k's draws do not depend
+    on the batch (as the image pipelines' per-index noise)."""
+    if row_indices is None:
+        idx = list(range(batch))
+    else:
+        raw = row_indices.reshape(-1).tolist() if isinstance(row_indices, torch.Tensor) else list(row_indices)
+        if len(raw) != batch:
+            raise ValueError(f"row_indices must hold one index per row ({batch}), got {len(raw)}")
+        if not all(_is_index(i, 0) for i in raw):
+            raise ValueError(f"row_indices must be integers >= 0, got {raw[:10]}")
+        idx = [operator.index(i) for i in raw]
+    return [sample_generator(seed, k, "radd") for k in idx]
 
 
 class DiscreteDiffusionPipeline(DiffusionPipeline):
@@ -208,8 +234,8 @@ class DiscreteDiffusionPipeline(DiffusionPipeline):
             elif order == "backward":
                 perms = torch.arange(L - 1, -1, -1).expand(B, L)
             else:
-                perms = torch.stack([torch.randperm(L, generator=g) for g in gens]) if isinstance(gens, list) else \
-                    torch.stack([torch.randperm(L, generator=gens) for _ in range(B)])
+                per_row = gens if isinstance(gens, (list, tuple)) else [gens] * B
+                perms = torch.stack([torch.randperm(L, generator=g) for g in per_row])
         else:
             perms = torch.as_tensor(order, dtype=torch.long)
             perms = perms.expand(B, L) if perms.dim() == 1 else perms
@@ -237,20 +263,30 @@ class DiscreteDiffusionPipeline(DiffusionPipeline):
                  top_k: Optional[int] = None, top_p: Optional[float] = None,
                  order: Union[None, str, Sequence[int], torch.Tensor] = None, use_cache: bool = True,
                  generator: Union[None, torch.Generator, list] = None, seed: int = 0,
-                 forward_batch_size: Optional[int] = None, output_type: str = "text", return_dict: bool = True,
-                 progress: bool = False):
+                 row_indices: Optional[Sequence[int]] = None, forward_batch_size: Optional[int] = None,
+                 output_type: str = "text", return_dict: bool = True, progress: bool = False):
         """Draw ``batch_size`` sequences of ``seq_len`` tokens (default: the model's length).
 
-        Randomness: ``generator`` (one, or a list with one per row), else per-row generators from
-        (``seed``, row index) -- then row k does not depend on the batch it is drawn in.
-        ``use_cache=False`` re-runs the whole batch every step (the baseline; same samples).
-        ``forward_batch_size`` splits network calls into chunks of at most that many rows."""
+        Randomness. By default every row has its own generator, seeded from (``seed``, the row's
+        global index): ``row_indices`` (one int >= 0 per row; default 0..B-1). Row k then depends
+        only on (seed, k) -- not on the batch size, its place in the batch or the cache -- so rows
+        0..N-1 drawn in chunks (``row_indices=range(start, start + b)``) equal one batch of N (and
+        ``batch_size=1`` is row 0). ``generator`` (diffusers semantics) overrides
+        this: a list of B generators gives row b its own stream (row b draws only from
+        generator b); a single generator is shared by the whole batch, so a row then depends on the
+        batch it is drawn in. ``use_cache=False`` re-runs the whole batch every step (the baseline;
+        same samples). ``forward_batch_size`` splits network calls into chunks of at most that many
+        rows."""
         if output_type not in ("text", "ids"):
             raise ValueError(f"output_type must be 'text' or 'ids', got {output_type!r}")
         if forward_batch_size is not None and forward_batch_size < 1:
             raise ValueError(f"forward_batch_size must be >= 1 or None, got {forward_batch_size}")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_size is not None and not _is_index(batch_size, 1):
+            raise ValueError(f"batch_size must be an integer >= 1 or None, got {batch_size!r}")
+        batch_size = None if batch_size is None else operator.index(batch_size)
+        if generator is not None and row_indices is not None:
+            raise ValueError("pass either generator or row_indices (with seed), not both: row_indices only "
+                             "keys the per-row generators built from seed")
         sched = self.scheduler
         mask_id = self.mask_token_id
         if sched.config.mask_token_id != mask_id:
@@ -267,7 +303,7 @@ class DiscreteDiffusionPipeline(DiffusionPipeline):
         device = self._device()
         x = self._initial_state(batch_size, seq_len, prompt, suffix, input_ids)
         B, L = x.shape
-        gens = generator if generator is not None else [sample_generator(seed, b, "radd") for b in range(B)]
+        gens = generator if generator is not None else _row_generators(seed, row_indices, B)
         if isinstance(gens, (list, tuple)) and len(gens) != B:
             raise ValueError(f"generator list must have one generator per row ({B}), got {len(gens)}")
         num_generated = (x == mask_id).sum(1)

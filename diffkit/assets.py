@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["REBUILD", "assets_root", "asset_path", "AssetError"]
+__all__ = ["REBUILD", "assets_root", "asset_path", "rebuild_hint", "AssetError"]
 
 #: name -> (what it is, the command that rebuilds it)
 REBUILD = {
@@ -54,3 +54,14 @@ def asset_path(name_or_path: str | os.PathLike, required: tuple[str, ...] = ()) 
     if missing:
         raise AssetError(f"{what} at {p} is incomplete or corrupted (missing {', '.join(missing)}){hint}")
     return p
+
+
+def rebuild_hint(path: str | os.PathLike) -> str:
+    """``"; rebuild <what> with `<command>`"`` when ``path`` or its parent (a pipeline folder's
+    ``transformer/``) is a shipped asset's folder, else ``""`` (for error messages)."""
+    p = Path(path)
+    for d in (p, p.parent):
+        if d.name in REBUILD:
+            what, cmd = REBUILD[d.name]
+            return f"; rebuild {what} with `{cmd}`"
+    return ""

@@ -7,6 +7,15 @@
 * :func:`k_dce_nll` -- the same bound with exactly k ~ U{1..L} positions masked, weight L/k.
 * :func:`ar_nll` -- the exact NLL of the fixed-order autoregressive model the denoiser defines
   (one masked-input evaluation per position; ``order`` = forward / backward / a permutation).
+* :func:`blocked_nll` -- a text longer than the model's length, cut into blocks, each block
+  estimated with its own seed ``seed + block index`` (:func:`block_seed`, the one rule of
+  ``diffkit text nll`` and the model card's held-out bound): the blocks' Monte Carlo errors are
+  then independent and their standard errors add in quadrature.
+
+k-DCE is the default estimator: its weight L/k is bounded, so it has finite variance and its
+standard error is an honest error bar. λ-DCE's weight 1/λ makes its variance infinite (the
+second moment of (1/λ)·Σ_masked CE grows like L/λ as λ → 0, whose integral diverges), even
+though its mean is the same bound.
 
 All sums are in float64; results are in nats per sequence. The model interface is the one of
 :mod:`diffkit.pipelines.discrete`: ``model(ids) -> [B, L, N]`` log-probs or logits, column v =
@@ -21,15 +30,18 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-__all__ = ["NLLResult", "lambda_dce_nll", "k_dce_nll", "ar_nll", "token_nll", "ESTIMATORS"]
+__all__ = ["NLLResult", "lambda_dce_nll", "k_dce_nll", "ar_nll", "token_nll", "estimate_nll", "blocked_nll",
+           "split_blocks", "block_seed", "ESTIMATORS", "DEFAULT_ESTIMATOR"]
 
-ESTIMATORS = ("lambda-dce", "k-dce", "ar-forward", "ar-backward", "ar-random")
+ESTIMATORS = ("k-dce", "lambda-dce", "ar-forward", "ar-backward", "ar-random")
+DEFAULT_ESTIMATOR = "k-dce"
 
 
 @dataclass
 class NLLResult:
     """NLL of one sequence in nats: ``nll`` (total), ``per_token``, ``ppl`` = exp(per_token).
-    ``stderr`` is the Monte Carlo standard error (0 for the exact AR NLL)."""
+    ``stderr`` is the Monte Carlo standard error (0 for the exact AR NLL); ``blocks`` holds the
+    per-block results of :func:`blocked_nll`."""
 
     nll: float
     num_tokens: int
@@ -37,6 +49,7 @@ class NLLResult:
     num_draws: int = 0
     stderr: float = 0.0
     draws: list = field(default_factory=list, repr=False)
+    blocks: list = field(default_factory=list, repr=False)  # per-block results (blocked_nll)
 
     @property
     def per_token(self) -> float:
@@ -61,14 +74,30 @@ def _mask_id(model, mask_token_id):
     raise ValueError("mask_token_id is required for a model without a mask_token_id attribute")
 
 
-def _ids(ids, mask_id) -> torch.LongTensor:
+def _vocab_size(model) -> Optional[int]:
+    """The model's number of real tokens V if it says (``config.vocab_size``), else None."""
+    cfg = getattr(model, "config", None)
+    try:
+        return int(cfg["vocab_size"] if isinstance(cfg, dict) else cfg.vocab_size)
+    except (AttributeError, KeyError, TypeError):
+        return None
+
+
+def _check_real(x: torch.Tensor, mask_id: int, V: Optional[int], name: str = "ids") -> None:
+    bad = (x < 0) | (x == mask_id)
+    if V is not None:
+        bad |= x >= V
+    if bad.any():
+        span = f"0..{V - 1}" if V is not None else ">= 0"
+        raise ValueError(f"{name} must be real tokens ({span}, not the mask id {mask_id}); {int(bad.sum())} "
+                         f"position(s) are not: {sorted(set(x[bad].tolist()))[:10]}")
+
+
+def _ids(ids, mask_id, V: Optional[int] = None) -> torch.LongTensor:
     x = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
     if x.numel() == 0:
         raise ValueError("the text is empty")
-    bad = (x < 0) | (x == mask_id)
-    if bad.any():
-        raise ValueError(f"ids must be real tokens (>= 0, != mask id {mask_id}); "
-                         f"got {sorted(set(x[bad].tolist()))[:10]}")
+    _check_real(x, mask_id, V)
     return x
 
 
@@ -81,6 +110,7 @@ def token_nll(model, noisy: torch.LongTensor, clean: torch.LongTensor, mask_id: 
     elif mask_id < N:
         out = out.clone()
         out[..., mask_id] = -math.inf
+    _check_real(clean, mask_id, out.shape[-1], "clean ids")  # a model without config.vocab_size
     logp = torch.log_softmax(out.to(torch.float64), dim=-1)
     return -logp.gather(-1, clean.to(out.device)[..., None].expand(*noisy.shape, 1)).squeeze(-1)
 
@@ -118,7 +148,7 @@ def lambda_dce_nll(model, ids, num_draws: int = 64, *, generator: Optional[torch
     if num_draws < 1:
         raise ValueError(f"num_draws must be >= 1, got {num_draws}")
     mask_id = _mask_id(model, mask_token_id)
-    x = _ids(ids, mask_id)
+    x = _ids(ids, mask_id, _vocab_size(model))
     g = _generator(generator, seed)
     u = torch.rand(num_draws, generator=g, dtype=torch.float64)
     lam = (u + torch.arange(num_draws, dtype=torch.float64)) / num_draws if stratified else u
@@ -133,7 +163,7 @@ def k_dce_nll(model, ids, num_draws: int = 64, *, generator: Optional[torch.Gene
     if num_draws < 1:
         raise ValueError(f"num_draws must be >= 1, got {num_draws}")
     mask_id = _mask_id(model, mask_token_id)
-    x = _ids(ids, mask_id)
+    x = _ids(ids, mask_id, _vocab_size(model))
     L = x.numel()
     g = _generator(generator, seed)
     k = torch.randint(1, L + 1, (num_draws,), generator=g)
@@ -149,7 +179,7 @@ def ar_nll(model, ids, order: Union[str, Sequence[int], torch.Tensor] = "forward
     """Exact NLL of the autoregressive factorisation in ``order``: Σ_k -log c_θ(x^{π_k} | x^{π_<k}),
     the conditional at step k evaluated with positions π_k..π_{L-1} masked (L network rows)."""
     mask_id = _mask_id(model, mask_token_id)
-    x = _ids(ids, mask_id)
+    x = _ids(ids, mask_id, _vocab_size(model))
     L = x.numel()
     if isinstance(order, str):
         if order not in ("forward", "backward", "random"):
@@ -174,3 +204,50 @@ def ar_nll(model, ids, order: Union[str, Sequence[int], torch.Tensor] = "forward
         ce = token_nll(model, noisy, x.expand_as(m), mask_id).cpu()
         total += float(ce.gather(1, perm[s:s + batch_size, None]).sum())
     return NLLResult(total, L, name)
+
+
+def estimate_nll(model, ids, estimator: str = DEFAULT_ESTIMATOR, num_draws: int = 64, *, seed: int = 0,
+                 batch_size: int = 16, mask_token_id: Optional[int] = None) -> NLLResult:
+    """One sequence by name: ``"k-dce"`` / ``"lambda-dce"`` (``num_draws`` Monte Carlo draws) or
+    ``"ar-forward"`` / ``"ar-backward"`` / ``"ar-random"`` (exact NLL of that order)."""
+    kw = dict(seed=seed, batch_size=batch_size, mask_token_id=mask_token_id)
+    if estimator == "k-dce":
+        return k_dce_nll(model, ids, num_draws, **kw)
+    if estimator == "lambda-dce":
+        return lambda_dce_nll(model, ids, num_draws, **kw)
+    if estimator in ("ar-forward", "ar-backward", "ar-random"):
+        return ar_nll(model, ids, estimator[3:], **kw)
+    raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}; got {estimator!r}")
+
+
+def block_seed(seed: int, block: int) -> int:
+    """The seed of block ``block`` of a text scored with ``seed``: ``seed + block``. Every block
+    gets its own draws, so the blocks' Monte Carlo errors are independent (one seed for all
+    blocks would draw the same λ / k and masks in each, and their errors would add coherently).
+    Runs at seeds s and s + 1 share the draws of shifted blocks: space seeds by at least the
+    number of blocks to compare independent runs."""
+    return int(seed) + int(block)
+
+
+def split_blocks(ids, length: int, drop_last: bool = False) -> list:
+    """Consecutive blocks of ``length`` ids; the last one shorter unless ``drop_last``."""
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+    ids = list(ids.tolist() if isinstance(ids, torch.Tensor) else ids)
+    stop = len(ids) - length + 1 if drop_last else len(ids)
+    return [ids[i:i + length] for i in range(0, max(stop, 0), length)]
+
+
+def blocked_nll(model, blocks: Sequence, estimator: str = DEFAULT_ESTIMATOR, num_draws: int = 64, *, seed: int = 0,
+                batch_size: int = 16, mask_token_id: Optional[int] = None) -> NLLResult:
+    """NLL of a text given as ``blocks`` (e.g. :func:`split_blocks` at the model's length), each
+    scored independently by :func:`estimate_nll` with seed :func:`block_seed` (seed, k). ``nll``
+    and ``num_tokens`` are the sums, ``stderr`` = sqrt(Σ_k stderr_k²) (independent blocks);
+    ``blocks`` holds the per-block results."""
+    if not len(blocks):
+        raise ValueError("the text is empty (no blocks)")
+    res = [estimate_nll(model, b, estimator, num_draws, seed=block_seed(seed, k), batch_size=batch_size,
+                        mask_token_id=mask_token_id) for k, b in enumerate(blocks)]
+    se = math.sqrt(sum(r.stderr ** 2 for r in res))
+    return NLLResult(sum(r.nll for r in res), sum(r.num_tokens for r in res), res[0].estimator, res[0].num_draws,
+                     se, blocks=res)

@@ -77,13 +77,21 @@ def snapshot_path(root=None) -> Path:
     return Path(root) / "corpus" / CORPUS_FILE
 
 
+REBUILD_CORPUS = 'python -c "from diffkit.text_corpus import write_snapshot; write_snapshot()"'
+
+
 @lru_cache(maxsize=2)
 def _load(path: str) -> str:
     p = Path(path)
     if not p.is_file():
-        raise CorpusError(f"corpus snapshot {p} not found; rebuild it with `python -c \"from diffkit.text_corpus "
-                          f"import write_snapshot; write_snapshot()\"` on CPython {CORPUS_PYTHON}")
-    text = lzma.decompress(p.read_bytes()).decode("utf-8")
+        raise CorpusError(f"corpus snapshot {p} not found; rebuild it with `{REBUILD_CORPUS}` on "
+                          f"CPython {CORPUS_PYTHON}")
+    try:
+        text = lzma.decompress(p.read_bytes()).decode("utf-8")
+    except (lzma.LZMAError, EOFError, UnicodeDecodeError) as e:  # truncated / not xz / not UTF-8 text
+        raise CorpusError(f"corpus snapshot {p} is corrupted (not a complete xz file of UTF-8 text; "
+                          f"{type(e).__name__}: {e}); rebuild it with `{REBUILD_CORPUS}` on "
+                          f"CPython {CORPUS_PYTHON}") from e
     if _sha(text) != CORPUS_SHA256:
         raise CorpusError(f"corpus snapshot {p} has sha256 {_sha(text)}, expected {CORPUS_SHA256} "
                           f"(CPython {CORPUS_PYTHON} pydoc_data.topics); the file is corrupted or from another release")

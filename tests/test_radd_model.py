@@ -6,13 +6,15 @@ import itertools
 import json
 import math
 import os
+import re
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from diffkit.likelihood import ar_nll, k_dce_nll, lambda_dce_nll, token_nll
+from diffkit.likelihood import ar_nll, blocked_nll, k_dce_nll, lambda_dce_nll, token_nll
 from diffkit.models.radd import CheckpointError, RADDTransformer, load_official_checkpoint, tiny_radd_transformer
 from diffkit.models.tokenizers import ByteTokenizer, CharTokenizer, gpt2_tokenizer, load_tokenizer, save_tokenizer
 
@@ -65,7 +67,7 @@ def reference_forward(state, ids):
     x = state["vocab_embed.embedding"][ids]
     B, L, _ = x.shape
     d = H // HEADS
-    inv = 1.0 / 10000 ** (torch.arange(0, d, 2).float() / d)
+    inv = state.get("rotary_emb.inv_freq", 1.0 / 10000 ** (torch.arange(0, d, 2).float() / d))  # the official buffer
     ang = torch.outer(torch.arange(L).float(), inv)
     cos, sin = torch.cat([ang, ang], -1).cos(), torch.cat([ang, ang], -1).sin()
 
@@ -142,6 +144,52 @@ def test_inv_freq_is_the_only_tolerated_key(tmp_path):
     assert "unexpected keys (1): blocks.0.adaLN_modulation.weight" in msg and "SEDD/MDLM" in msg
 
 
+def test_stored_inv_freq_is_used_and_a_nonstandard_one_warns(tmp_path):
+    """The official module keeps rotary_emb.inv_freq as a state-dict buffer, so its output uses the
+    stored value: so does diffkit's, warning with the largest difference when it is not base 10000."""
+    state = official_state()
+    d = H // HEADS
+    state["rotary_emb.inv_freq"] = 1.0 / 5000 ** (torch.arange(0, d, 2).float() / d)  # another RoPE base
+    with pytest.warns(UserWarning, match=r"model.safetensors: the stored rotary_emb.inv_freq is not the standard "
+                                         r"RoPE frequencies \(base 10000\): largest difference 0.0\d+ at index"):
+        m = load_official_checkpoint(write_official(tmp_path / "base5000", state))
+    ids = torch.randint(0, V + 1, (2, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(m(ids)[..., :V], reference_forward(state, ids), atol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the standard value: no warning
+        load_official_checkpoint(write_official(tmp_path / "std", official_state()))
+    state["rotary_emb.inv_freq"] = state["rotary_emb.inv_freq"][:-1]
+    with pytest.raises(CheckpointError, match=r"rotary_emb.inv_freq has shape \(7,\), the architecture needs \(8,\)"):
+        load_official_checkpoint(write_official(tmp_path / "short", state))
+
+
+def test_damaged_weights_file_is_named(tmp_path):
+    """A truncated or garbage model.safetensors: a CheckpointError naming the file, not a bare
+    SafetensorError; in a shipped asset's folder (here a copy named text-radd, diffkit's format)
+    the error also gives the rebuild command."""
+    from diffkit.cli import main
+    from diffkit.pipelines.discrete import DiscreteDiffusionPipeline, load_text_pipeline
+
+    folder = write_official(tmp_path / "official", official_state())
+    f = folder / "model.safetensors"
+    data = f.read_bytes()
+    for bad in (data[:len(data) // 2], b"version https://git-lfs.github.com/spec/v1\n"):
+        f.write_bytes(bad)
+        with pytest.raises(CheckpointError, match=f"{re.escape(str(f))} is damaged or not a safetensors file"):
+            load_official_checkpoint(folder)
+    asset = tmp_path / "text-radd"
+    DiscreteDiffusionPipeline.from_model(tiny_radd_transformer(vocab_size=4, length=8),
+                                         CharTokenizer("abcd")).save_pretrained(asset)
+    w = asset / "transformer" / "diffusion_pytorch_model.safetensors"
+    w.write_bytes(w.read_bytes()[:100])
+    rebuild = "rebuild the character-level RADD text model with `diffkit text train --output assets/text-radd`"
+    with pytest.raises(CheckpointError, match=re.escape(rebuild)) as e:
+        load_text_pipeline(asset)
+    assert str(w) in str(e.value)
+    assert main(["text", "nll", "--model", str(asset), "--text", "abc"]) == 1  # a clean CLI error
+
+
 def test_wrong_vocabulary_size(tmp_path):
     folder = write_official(tmp_path / "v", official_state(vocab=V + 7))  # weights for 47 tokens, config says 40
     with pytest.raises(CheckpointError) as e:
@@ -173,7 +221,13 @@ def test_tokenizers(tmp_path):
     assert b.decode(b.encode("héllo ✓")) == "héllo ✓" and b.vocab_size == 256 and b.mask_token_id == 256
     assert b.decode([104, 256, 105]) == "h\ufffdi"
     c = CharTokenizer("abc ", unk=" ")
-    assert c.encode("ab?c") == [0, 1, 3, 2] and c.decode([2, 1, 0, 4]) == "cba\ufffd"
+    assert c.decode([2, 1, 0, 4]) == "cba\ufffd"
+    with pytest.warns(UserWarning, match=r"3 of 6 character\(s\) are not in the tokenizer's alphabet and were "
+                                         r"replaced by ' ' .*: '\?€'"):
+        assert c.encode("ab?c€?") == [0, 1, 3, 2, 3, 3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert c.encode("ab c") == [0, 1, 3, 2]
     save_tokenizer(c, tmp_path)
     assert load_tokenizer(tmp_path).alphabet == "abc "
     with pytest.raises(ValueError, match="tokenizer has 4 tokens but the model has vocab_size 5"):
@@ -225,6 +279,12 @@ def test_lambda_dce_expectation_equals_any_order_ar_average(small):
 def test_likelihood_errors(small):
     with pytest.raises(ValueError, match="ids must be real tokens"):
         lambda_dce_nll(small, [1, small.mask_token_id])
+    with pytest.raises(ValueError, match="estimator must be one of k-dce, lambda-dce, ar-forward"):
+        blocked_nll(small, [[1, 2]], "t-dce")
+    for fn in (lambda_dce_nll, k_dce_nll, ar_nll):  # ids >= V (here 6) used to raise a bare IndexError
+        with pytest.raises(ValueError, match=r"ids must be real tokens \(0..5, not the mask id 6\); 2 position\(s\) "
+                                             r"are not: \[7, 9\]"):
+            fn(small, [1, 7, 2, 9])
     with pytest.raises(ValueError, match="order must be a permutation of 0..2"):
         ar_nll(small, [1, 2, 3], [0, 0, 1])
     with pytest.raises(ValueError, match="num_draws must be >= 1"):

@@ -1,10 +1,16 @@
 """DiscreteDiffusionPipeline: the per-row cache, NFE accounting and law, prompts/infill, any-order
 AR, the no-mask property, errors, save/load, the CLI and the example."""
 
+import io
 import itertools
+import json
+import math
 import os
+import re
+import statistics
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -227,7 +233,7 @@ def test_cli_text_sample_and_nll(tmp_path, capsys):
     cap = capsys.readouterr()
     assert "--- sample 1 ---" in cap.out and "NFE" in cap.err and out.read_text().startswith("Hi")
     assert main(["text", "nll", "--model", "tiny", "--text", "hello", "--draws", "8"]) == 0
-    assert "lambda-dce: NLL" in capsys.readouterr().out
+    assert "k-dce: NLL" in capsys.readouterr().out  # the default estimator
     assert main(["text", "nll", "--model", "tiny", "--text", "hello", "--estimator", "ar-forward"]) == 0
     assert "ar-forward: NLL" in capsys.readouterr().out
     assert main(["text", "sample", "--model", str(tmp_path / "none")]) == 1
@@ -265,3 +271,119 @@ def test_cli_text_sample_rejects_a_bad_batch_size(capsys, value):
         main(["text", "sample", "--model", "tiny", "--steps", "2", "--n", "2", "--batch-size", value])
     assert e.value.code == 2
     assert f"argument --batch-size: must be an integer >= 1, got {value!r}" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ text nll: blocks, seeds, error bar
+def _cli_nll(capsys, *args):
+    rc = main(["text", "nll", "--model", "tiny", *args])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    m = re.match(r"(\S+): NLL ([0-9.]+) ± ([0-9.]+) nats over (\d+) tokens", out)
+    assert m, out
+    return m.group(1), float(m.group(2)), float(m.group(3)), out
+
+
+def test_cli_text_nll_scores_block_k_with_seed_plus_k(capsys):
+    """Block k of the text gets seed --seed + k (likelihood.block_seed): a 2-block text's printed
+    NLL is the sum of the single-block results at seeds s and s + 1, its ± their quadrature sum.
+    (One seed for every block drew the same λ / k and masks in each block.)"""
+    from diffkit.likelihood import k_dce_nll, lambda_dce_nll
+    from diffkit.pipelines.discrete import load_text_pipeline
+
+    tiny = load_text_pipeline("tiny")
+    L = int(tiny.transformer.config.length)
+    text = ("masked diffusion models " * 8)[:2 * L - 7]  # two blocks, the second shorter
+    ids = tiny.tokenizer.encode(text)
+    for name, fn in (("k-dce", k_dce_nll), ("lambda-dce", lambda_dce_nll)):
+        a = fn(tiny.transformer, ids[:L], 8, seed=7, batch_size=16)
+        b = fn(tiny.transformer, ids[L:], 8, seed=8, batch_size=16)
+        got = _cli_nll(capsys, "--text", text, "--estimator", name, "--draws", "8", "--seed", "7")
+        assert got[3].startswith(f"{name}: NLL {a.nll + b.nll:.3f} ± {math.hypot(a.stderr, b.stderr):.3f} nats"), got
+        assert "(2 block(s) of <= 64, 8 draws per block)" in got[3]
+
+
+def test_cli_text_nll_error_bar_is_honest_over_seeds(capsys):
+    """k-DCE over 32 seeds (spaced by more than the 12 blocks, so no two runs share a block's draws):
+    the printed ± (root mean square over the runs) is within [0.7, 3] x the seed-to-seed standard
+    deviation of the printed NLL -- conservative is acceptable, optimistic is not. The text repeats
+    one 64-character line (the tiny model's length), the case where a shared seed makes the 12
+    blocks' errors fully coherent (the standard deviation sqrt(12) x the printed ±)."""
+    line = "the quick brown fox jumps over the lazy dog; pack my box with 6\n"
+    assert len(line) == 64
+    text = line * 12
+    nll, se = [], []
+    for j in range(32):
+        _, v, s, _ = _cli_nll(capsys, "--text", text, "--estimator", "k-dce", "--draws", "8", "--seed", str(100 * j))
+        nll.append(v)
+        se.append(s)
+    sd = statistics.stdev(nll)
+    rms = math.sqrt(statistics.fmean(s * s for s in se))
+    assert 0.7 * sd <= rms <= 3 * sd, (rms, sd)
+
+
+def test_cli_text_nll_defaults_to_k_dce_and_prints_bits_per_char(capsys):
+    text = "hello, world"
+    name, nll, _, out = _cli_nll(capsys, "--text", text, "--draws", "8")
+    assert name == "k-dce"
+    m = re.search(r"; ([0-9.]+) ± ([0-9.]+) bits/char over 12 characters", out)
+    assert m and float(m.group(1)) == pytest.approx(nll / len(text) / math.log(2), abs=2e-4), out
+
+
+# ------------------------------------------------------------------ silent coercions, damaged files, progress
+def test_tokenizer_must_match_the_model_vocabulary(model):
+    """A 10-character tokenizer on a 24-token model used to decode sampled ids >= 10 to U+FFFD."""
+    msg = r"tokenizer has 10 tokens but the model has vocab_size 24"
+    with pytest.raises(ValueError, match=msg):
+        DiscreteDiffusionPipeline.from_model(model, CharTokenizer("abcdefghij"))
+    with pytest.raises(ValueError, match=msg):
+        DiscreteDiffusionPipeline(model, RADDScheduler(mask_token_id=V), CharTokenizer("abcdefghij"))
+
+
+def test_seq_len_beyond_the_trained_length_warns(pipe):
+    with pytest.warns(UserWarning, match=r"sequence length 40 exceeds the model's trained length 32 "
+                                         r"\(config.length\): 8 position\(s\) per row"):
+        out = pipe(batch_size=1, seq_len=40, num_inference_steps=4, seed=0)
+    assert out.sequences.shape == (1, 40)
+    with pytest.warns(UserWarning, match="sequence length 36 exceeds"):
+        pipe(input_ids=torch.full((1, 36), V), num_inference_steps=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipe(batch_size=1, seq_len=32, num_inference_steps=4)
+
+
+def test_shortened_tokenizer_alphabet_is_refused(pipe, tmp_path):
+    """An edited tokenizer file (3 characters dropped) used to load silently and shift every id."""
+    from diffkit.assets import AssetError
+    from diffkit.pipelines import load_pipeline
+    from diffkit.pipelines.discrete import load_text_pipeline
+
+    folder = tmp_path / "text-radd"  # named like the shipped asset: the error gives its rebuild command
+    pipe.save_pretrained(folder)
+    f = folder / "tokenizer" / "diffkit_tokenizer.json"
+    d = json.loads(f.read_text())
+    d["alphabet"] = d["alphabet"][:-3]
+    f.write_text(json.dumps(d))
+    with pytest.raises(ValueError) as e:
+        load_text_pipeline(folder)
+    msg = str(e.value)
+    assert str(f) in msg and "tokenizer has 21 tokens but the model has vocab_size 24" in msg
+    assert "rebuild the character-level RADD text model with `diffkit text train --output assets/text-radd`" in msg
+    with pytest.raises(AssetError, match="tokenizer has 21 tokens"):
+        load_pipeline(folder)
+
+
+class _TTY(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("stream,flag,shown", [(_TTY, [], True), (_TTY, ["--no-progress"], False),
+                                                (io.StringIO, [], False)])
+def test_cli_text_sample_progress_bar(monkeypatch, stream, flag, shown):
+    """A tqdm bar on stderr over each batch's steps, off with --no-progress or when stderr is not a TTY."""
+    err = stream()
+    monkeypatch.setattr(sys, "stderr", err)
+    assert main(["text", "sample", "--model", "tiny", "--steps", "8", "--n", "3", "--batch-size", "2",
+                 "--length", "16", *flag]) == 0
+    assert ("samples 1-2 of 3:" in err.getvalue() and "sample 3 of 3:" in err.getvalue()) == shown, err.getvalue()
+    assert "3 samples, 8 steps" in err.getvalue()

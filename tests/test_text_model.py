@@ -52,6 +52,12 @@ def test_corpus_mismatch_is_refused(tmp_path):
         tc.corpus_text(bad)
     with pytest.raises(tc.CorpusError, match="not found"):
         tc.corpus_text(tmp_path / "missing.xz")
+    # a truncated or garbage file is refused the same way (it used to raise a raw LZMAError)
+    for name, data in (("truncated.xz", lzma.compress(b"x" * 100000)[:40]), ("garbage.xz", b"not xz at all")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(tc.CorpusError, match=f"corpus snapshot {re.escape(str(tmp_path / name))} is corrupted "
+                                                 r".*LZMAError.*rebuild it with `python -c"):
+            tc.corpus_text(tmp_path / name)
     with pytest.raises(tc.CorpusError, match="cannot be rebuilt"):
         tc.write_snapshot(tmp_path, text="other topics")
     assert not (tmp_path / "corpus" / "SOURCE.md").exists()
@@ -100,9 +106,28 @@ def test_shipped_model_meets_the_heldout_bound_goal(shipped):
     # 24 of the 192 held-out blocks, 4 λ draws each (the card uses all blocks, 16 draws):
     # the λ-DCE bound is below the issue's 3.0 bits/char goal, far below the unigram
     # entropy (4.71) and the train-split bigram model (3.63).
-    r = heldout_nll_bound(shipped.transformer, shipped.tokenizer, draws=4, max_blocks=24)
+    r = heldout_nll_bound(shipped.transformer, shipped.tokenizer, draws=4, max_blocks=24, estimator="lambda-dce")
     assert r["blocks"] == 24 and r["chars"] == 24 * int(shipped.transformer.config.length)
     assert r["bits_per_char"] + 3 * r["stderr_bits"] < 3.0, r
+
+
+def test_card_bound_and_cli_share_the_block_seeding_rule(shipped, tmp_path, capsys):
+    """`diffkit text nll` on the first two held-out blocks prints the card estimator's NLL for
+    them: both score block k with seed --seed + k (likelihood.blocked_nll)."""
+    from diffkit.cli import main
+    from diffkit.text_train import heldout_nll_bound
+
+    L = int(shipped.transformer.config.length)
+    f = tmp_path / "held.txt"
+    f.write_text(tc.corpus_split("heldout")[:2 * L])
+    for est in ("lambda-dce", "k-dce"):
+        r = heldout_nll_bound(shipped.transformer, shipped.tokenizer, draws=2, max_blocks=2, seed=3, estimator=est)
+        assert main(["text", "nll", "--model", str(ASSET), "--file", str(f), "--estimator", est, "--draws", "2",
+                     "--seed", "3", "--batch-size", "64"]) == 0
+        m = re.search(r": NLL ([0-9.]+) ± [0-9.]+ nats over 256 tokens .*; ([0-9.]+) ± [0-9.]+ bits/char",
+                      capsys.readouterr().out)
+        assert m and float(m.group(2)) == pytest.approx(r["bits_per_char"], abs=1e-4)
+        assert float(m.group(1)) == pytest.approx(r["bits_per_char"] * 2 * L * math.log(2), abs=1e-3)
 
 
 def test_text_cli_sample_offline():
@@ -129,6 +154,10 @@ def test_text_cli_nll(tmp_path):
     with contextlib.redirect_stderr(io.StringIO()) as err:
         assert main(["text", "nll", "--model", str(tmp_path / "nope"), "--text", "x"]) == 1
     assert "not found" in err.getvalue()
+    # characters outside the alphabet are scored as its unk character (a space): said, with their count
+    with pytest.warns(UserWarning, match=r"2 of 5 character\(s\) are not in the tokenizer's alphabet and were "
+                                         r"replaced by ' '"), contextlib.redirect_stdout(io.StringIO()):
+        assert main(["text", "nll", "--model", str(ASSET), "--text", "a€b€c", "--draws", "2"]) == 0
 
 
 # ------------------------------------------------------------------ λ-DCE training

@@ -40,16 +40,21 @@ def add_arguments(p):
     s.add_argument("--batch-size", type=_positive_int, default=None,
                    help="rows per sampling batch, >= 1 (default: all); the samples do not depend on it")
     s.add_argument("--output", default=None, help="also write the samples to this text file")
+    s.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (it goes to stderr, over the sampling steps of each batch of rows, "
+                        "and is off anyway when stderr is not a terminal)")
 
     n = sub.add_parser("nll", help="NLL of a text: λ-DCE / k-DCE bound or exact fixed-order AR NLL")
     _model_args(n)
     src = n.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", default=None)
     src.add_argument("--file", default=None, help="read the text from this file")
-    n.add_argument("--estimator", default="lambda-dce",
-                   choices=["lambda-dce", "k-dce", "ar-forward", "ar-backward", "ar-random"])
-    n.add_argument("--draws", type=int, default=64, help="Monte Carlo draws (bounds)")
-    n.add_argument("--batch-size", type=int, default=16)
+    n.add_argument("--estimator", default="k-dce", choices=["k-dce", "lambda-dce", "ar-forward", "ar-backward",
+                                                             "ar-random"],
+                   help="k-dce (default: the bound with a finite-variance, honest error bar), lambda-dce (the "
+                        "same bound, infinite variance: its ± is unreliable), or the exact NLL of one AR order")
+    n.add_argument("--draws", type=_positive_int, default=64, help="Monte Carlo draws per block (bounds)")
+    n.add_argument("--batch-size", type=_positive_int, default=16)
 
     t = sub.add_parser("train", help="train the character-level RADD model with λ-DCE (rebuilds assets/text-radd)")
     add_training_arguments(t, output="assets/text-radd", what="pipeline folder", max_steps=20000, batch_size=32,
@@ -118,13 +123,18 @@ def _sample(args):
 
     pipe = _pipeline(args, final=args.final, precision=args.precision, method=args.method)
     bs = args.n if args.batch_size is None else args.batch_size
+    progress = not args.no_progress and sys.stderr.isatty()
     texts, seqs, nfe, changes, t0 = [], [], [], [], time.perf_counter()
     for start in range(0, args.n, bs):  # rows keyed by their global index: any --batch-size, same samples
         b = min(bs, args.n - start)
+        if progress:  # one bar per batch of rows, over the steps it visits
+            pipe.set_progress_bar_config(file=sys.stderr, leave=False, dynamic_ncols=True,
+                                         desc=f"samples {start + 1}-{start + b} of {args.n}" if b > 1
+                                         else f"sample {start + 1} of {args.n}")
         out = pipe(batch_size=b, seq_len=args.length, num_inference_steps=args.steps, prompt=args.prompt,
                    suffix=args.suffix, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                    order=args.order, use_cache=not args.no_cache, seed=args.seed,
-                   row_indices=range(start, start + b))
+                   row_indices=range(start, start + b), progress=progress)
         seqs += out.sequences.tolist()
         texts += out.texts or [" ".join(map(str, r)) for r in out.sequences.tolist()]
         nfe += out.nfe_per_sample.tolist()
@@ -148,7 +158,9 @@ def _sample(args):
 
 
 def _nll(args):
-    from diffkit.likelihood import ar_nll, k_dce_nll, lambda_dce_nll
+    import math
+
+    from diffkit.likelihood import blocked_nll, split_blocks
 
     pipe = _pipeline(args)
     if pipe.tokenizer is None:
@@ -158,24 +170,15 @@ def _nll(args):
     if not ids:
         raise ValueError("the text is empty")
     L = int(pipe.transformer.config.length)
-    model = pipe.transformer
-    blocks = [ids[i:i + L] for i in range(0, len(ids), L)]  # the model's length per block
-    results = []
-    for blk in blocks:
-        if args.estimator == "lambda-dce":
-            r = lambda_dce_nll(model, blk, args.draws, seed=args.seed, batch_size=args.batch_size)
-        elif args.estimator == "k-dce":
-            r = k_dce_nll(model, blk, args.draws, seed=args.seed, batch_size=args.batch_size)
-        else:
-            r = ar_nll(model, blk, args.estimator[3:], seed=args.seed, batch_size=args.batch_size)
-        results.append(r)
-    total = sum(r.nll for r in results)
-    se = sum(r.stderr ** 2 for r in results) ** 0.5
-    import math
-
-    print(f"{args.estimator}: NLL {total:.3f}{f' ± {se:.3f}' if se else ''} nats over {len(ids)} tokens "
-          f"({len(blocks)} block(s) of <= {L}) = {total / len(ids):.4f} nats/token, "
-          f"PPL {math.exp(total / len(ids)):.3f}")
+    blocks = split_blocks(ids, L)  # the model's length per block; block k scored with seed --seed + k
+    r = blocked_nll(pipe.transformer, blocks, args.estimator, args.draws, seed=args.seed, batch_size=args.batch_size)
+    se = f" ± {r.stderr:.3f}" if r.stderr or math.isnan(r.stderr) else ""
+    bits = r.nll / len(text) / math.log(2)
+    bits_se = f" ± {r.stderr / len(text) / math.log(2):.4f}" if se else ""
+    draws = f", {args.draws} draws per block" if args.estimator in ("k-dce", "lambda-dce") else ""
+    print(f"{args.estimator}: NLL {r.nll:.3f}{se} nats over {len(ids)} tokens ({len(blocks)} block(s) of <= {L}"
+          f"{draws}) = {r.nll / len(ids):.4f} nats/token, PPL {math.exp(r.nll / len(ids)):.3f}; "
+          f"{bits:.4f}{bits_se} bits/char over {len(text)} characters")
 
 
 def _train(args):

@@ -11,7 +11,9 @@ Two on-disk formats load into the same module (parameter names are the official 
 * the **official RADD checkpoint** (hub repos ``JingyangOu/radd-*``): ``config.json`` holding the
   nested hydra config (``tokens``, ``model.{hidden_size,n_heads,n_blocks,dropout,dtype,length}``,
   ``noise``) and ``model.safetensors``. Loaded with strict key and shape checking; the only
-  tolerated extra key is the RoPE buffer ``rotary_emb.inv_freq`` (recomputed here).
+  tolerated extra key is the RoPE buffer ``rotary_emb.inv_freq``, used as stored (as the official
+  module does), with a warning naming the largest difference if it is not the standard
+  base-10000 frequencies.
 * diffkit's own diffusers-style format (``save_pretrained`` / ``from_pretrained``; flat
   config with ``_class_name``), written atomically.
 
@@ -25,6 +27,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -32,6 +35,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
+from safetensors import SafetensorError
+
+from ..assets import rebuild_hint
 
 __all__ = ["RADDTransformer", "load_official_checkpoint", "save_official_checkpoint", "is_official_checkpoint",
            "tiny_radd_transformer", "CheckpointError", "OFFICIAL_TOLERATED_KEYS"]
@@ -73,8 +79,9 @@ class LayerNormWithBias(nn.Module):
 
 
 class Rotary(nn.Module):
-    """NeoX rotate-half RoPE over the full head dim, base 10000. ``inv_freq`` is recomputed, not
-    stored (the official checkpoint may carry it; the loader tolerates that key only)."""
+    """NeoX rotate-half RoPE over the full head dim, base 10000. ``inv_freq`` is not part of the
+    state dict (diffkit's format recomputes it); an official checkpoint that carries it has it
+    loaded as stored (:func:`load_official_checkpoint`)."""
 
     def __init__(self, head_dim: int, base: float = 10000.0):
         super().__init__()
@@ -190,7 +197,12 @@ class RADDTransformer(ModelMixin, ConfigMixin):
         """Load diffkit's format, or the official RADD checkpoint format (detected from config.json)."""
         if is_official_checkpoint(pretrained_model_name_or_path):
             return load_official_checkpoint(pretrained_model_name_or_path, **kwargs)
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except (OSError, SafetensorError) as e:  # diffusers reports a damaged weights file as a bare OSError
+            folder = Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")
+            raise CheckpointError(f"the RADDTransformer in {folder} could not be loaded (damaged or missing "
+                                  f"files; {type(e).__name__}: {e}){rebuild_hint(folder)}") from e
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """diffusers' ``save_pretrained``, written to a temporary folder and moved into place."""
@@ -240,6 +252,40 @@ def is_official_checkpoint(path) -> bool:
     return isinstance(data, dict) and "tokens" in data and isinstance(data.get("model"), dict)
 
 
+def _read_safetensors(file: Path) -> dict:
+    """``safetensors.torch.load_file`` with a damaged file reported as a CheckpointError naming it."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{file} is damaged or not a safetensors file (truncated download? a git-lfs "
+                              f"pointer?): {type(e).__name__}: {e}{rebuild_hint(file.parent)}") from e
+
+
+def _use_stored_inv_freq(model: "RADDTransformer", stored: torch.Tensor, file: Path) -> None:
+    """Load a checkpoint's ``rotary_emb.inv_freq`` as the official module does (a buffer of its
+    state dict), warning when it is not the standard frequencies diffkit computes."""
+    rot = model.rotary_emb
+    if tuple(stored.shape) != tuple(rot.inv_freq.shape):
+        raise CheckpointError(f"{file}: rotary_emb.inv_freq has shape {tuple(stored.shape)}, the architecture "
+                              f"needs {tuple(rot.inv_freq.shape)} (head dim / 2)")
+    stored = stored.to(rot.inv_freq.dtype)
+    diff = (stored - rot.inv_freq).abs()
+    rel = diff / rot.inv_freq.abs()
+    if float(rel.max()) > 1e-6:  # more than float32 rounding
+        i = int(diff.argmax())
+        warnings.warn(f"{file}: the stored rotary_emb.inv_freq is not the standard RoPE frequencies (base 10000): "
+                      f"largest difference {float(diff[i]):.3g} at index {i} (stored {float(stored[i]):.6g}, "
+                      f"standard {float(rot.inv_freq[i]):.6g}; largest relative difference {float(rel.max()):.3g}); "
+                      "using the stored value, as the official model does (diffkit's own format recomputes "
+                      "it: keep the official format, save_official_checkpoint, to keep it)", UserWarning,
+                      stacklevel=3)
+    with torch.no_grad():
+        rot.inv_freq.copy_(stored)
+    rot._cache = None
+
+
 def _official_kwargs(cfg: dict) -> dict:
     m = cfg["model"]
     missing = [k for k in ("hidden_size", "n_heads", "n_blocks") if k not in m]
@@ -284,8 +330,6 @@ def load_official_checkpoint(path, *, vocab_size: int | None = None, device=None
 
     ``vocab_size``: if given (e.g. the tokenizer's), must equal the checkpoint's ``tokens``.
     Unlike the official loader no exception is swallowed (spec §7.11)."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not is_official_checkpoint(path):
         raise CheckpointError(f"{path} is not an official RADD checkpoint "
@@ -299,11 +343,14 @@ def load_official_checkpoint(path, *, vocab_size: int | None = None, device=None
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found (the official format stores the weights in model.safetensors)")
     model = RADDTransformer(**kwargs)
-    state = load_file(str(weights))
+    state = _read_safetensors(weights)
     check_state_dict(model, state)
+    inv_freq = state.pop("rotary_emb.inv_freq", None)
     for k in OFFICIAL_TOLERATED_KEYS:
         state.pop(k, None)
     model.load_state_dict(state, strict=True)
+    if inv_freq is not None:
+        _use_stored_inv_freq(model, inv_freq, weights)
     model = model.eval()
     if device is not None or torch_dtype is not None:
         model = model.to(device=device, dtype=torch_dtype)

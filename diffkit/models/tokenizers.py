@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -49,7 +50,8 @@ class ByteTokenizer:
 
 class CharTokenizer:
     """One id per character of ``alphabet`` (V = len(alphabet)). Characters outside it map to
-    ``unk`` if given (a character of the alphabet), else raise."""
+    ``unk`` if given (a character of the alphabet), with a warning naming how many were replaced,
+    else raise."""
 
     kind = "char"
 
@@ -70,14 +72,20 @@ class CharTokenizer:
         return self.vocab_size
 
     def encode(self, text: str) -> list[int]:
-        out = []
+        out, unknown = [], []
         for c in text:
             i = self._index.get(c)
             if i is None:
                 if self.unk is None:
                     raise ValueError(f"character {c!r} is not in the tokenizer's alphabet (and no unk is set)")
                 i = self._index[self.unk]
+                unknown.append(c)
             out.append(i)
+        if unknown:
+            kinds = "".join(dict.fromkeys(unknown))
+            warnings.warn(f"{len(unknown)} of {len(text)} character(s) are not in the tokenizer's alphabet and were "
+                          f"replaced by {self.unk!r} (the model sees and scores that character instead): "
+                          f"{kinds[:20]!r}{'...' if len(kinds) > 20 else ''}", UserWarning, stacklevel=2)
         return out
 
     def decode(self, ids: Iterable[int]) -> str:

@@ -22,6 +22,7 @@ paper's eq. D.17, whose mean follows n (1 - (1 - 1/n)^l) for any model).
 from __future__ import annotations
 
 import operator
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -30,6 +31,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from ..assets import rebuild_hint
 from ..seeding import sample_generator
 
 __all__ = ["DiscreteDiffusionPipeline", "TextDiffusionOutput", "load_text_pipeline"]
@@ -124,6 +126,7 @@ class DiscreteDiffusionPipeline(DiffusionPipeline):
     def __init__(self, transformer, scheduler, tokenizer=None):
         super().__init__()
         self.register_modules(transformer=transformer, scheduler=scheduler)
+        _check_tokenizer(tokenizer, self.vocab_size)
         self.tokenizer = tokenizer
 
     @classmethod
@@ -154,9 +157,15 @@ class DiscreteDiffusionPipeline(DiffusionPipeline):
         pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         tok_dir = Path(pretrained_model_name_or_path) / "tokenizer"
         if tokenizer is None and tok_dir.is_dir():
-            from ..models.tokenizers import load_tokenizer
+            from ..models.tokenizers import TOKENIZER_FILE, load_tokenizer
 
-            tokenizer = load_tokenizer(tok_dir)
+            try:
+                tokenizer = load_tokenizer(tok_dir, pipe.vocab_size)
+            except (ValueError, KeyError, OSError) as e:  # a damaged or edited tokenizer file
+                raise ValueError(f"{tok_dir / TOKENIZER_FILE} does not belong to the model in "
+                                 f"{pretrained_model_name_or_path} ({type(e).__name__}: {e})"
+                                 f"{rebuild_hint(pretrained_model_name_or_path)}") from e
+        _check_tokenizer(tokenizer, pipe.vocab_size)
         pipe.tokenizer = tokenizer
         return pipe
 
@@ -292,9 +301,10 @@ class DiscreteDiffusionPipeline(DiffusionPipeline):
         if sched.config.mask_token_id != mask_id:
             raise ValueError(f"scheduler mask_token_id {sched.config.mask_token_id} != model mask id {mask_id}; "
                              "build the pipeline with DiscreteDiffusionPipeline.from_model(model)")
+        cfg = getattr(self.transformer, "config", None)
+        trained = int(cfg.length) if cfg is not None and "length" in cfg else None  # the model's length
         if seq_len is None:
-            cfg = getattr(self.transformer, "config", None)
-            seq_len = int(cfg.length) if cfg is not None and "length" in cfg else None
+            seq_len = trained
             if seq_len is None and input_ids is None:
                 raise ValueError("seq_len is required for a model without config.length")
         if seq_len is not None and seq_len < 1:
@@ -303,6 +313,10 @@ class DiscreteDiffusionPipeline(DiffusionPipeline):
         device = self._device()
         x = self._initial_state(batch_size, seq_len, prompt, suffix, input_ids)
         B, L = x.shape
+        if trained is not None and L > trained:
+            warnings.warn(f"sequence length {L} exceeds the model's trained length {trained} (config.length): "
+                          f"{L - trained} position(s) per row lie beyond it, where the samples are out of "
+                          "distribution", UserWarning, stacklevel=2)
         gens = generator if generator is not None else _row_generators(seed, row_indices, B)
         if isinstance(gens, (list, tuple)) and len(gens) != B:
             raise ValueError(f"generator list must have one generator per row ({B}), got {len(gens)}")
@@ -365,6 +379,15 @@ class DiscreteDiffusionPipeline(DiffusionPipeline):
                                   num_generated=num_generated, forward_calls=calls,
                                   num_steps=sched.num_inference_steps)
         return out if return_dict else (x, texts)
+
+
+def _check_tokenizer(tokenizer, vocab_size: int) -> None:
+    """A tokenizer must have exactly the model's V real tokens: with fewer, sampled ids >= its size
+    decode to U+FFFD; with more, encoded text holds ids the model does not know."""
+    n = getattr(tokenizer, "vocab_size", None)
+    if tokenizer is not None and n is not None and int(n) != int(vocab_size):
+        raise ValueError(f"tokenizer has {n} tokens but the model has vocab_size {vocab_size} (real tokens, mask id "
+                         f"{vocab_size}); pass the model's own tokenizer")
 
 
 def _default_tokenizer(folder: Optional[Path], vocab_size: int):

@@ -8,10 +8,12 @@ Each method's issue adds its line to ``_BUILTIN`` below.
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["SamplerEntry", "register_sampler", "get_sampler", "available_samplers", "make_scheduler"]
+__all__ = ["SamplerEntry", "register_sampler", "get_sampler", "available_samplers", "make_scheduler",
+           "pipeline_with_sampler"]
 
 
 @dataclass(frozen=True)
@@ -76,3 +78,20 @@ def make_scheduler(name: str, base_config, **overrides):
     cls = entry.load()
     cfg = base_config.config if hasattr(base_config, "config") else base_config
     return cls.from_config(cfg, **{**entry.defaults, **overrides})
+
+
+def pipeline_with_sampler(pipe, name: str, **overrides):
+    """A new pipeline of ``pipe``'s class driven by the registered scheduler ``name``: the same
+    modules and the same registered config (e.g. ``OneStepPipeline``'s ``generator_timestep``,
+    SD's ``requires_safety_checker``), so only the scheduler differs; ``pipe`` keeps its own.
+
+    ``type(pipe)(**pipe.components)`` alone would reset every config value to the class default.
+    """
+    components = dict(pipe.components)
+    params = inspect.signature(type(pipe).__init__).parameters
+    config = {k: pipe.config[k] for k in params if k != "self" and k not in components and k in pipe.config}
+    scheduler = make_scheduler(name, pipe.scheduler.config, **overrides)
+    new = type(pipe)(**{**components, **config, "scheduler": scheduler})
+    if pipe.config.get("_name_or_path"):
+        new.register_to_config(_name_or_path=pipe.config["_name_or_path"])
+    return new

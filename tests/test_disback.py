@@ -260,9 +260,10 @@ def test_export_loads_as_one_step_pipeline_and_samples_with_one_evaluation(teach
     with pytest.raises(ValueError, match="accepted labels are 0..9"):
         pipe(class_labels=[10])
     png = tmp_path / "s.png"
-    assert main(["sample", "--model", str(tmp_path / "gen"), "--sampler", "euler", "--steps", "20", "--n", "10",
-                 "--output", str(png)]) == 0
+    assert main(["sample", "--model", str(tmp_path / "gen"), "--steps", "20", "--n", "10", "--output", str(png)]) == 0
     assert png.exists() and "NFE 1" in capsys.readouterr().out
+    assert main(["sample", "--model", str(tmp_path / "gen"), "--sampler", "euler", "--output", str(png)]) == 1
+    assert "gen is a one-step generator (OneStepPipeline)" in capsys.readouterr().err
     facts = json.loads((tmp_path / "gen" / "distill.json").read_text())
     assert facts["generator_steps"] == 1 and facts["config"]["mode"] == "vanilla"
     assert (tmp_path / "run" / "samples" / "step-0000001.png").exists()

@@ -190,6 +190,59 @@ def test_model_samples_are_keyed_to_the_global_index(tiny_class_unet):
         compute_stats(ModelSamples(pipe, "ddim", steps=3), features=small_cnn())
 
 
+@pytest.mark.parametrize("name", ["digits-unet", "digits-onestep"])
+def test_fid_model_images_are_the_documented_api_samples(name, monkeypatch, capsys, one_thread):
+    """The images behind `diffkit fid --model NAME` (its default sampler) are bitwise those of the
+    documented sampling API (sample_digits at the card's steps, or the pipeline call) at the same seed."""
+    from diffkit.cli import main
+    from diffkit.metrics.digits import balanced_labels, sample_digits
+    from diffkit.pipelines import load_pipeline
+
+    seen, images = [], ModelSamples.images
+
+    def record(self, indices, seed):
+        seen.append(images(self, indices, seed))
+        return seen[-1]
+
+    monkeypatch.setattr(ModelSamples, "images", record)
+    assert main(["fid", "--model", name, "--n", "50", "--ref", "digits-train", "--seed", "1", "--no-progress"]) == 0
+    assert "FID = " in capsys.readouterr().out
+    pipe = load_pipeline(name)
+    labels = balanced_labels(50)
+    if getattr(pipe, "one_step", False):
+        ref = pipe(class_labels=labels, seed=1, output_type="pt").images
+    else:
+        ref = sample_digits(pipe, labels, seed=1, steps=50)
+    assert torch.equal(torch.cat(seen), ref)
+
+
+def test_model_samples_drive_a_one_step_generator_with_its_own_sampler_and_config(tiny_class_unet, one_thread):
+    from diffkit.pipelines.class_conditional import ClassConditionalPipeline
+    from diffkit.pipelines.one_step import OneStepPipeline
+    from diffkit.testing import tiny_ddim_scheduler
+
+    one = OneStepPipeline(tiny_class_unet, tiny_ddim_scheduler(), generator_timestep=200)
+    idx = list(range(3, 10))
+    m = ModelSamples(one).build("cpu")
+    ref = one(class_labels=[k % 10 for k in idx], seed=2, sample_indices=idx, output_type="pt").images
+    assert torch.equal(m.images(idx, seed=2), ref)
+    assert m.describe()["steps"] == 1 and m.describe()["scheduler"] == "DDIMScheduler"
+    for sampler in ("ddim", "edm-heun"):
+        with pytest.raises(ValueError, match=r"one-step generator \(OneStepPipeline\).*needs a diffusion model"):
+            ModelSamples(one, sampler).build("cpu")
+    # a diffusion pipeline: no sampler named = its own scheduler, as the pipeline call
+    cc = ClassConditionalPipeline(tiny_class_unet, tiny_ddim_scheduler())
+    own = ModelSamples(cc, steps=3).build("cpu").images(idx, seed=2)
+    assert torch.equal(own, cc(class_labels=[k % 10 for k in idx], num_inference_steps=3, seed=2, sample_indices=idx,
+                               output_type="pt", progress=False).images)
+    for bad in (0, -2, 2.5, True):
+        with pytest.raises(ValueError, match=rf"steps must be an integer >= 1, got {bad!r}"):
+            ModelSamples(cc, "ddim", steps=bad)
+    for n in (0, -1):
+        with pytest.raises(ValueError, match=rf"source: n must be an integer >= 1 \(the number of images\), got {n}"):
+            compute_stats(ModelSamples(cc, steps=2), features=small_cnn(), n=n)
+
+
 def _tiny_pipe():
     from diffkit.pipelines.class_conditional import ClassConditionalPipeline
     from diffkit.testing import tiny_ddim_scheduler, tiny_unet2d

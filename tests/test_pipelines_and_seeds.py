@@ -103,3 +103,69 @@ def test_sd_pipeline_with_diffkit_scheduler_saves_and_reloads(name, tiny_sd, tmp
     assert type(again.scheduler) is entry.load()
     strip = lambda c: {k: v for k, v in c.items() if k != "_use_default_values"}  # noqa: E731 (bookkeeping key)
     assert strip(again.scheduler.config) == strip(pipe.scheduler.config)
+
+
+# ------------------------------------------------------------------ entrances: config, counts, one-step refusal
+def _one_step(unet, timestep=123):
+    from diffkit.pipelines.one_step import OneStepPipeline
+    from diffkit.testing import tiny_ddim_scheduler
+
+    return OneStepPipeline(unet, tiny_ddim_scheduler(), generator_timestep=timestep)
+
+
+def test_pipeline_with_sampler_keeps_the_registered_config(tiny_class_unet, tiny_sd):
+    from diffkit.registry import pipeline_with_sampler
+
+    one = _one_step(tiny_class_unet)
+    new = pipeline_with_sampler(one, "euler")
+    assert new is not one and new.config.generator_timestep == 123 and new.unet is one.unet
+    assert isinstance(new.scheduler, EulerDiscreteScheduler) and isinstance(one.scheduler, DDIMScheduler)
+    assert tiny_sd.config.requires_safety_checker is False  # a non-default value the rebuild must carry
+    sd = pipeline_with_sampler(tiny_sd, "euler")
+    assert sd.config.requires_safety_checker is False and isinstance(sd.scheduler, EulerDiscreteScheduler)
+    assert {k: v for k, v in sd.config.items() if k != "scheduler"} == \
+        {k: v for k, v in tiny_sd.config.items() if k != "scheduler"}
+
+
+def test_pipelines_refuse_step_counts_and_batch_sizes_below_one(tiny_class_unet, tiny_unet):
+    from diffkit.testing import tiny_ddim_scheduler
+
+    for pipe in (ClassConditionalPipeline(tiny_class_unet, tiny_ddim_scheduler()), _one_step(tiny_class_unet)):
+        for steps in (0, -1, 2.5, True):
+            with pytest.raises(ValueError, match=rf"num_inference_steps must be an integer >= 1, got {steps!r}"):
+                pipe([1], num_inference_steps=steps, output_type="pt", progress=False)
+        with pytest.raises(ValueError, match=r"class_labels: at least one label is needed, got 0"):
+            pipe([], num_inference_steps=2, output_type="pt", progress=False)
+    for pipe in (ClassConditionalPipeline(tiny_unet, tiny_ddim_scheduler()), _one_step(tiny_unet)):
+        for n in (0, -2):
+            with pytest.raises(ValueError, match=rf"batch_size must be an integer >= 1, got {n}"):
+                pipe(batch_size=n, num_inference_steps=2, output_type="pt", progress=False)
+
+
+def test_one_step_generator_is_refused_by_the_apis_that_need_a_diffusion_model(tiny_class_unet):
+    from diffkit.commands.bdia_edm import generate
+    from diffkit.metrics import ModelSamples
+    from diffkit.pipelines.editing import edit
+
+    one = _one_step(tiny_class_unet)
+    msg = r"is a one-step generator \(OneStepPipeline\): it supports .*needs a diffusion model such as digits-unet"
+    with pytest.raises(ValueError, match=msg):
+        generate(one, "edm-euler", 3, labels=[1, 2])
+    with pytest.raises(ValueError, match=msg):
+        edit(one, torch.zeros(1, 1, 8, 8), 3, 8, steps=4)
+    for sampler in ("ddim", "edm-heun"):
+        with pytest.raises(ValueError, match=msg):
+            ModelSamples(one, sampler).build("cpu")
+
+
+def test_functional_sampling_refuses_counts_below_one(tiny_class_unet, tiny_unet):
+    from diffkit.commands.bdia_edm import generate
+    from diffkit.testing import tiny_ddim_scheduler
+
+    pipe = ClassConditionalPipeline(tiny_class_unet, tiny_ddim_scheduler())
+    with pytest.raises(ValueError, match=r"nfe must be an integer >= 1, got 0"):
+        generate(pipe, "edm-euler", 0, labels=[1])
+    with pytest.raises(ValueError, match=r"labels: at least one label is needed, got 0"):
+        generate(pipe, "edm-euler", 3, labels=[])
+    with pytest.raises(ValueError, match=r"n must be an integer >= 1, got 0"):
+        generate(ClassConditionalPipeline(tiny_unet, tiny_ddim_scheduler()), "edm-euler", 3, n=0)

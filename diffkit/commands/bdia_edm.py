@@ -6,6 +6,8 @@ on the model's own trained σ range (Karras grid, ρ = 7), with the NFE budget g
 
 from __future__ import annotations
 
+from diffkit.checks import check_count, count_arg
+
 NAME = "sample-edm"
 HELP = "sample a model folder with EDM Euler/Heun or BDIA-Euler/Heun (--sampler, --nfe, --gamma)"
 DEMO_ORDER = 30
@@ -16,43 +18,46 @@ SAMPLERS = ("edm-euler", "edm-heun", "bdia-euler", "bdia-heun")
 def add_arguments(p):
     p.add_argument("--model", required=True, help="model folder (diffkit pipeline or UNet2DModel) or asset name")
     p.add_argument("--sampler", default="bdia-euler", choices=SAMPLERS)
-    p.add_argument("--nfe", type=int, default=17,
+    p.add_argument("--nfe", type=count_arg(1), default=17,
                    help="model evaluations: Euler-type samplers take NFE steps, Heun-type (NFE+1)/2")
     p.add_argument("--gamma", type=float, default=0.5, help="BDIA γ in [0, 1] (0 = the plain sampler)")
     p.add_argument("--gamma-mode", default="vp", choices=("vp", "constant"))
     p.add_argument("--rho", type=float, default=7.0)
     p.add_argument("--churn", type=float, default=0.0, help="EDM S_churn (edm-euler/edm-heun only)")
-    p.add_argument("--n", type=int, default=20, help="number of images")
+    p.add_argument("--n", type=count_arg(1), default=20, help="number of images")
     p.add_argument("--labels", default=None, help="comma-separated class labels (default: balanced 0..C-1)")
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--float64", action="store_true", help="keep the sampler state in float64 (as EDM does)")
     p.add_argument("--output", default="samples_edm.png")
-    p.add_argument("--upscale", type=int, default=4)
+    p.add_argument("--upscale", type=count_arg(1), default=4)
 
 
 def steps_for_nfe(sampler: str, nfe: int) -> int:
-    if nfe < 1:
-        raise ValueError(f"--nfe must be >= 1, got {nfe}")
+    nfe = check_count(nfe, "nfe")
     return nfe if sampler.endswith("euler") else max(1, (nfe + 1) // 2)  # Heun: 2N - 1 <= NFE
 
 
 def generate(pipe, sampler: str, nfe: int, labels=None, n: int = 16, gamma: float = 0.5, gamma_mode: str = "vp",
              guidance: float = 1.0, seed: int = 0, rho: float = 7.0, churn: float = 0.0, dtype=None):
-    """(images in [-1, 1], NFE used) from a ClassConditionalPipeline's UNet and schedule."""
+    """(images in [-1, 1], NFE used) from a diffusion pipeline's UNet and schedule (not a one-step generator)."""
     import torch
 
     from diffkit.conditioning import Guidance, class_guidance
     from diffkit.denoisers import Denoiser, EpsModel
+    from diffkit.pipelines.one_step import require_diffusion_model
     from diffkit.samplers import edm
     from diffkit.seeding import randn_for_indices
 
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    require_diffusion_model(pipe, "sample-edm (EDM/BDIA samplers on the model's σ grid)")
+    if labels is not None and not len(labels):
+        raise ValueError("labels: at least one label is needed, got 0")
+    n = len(labels) if labels is not None else check_count(n, "n")
     D = Denoiser(EpsModel(pipe.unet, pipe.scheduler.config))
     sigmas = edm.model_sigmas(D, steps_for_nfe(sampler, nfe), rho=rho)
     cfg = pipe.unet.config
-    n = len(labels) if labels is not None else n
     guide = class_guidance(pipe.unet, labels, guidance) if labels is not None else Guidance()
     x = randn_for_indices((cfg.in_channels, cfg.sample_size, cfg.sample_size), range(n), seed) * sigmas[0]
     kw = {"dtype": dtype, "return_nfe": True, "disable": True}

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from diffkit.checks import count_arg
+
 NAME = "distill"
 HELP = "DisBack one-step distillation of a teacher (--teacher DIR --mode disback|vanilla|warm-critic --output DIR)"
 DEMO_ORDER = 35
@@ -71,7 +73,8 @@ def add_arguments(p):
     p.add_argument("--sample-every", type=int, default=d.sample_every, help="sample grids (0: only at the end)")
     p.add_argument("--eval-every", type=int, default=0,
                    help="FID-digits of the EMA generator every N steps (0: none; needs assets/digits-features)")
-    p.add_argument("--eval-n", type=int, default=1000, help="images per FID-digits evaluation (default %(default)s)")
+    p.add_argument("--eval-n", type=count_arg(1), default=1000,
+                   help="images per FID-digits evaluation, a multiple of 10 (default %(default)s)")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
     p.add_argument("--cpu", action="store_true", help="force the CPU (gloo for several processes)")
     p.add_argument("--no-verify-teacher", action="store_true",
@@ -107,10 +110,12 @@ def config_from_args(args):
 def run(args):
     from diffkit.distill.disback import DisBackTrainer, fid_digits_evaluator
     from diffkit.pipelines import load_pipeline
+    from diffkit.pipelines.one_step import require_diffusion_model
 
     command = "diffkit distill " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else None
     cfg = config_from_args(args)
     pipe = load_pipeline(args.teacher)
+    require_diffusion_model(pipe, "distill (its teacher)")
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.output).name
     if args.stage == "2" and cfg.needs_path and not args.stage1_dir:
         args.stage1_dir = str(run_dir / "stage1")  # must already exist

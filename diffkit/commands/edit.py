@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import time
 
+from diffkit.checks import count_arg
+
 NAME = "edit"
 HELP = "edit an image by exact inversion (--model --image/--digit --source --target; BDIA, EDICT or DDIM inversion)"
 DEMO_ORDER = 25
@@ -27,13 +29,14 @@ def add_arguments(p):
                    help="source condition: class label (class-conditional models; default: the digit's label) or prompt")
     p.add_argument("--target", default=None, help="target condition (class label or prompt); default: the source")
     p.add_argument("--method", default="bdia", choices=METHODS)
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=count_arg(2), default=50, help="grid size (the latent pair needs >= 2)")
     p.add_argument("--strength", type=float, default=0.8, help="fraction of the grid to invert (0, 1]")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: 3 for prompts, 1 for labels)")
     p.add_argument("--gamma", type=float, default=0.94, help="BDIA gamma (inversion wants 0.92-1.0)")
     p.add_argument("--reconstruct", action="store_true", help="also regenerate under the source and print the errors")
     p.add_argument("--output", default="edit.png")
-    p.add_argument("--upscale", type=int, default=None, help="PNG upscale factor (default: 8 for images <= 64 px)")
+    p.add_argument("--upscale", type=count_arg(1), default=None,
+                   help="PNG upscale factor (default: 8 for images <= 64 px)")
 
 
 def _condition(pipe, value):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 
+from diffkit.checks import count_arg
+
 NAME = "fid"
 HELP = "FID/KID of image folders, a model + sampler, or cached stats (clean-fid, torchmetrics or diffkit backend)"
 DEMO_ORDER = 80
@@ -20,14 +22,16 @@ def add_arguments(p):
     p.add_argument("gen", nargs="?", help="generated images: an image folder or a stats .npz (or use --model)")
     src = p.add_argument_group("model + sampler (instead of GEN)")
     src.add_argument("--model", help="model folder (diffkit pipeline or UNet2DModel) or asset name, e.g. digits-unet")
-    src.add_argument("--sampler", default="ddim", help="registered sampler name (see --list-samplers)")
-    src.add_argument("--steps", type=int, default=50)
+    src.add_argument("--sampler", default=None,
+                     help="registered sampler name (see --list-samplers); default: the model's own (its pipeline's "
+                          "scheduler; a one-step generator takes no other)")
+    src.add_argument("--steps", type=count_arg(1), default=None, help="default 50 (a one-step generator: 1)")
     src.add_argument("--guidance", type=float, default=1.0)
     src.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--ref", help="reference: an image folder, a stats .npz, or digits-train (the shipped digits "
                                  "train-split statistics)")
-    p.add_argument("--n", type=int, default=None, help="number of generated images (required with --model)")
-    p.add_argument("--n-ref", type=int, default=None, help="number of reference images (default: all)")
+    p.add_argument("--n", type=count_arg(1), default=None, help="number of generated images (required with --model)")
+    p.add_argument("--n-ref", type=count_arg(1), default=None, help="number of reference images (default: all)")
     p.add_argument("--backend", choices=("clean-fid", "torchmetrics", "diffkit"), default=None,
                    help="default: clean-fid for Inception features, diffkit otherwise")
     p.add_argument("--features", default=None,
@@ -38,9 +42,9 @@ def add_arguments(p):
                         "weights-inception-2015-12-05-6726825d.pth for torchmetrics; nothing is downloaded")
     p.add_argument("--no-antialias", action="store_true", help="torchmetrics Inception: TF1-compatible resize")
     p.add_argument("--kid", action="store_true", help="also report KID (diffkit's seeded estimator)")
-    p.add_argument("--kid-subsets", type=int, default=100)
-    p.add_argument("--kid-subset-size", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--kid-subsets", type=count_arg(1), default=100)
+    p.add_argument("--kid-subset-size", type=count_arg(2), default=1000)
+    p.add_argument("--batch-size", type=count_arg(1), default=64)
     p.add_argument("--seed", type=int, default=0, help="base seed of the model's per-sample noise and KID subsets")
     p.add_argument("--device", default=None, help="default: this process's accelerate device")
     p.add_argument("--save-stats", default=None, help="write the generated set's statistics to this .npz "

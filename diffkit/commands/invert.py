@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import time
 
+from diffkit.checks import count_arg
+
 NAME = "invert"
 HELP = "exactly invert an image with BDIA-DDIM and save the latent pair (--model DIR --output FILE)"
 DEMO_ORDER = 20
@@ -26,7 +28,7 @@ def add_arguments(p):
     src.add_argument("--from-sample", action="store_true", help="invert a DDIM-50 sample of the model itself")
     p.add_argument("--label", type=int, default=None,
                    help="class label to condition on (default: the digit's own label, else 0)")
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=count_arg(2), default=50, help="grid size (the latent pair needs >= 2)")
     p.add_argument("--strength", type=float, default=1.0, help="fraction of the grid to invert (0, 1]")
     p.add_argument("--gamma", type=float, default=0.94, help="BDIA gamma; inversion wants 0.92-1.0")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (null class)")
@@ -111,9 +113,11 @@ def run(args):
     from diffkit.conditioning import class_guidance
     from diffkit.denoisers import EpsModel
     from diffkit.pipelines import load_pipeline
+    from diffkit.pipelines.one_step import require_diffusion_model
     from diffkit.samplers.inversion import invert, regenerate, relative_error
 
     pipe = load_pipeline(args.model)
+    require_diffusion_model(pipe, "invert (BDIA-DDIM inversion)")
     pipe.set_progress_bar_config(disable=True)
     x, label, what = prepare(pipe, args)
     if pipe.unet.dtype != _dtype(args.dtype):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from diffkit.checks import count_arg
+
 NAME = "sample"
 HELP = "sample images from a model folder (--model DIR --sampler NAME --steps N)"
 
@@ -10,17 +12,18 @@ def add_arguments(p):
     p.add_argument("--model", default=None,
                    help="model folder (diffkit pipeline, or a UNet2DModel) or asset name (required unless "
                         "--from-inversion names it)")
-    p.add_argument("--sampler", default="ddim", help="registered sampler name (see --list-samplers)")
-    p.add_argument("--steps", type=int, default=None, help="number of steps (default 50; with --from-inversion: "
-                   "the inversion's, which it must equal)")
-    p.add_argument("--n", type=int, default=16, help="number of images")
+    p.add_argument("--sampler", default=None, help="registered sampler name (see `diffkit fid --list-samplers`); "
+                   "default: the model's own (its pipeline's scheduler; a one-step generator takes no other)")
+    p.add_argument("--steps", type=count_arg(1), default=None, help="number of steps (default 50; with "
+                   "--from-inversion: the inversion's, which it must equal)")
+    p.add_argument("--n", type=count_arg(1), default=16, help="number of images")
     p.add_argument("--labels", default=None, help="comma-separated class labels (default: balanced 0..C-1)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default 1; with --from-inversion: "
                    "the inversion's)")
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default="samples.png")
-    p.add_argument("--upscale", type=int, default=4)
+    p.add_argument("--upscale", type=count_arg(1), default=4)
     p.add_argument("--from-inversion", default=None, metavar="FILE",
                    help="regenerate from a `diffkit invert` file (BDIA-DDIM from its latent pair; other --labels edit)")
 
@@ -38,12 +41,15 @@ def run(args):
 
     from diffkit.images import save_grid
     from diffkit.pipelines import load_pipeline
-    from diffkit.registry import make_scheduler
+    from diffkit.pipelines.one_step import require_diffusion_model
+    from diffkit.registry import get_sampler, make_scheduler
 
     steps = 50 if args.steps is None else args.steps
     pipe = load_pipeline(args.model)
     one_step = getattr(pipe, "one_step", False)  # a distilled generator: 1 evaluation, no sampler to swap
-    if not one_step:
+    if args.sampler is not None:
+        get_sampler(args.sampler)
+        require_diffusion_model(pipe, f"--sampler {args.sampler}")
         pipe.scheduler = make_scheduler(args.sampler, pipe.scheduler.config)
     labels = None
     if getattr(pipe, "num_classes", 0):
@@ -52,7 +58,8 @@ def run(args):
                guidance_scale=1.0 if args.guidance is None else args.guidance, eta=args.eta, seed=args.seed,
                output_type="pt")
     save_grid(out.images, args.output, upscale=args.upscale)
-    how = "one-step generator; --sampler/--steps/--eta do not apply" if one_step else f"{args.sampler}, {steps} steps"
+    sampler = args.sampler or f"the model's own {type(pipe.scheduler).__name__}"
+    how = "one-step generator; --steps/--eta do not apply" if one_step else f"{sampler}, {steps} steps"
     print(f"wrote {len(out.images)} samples to {args.output} ({how}, NFE {out.nfe})")
 
 

@@ -39,6 +39,7 @@ from typing import Iterable, Optional
 import numpy as np
 import torch
 
+from ..checks import check_count
 from .features import FeatureExtractor, get_feature_extractor
 from .folders import load_images, quantize_images, scan_folder
 from .frechet import feature_stats, frechet_distance, kid_from_features
@@ -206,7 +207,13 @@ def resolve_reference(name_or_path) -> Path:
 # ---------------------------------------------------------------------------- models
 @dataclass
 class ModelSamples:
-    """Images from a model folder / asset name / pipeline and a registered sampler.
+    """Images from a model folder / asset name / pipeline, drawn with its own sampler or a registered one.
+
+    ``sampler=None`` (the default) calls the pipeline as it is, with its own scheduler, as its
+    documented sampling API does (for a one-step generator the only way to sample it); a named
+    scheduler drives a copy of the pipeline (same modules and registered config, that
+    scheduler), a named function sampler (``edm-heun``, ...) its UNet on the EDM grid. A one-step
+    generator refuses a named sampler. ``steps``: default 50 (a one-step generator takes 1).
 
     Sample k gets class ``k % num_classes`` (class-balanced) and its initial noise from
     (seed, k) through the pipeline's ``seed``/``sample_indices`` arguments, so the set is
@@ -214,33 +221,47 @@ class ModelSamples:
     """
 
     model: object
-    sampler: str = "ddim"
-    steps: int = 50
+    sampler: Optional[str] = None  # None: the pipeline's own scheduler
+    steps: Optional[int] = None  # None: 50 (a one-step generator: 1)
     guidance: float = 1.0
     eta: float = 0.0
     seed: Optional[int] = None  # None: compute_fid's seed
 
+    def __post_init__(self):
+        if self.steps is not None:
+            check_count(self.steps, "steps")
+
     def describe(self) -> dict:
         model = self.model if isinstance(self.model, (str, os.PathLike)) else type(self.model).__name__
-        return {"model": str(model), "sampler": self.sampler, "steps": self.steps, "guidance": self.guidance,
-                "eta": self.eta}
+        out = {"model": str(model), "sampler": self.sampler, "steps": self.steps, "guidance": self.guidance,
+               "eta": self.eta}
+        if hasattr(self, "_pipe"):
+            out["steps"] = self._steps
+            if self._entry is None or self._entry.kind == "scheduler":
+                out["scheduler"] = type(self._pipe.scheduler).__name__
+        return out
 
     def build(self, device):
         from ..pipelines import load_pipeline
-        from ..registry import get_sampler, make_scheduler
+        from ..pipelines.one_step import require_diffusion_model
+        from ..registry import get_sampler, pipeline_with_sampler
 
-        entry = get_sampler(self.sampler)
         pipe = load_pipeline(self.model) if isinstance(self.model, (str, os.PathLike)) else self.model
-        if entry.kind == "scheduler":
-            # a new pipeline object, so a pipeline passed in keeps its own scheduler
-            pipe = type(pipe)(**{**pipe.components, "scheduler": make_scheduler(self.sampler, pipe.scheduler.config)})
-            if "sample_indices" not in inspect.signature(pipe.__call__).parameters:
-                raise ValueError(f"model: {type(pipe).__name__} has no sample_indices argument, so its noise cannot be "
-                                 "keyed to the global sample index; use a diffkit pipeline")
+        entry = None
+        if self.sampler is not None:
+            entry = get_sampler(self.sampler)
+            require_diffusion_model(pipe, f"sampler {self.sampler!r}")
+            if entry.kind == "scheduler":
+                pipe = pipeline_with_sampler(pipe, self.sampler)  # a copy: a pipeline passed in keeps its scheduler
+        if (entry is None or entry.kind == "scheduler") and \
+                "sample_indices" not in inspect.signature(pipe.__call__).parameters:
+            raise ValueError(f"model: {type(pipe).__name__} has no sample_indices argument, so its noise cannot be "
+                             "keyed to the global sample index; use a diffkit pipeline")
         self._pipe, self._entry = pipe.to(device), entry
-        if entry.kind == "function":
+        self._steps = 1 if getattr(pipe, "one_step", False) else (50 if self.steps is None else self.steps)
+        if entry is not None and entry.kind == "function":
             self._function_sampler_check()
-        if hasattr(pipe, "set_progress_bar_config"):
+        if pipe is not self.model and hasattr(pipe, "set_progress_bar_config"):  # a pipeline passed in keeps its own
             pipe.set_progress_bar_config(disable=True)
         return self
 
@@ -249,10 +270,10 @@ class ModelSamples:
         seed = self.seed if self.seed is not None else seed
         ncls = getattr(pipe, "num_classes", 0)
         labels = [k % ncls for k in indices] if ncls else None
-        if entry.kind == "scheduler":
-            out = pipe(class_labels=labels, batch_size=None if labels else len(indices), num_inference_steps=self.steps,
-                       guidance_scale=self.guidance, eta=self.eta, seed=seed, sample_indices=indices,
-                       output_type="pt", progress=False)
+        if entry is None or entry.kind == "scheduler":
+            out = pipe(class_labels=labels, batch_size=None if labels else len(indices),
+                       num_inference_steps=self._steps, guidance_scale=self.guidance, eta=self.eta, seed=seed,
+                       sample_indices=indices, output_type="pt", progress=False)
             return out.images
         return self._function_sampler(indices, labels, seed)
 
@@ -276,7 +297,7 @@ class ModelSamples:
         unet = self._pipe.unet
         denoiser = Denoiser(EpsModel(unet, self._pipe.scheduler.config))
         guidance = class_guidance(unet, labels, self.guidance, device=unet.device) if labels is not None else Guidance()
-        sigmas = denoiser.schedule.karras_sigmas(self.steps)
+        sigmas = denoiser.schedule.karras_sigmas(self._steps)
         cfg = unet.config
         x = randn_for_indices((cfg.in_channels, cfg.sample_size, cfg.sample_size), indices, seed,
                               device=unet.device) * math.sqrt(float(sigmas[0]) ** 2 + 1)
@@ -528,6 +549,8 @@ def _check_size(size, other: Optional[FIDStats], fx: FeatureExtractor, name: str
 
 def _collect(src, name, backend: _Backend, n, batch_size, seed, info: ShardInfo, real: bool,
              other: Optional[FIDStats] = None) -> FIDStats:
+    if n is not None:
+        check_count(n, f"{name}: n", what=" (the number of images)")
     kind, src = _source_kind(src, name)
     backend.begin_side(real)
     if kind == "stats":

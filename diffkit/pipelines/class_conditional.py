@@ -16,11 +16,13 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from ..checks import check_count
 from ..conditioning import Guidance, class_guidance, num_classes
 from ..denoisers import EpsModel
 from ..seeding import randn_for_indices
 
-__all__ = ["ClassConditionalPipeline", "ImagePipelineOutput", "check_output_type", "initial_noise", "to_output"]
+__all__ = ["ClassConditionalPipeline", "ImagePipelineOutput", "check_output_type", "batch_of", "initial_noise",
+           "to_output"]
 
 
 @dataclass
@@ -33,6 +35,20 @@ class ImagePipelineOutput(BaseOutput):
 def check_output_type(output_type: str) -> None:
     if output_type not in ("pil", "np", "pt"):
         raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+
+
+def batch_of(class_labels, batch_size: Optional[int], latents: Optional[torch.Tensor], num_inference_steps):
+    """(class labels as a 1-D long tensor or None, batch size), after the count checks every
+    image pipeline applies: at least one label / a batch_size >= 1, num_inference_steps >= 1."""
+    check_count(num_inference_steps, "num_inference_steps")
+    if class_labels is not None:
+        class_labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
+        if not len(class_labels):
+            raise ValueError("class_labels: at least one label is needed, got 0")
+        return class_labels, len(class_labels)
+    if batch_size is None:
+        batch_size = 1 if latents is None else latents.shape[0]
+    return None, check_count(batch_size, "batch_size")
 
 
 def initial_noise(unet, batch_size: int, seed: int, sample_indices=None, device=None) -> torch.Tensor:
@@ -83,11 +99,7 @@ class ClassConditionalPipeline(DiffusionPipeline):
                  sample_indices: Optional[Sequence[int]] = None, latents: Optional[torch.Tensor] = None,
                  output_type: str = "pil", return_dict: bool = True, progress: bool = True):
         check_output_type(output_type)
-        if class_labels is not None:
-            class_labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
-            batch_size = len(class_labels)
-        elif batch_size is None:
-            batch_size = 1 if latents is None else latents.shape[0]
+        class_labels, batch_size = batch_of(class_labels, batch_size, latents, num_inference_steps)
         guidance = self.guidance(class_labels, guidance_scale)
         model = EpsModel(self.unet, self.scheduler.config)
         if latents is None:

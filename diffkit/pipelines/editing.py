@@ -242,6 +242,7 @@ def edit(pipe, image, source=None, target=None, *, steps: int = 50, strength: fl
         reconstruct: also regenerate under ``source`` and report the round-trip errors.
     """
     from diffkit.denoisers import EpsModel
+    from diffkit.pipelines.one_step import require_diffusion_model
     from diffkit.samplers.inversion import relative_error
 
     method = _check_method(method)
@@ -251,6 +252,7 @@ def edit(pipe, image, source=None, target=None, *, steps: int = 50, strength: fl
         pipe = load_pipeline(pipe)
     if not hasattr(pipe, "unet") or not hasattr(pipe, "scheduler"):
         raise TypeError(f"pipe: expected a diffusers pipeline with a unet and a scheduler, got {type(pipe).__name__}")
+    require_diffusion_model(pipe, "edit (inversion and regeneration along a noise grid)")
     kind = condition_kind(pipe)
     if guidance_scale is None:
         guidance_scale = 3.0 if kind == "prompt" else 1.0

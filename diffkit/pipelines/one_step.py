@@ -2,28 +2,45 @@
 evaluation per image, x = x̂0(std_vp(t_g)·z, t_g) (see ``diffkit.distill.generator``).
 
 It takes the same call as :class:`ClassConditionalPipeline` so ``diffkit sample`` and the
-FID tools can drive it; ``num_inference_steps`` and ``eta`` do not apply and are ignored,
-and the scheduler only supplies the ᾱ table (a swapped-in scheduler with the same betas
-changes nothing). Noise is drawn per global sample index from ``seed`` exactly as the
-class-conditional pipeline draws it.
+FID tools can drive it with its own sampler; ``num_inference_steps`` (checked >= 1) and
+``eta`` do not apply and are ignored, and the scheduler only supplies the ᾱ table. Noise is
+drawn per global sample index from ``seed`` exactly as the class-conditional pipeline draws it.
+
+A one-step generator is not a diffusion model: the samplers, inversion and editing that
+evaluate a denoiser along a noise grid refuse it (:func:`require_diffusion_model`).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 from diffusers import DiffusionPipeline
 
 from ..conditioning import num_classes
-from .class_conditional import check_output_type, initial_noise, to_output
+from .class_conditional import batch_of, check_output_type, initial_noise, to_output
 
-__all__ = ["OneStepPipeline"]
+__all__ = ["OneStepPipeline", "require_diffusion_model"]
+
+
+def require_diffusion_model(pipe, use: str) -> None:
+    """Refuse a one-step generator where ``use`` (a named sampler, sample-edm, invert, edit, a
+    distillation teacher) needs a diffusion model's denoiser along a noise grid: a ValueError
+    saying what the generator supports. The one place that decides it (``pipe.one_step``)."""
+    if not getattr(pipe, "one_step", False):
+        return
+    config = getattr(pipe, "config", {})
+    name = Path(str(config.get("_name_or_path") or "")).name or "this pipeline"
+    raise ValueError(f"{name} is a one-step generator ({type(pipe).__name__}): it supports `diffkit sample` and "
+                     f"`diffkit fid` with its own sampler (no --sampler; in Python the pipeline call, sample_digits "
+                     f"or ModelSamples without a sampler), one evaluation per image; {use} needs a diffusion model "
+                     f"such as digits-unet")
 
 
 class OneStepPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "unet"
-    #: ``diffkit sample`` keeps this pipeline's scheduler instead of swapping in --sampler.
+    #: no sampler drives it but its own call (see :func:`require_diffusion_model`)
     one_step = True
 
     def __init__(self, unet, scheduler, generator_timestep: Optional[int] = None):
@@ -50,19 +67,16 @@ class OneStepPipeline(DiffusionPipeline):
             raise ValueError(f"guidance_scale: a one-step generator samples its distilled distribution; only 1.0 "
                              f"is accepted, got {guidance_scale}")
         n = self.num_classes
+        if class_labels is not None and not n:
+            raise ValueError("class_labels were given but the generator is not class-conditional")
+        if class_labels is None and n:
+            raise ValueError(f"class_labels is required for a class-conditional generator (accepted labels: 0..{n - 1})")
+        class_labels, batch_size = batch_of(class_labels, batch_size, latents, num_inference_steps)
         if class_labels is not None:
-            if not n:
-                raise ValueError("class_labels were given but the generator is not class-conditional")
-            class_labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
             bad = class_labels[(class_labels < 0) | (class_labels >= n)]
             if bad.numel():
                 raise ValueError(f"class label(s) {sorted(set(bad.tolist()))} out of range: accepted labels are 0..{n - 1}")
-            batch_size = len(class_labels)
             class_labels = class_labels.to(self.device)
-        elif n:
-            raise ValueError(f"class_labels is required for a class-conditional generator (accepted labels: 0..{n - 1})")
-        elif batch_size is None:
-            batch_size = 1 if latents is None else latents.shape[0]
         if latents is None:
             latents = initial_noise(self.unet, batch_size, seed, sample_indices, self.device)
         images = self.generator()(latents.to(self.device), class_labels)

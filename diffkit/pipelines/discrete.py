@@ -29,6 +29,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from ..numerics import FiniteWatch
 from ..seeding import sample_generator
 
 __all__ = ["DiscreteDiffusionPipeline", "TextDiffusionOutput", "load_text_pipeline"]
@@ -292,6 +293,8 @@ class DiscreteDiffusionPipeline(DiffusionPipeline):
         changes = torch.zeros(B, dtype=torch.long, device=device)
         need = torch.ones(B, dtype=torch.bool, device=device)  # rows changed since their last evaluation
         cache, calls = None, 0
+        # NaN weights: an error naming the step (log-probabilities may be -inf, not NaN or +inf)
+        watch, V = FiniteWatch("transformer output", allow_neg_inf=True), self.vocab_size
         kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, final_step=None if order is None else False)
         for i in (self.progress_bar(loop) if progress else loop):
             if not cache_rows:
@@ -299,6 +302,7 @@ class DiscreteDiffusionPipeline(DiffusionPipeline):
                 if time_cond:
                     tn = torch.full((B,), sched.total_noise(i), device=device, dtype=torch.float32)
                 cache = self._forward(x, forward_batch_size, tn)
+                watch.update(cache[..., :V], i)
                 fwd += 1
                 calls += 1
                 if not counts[i]:
@@ -308,16 +312,20 @@ class DiscreteDiffusionPipeline(DiffusionPipeline):
                 k = idx.numel()
                 if k == B:
                     cache = self._forward(x, forward_batch_size)
+                    watch.update(cache[..., :V], i)
                 elif k:
                     if 0 in cache.stride():  # an expanded output (e.g. a constant model) cannot be written
                         cache = cache.contiguous()
-                    cache[idx] = self._forward(x[idx], forward_batch_size)
+                    new = self._forward(x[idx], forward_batch_size)
+                    watch.update(new[..., :V], i)
+                    cache[idx] = new
                 if k:
                     fwd[idx] += 1
                     calls += 1
             res = sched.step(cache, i, x, generator=gens, unmask=reveal == i, return_dict=False, **kw)
             x, need = res[0], res[5]
             changes += need
+        watch.flush()
         if (x == mask_id).any():  # the final step reveals every mask; this guards the contract
             raise RuntimeError("internal error: a mask token survived the final step")
 

@@ -13,7 +13,8 @@ Two on-disk formats load into the same module (parameter names are the official 
   ``noise``) and ``model.safetensors``. Loaded with strict key and shape checking; the only
   tolerated extra key is the RoPE buffer ``rotary_emb.inv_freq`` (recomputed here).
 * diffkit's own diffusers-style format (``save_pretrained`` / ``from_pretrained``; flat
-  config with ``_class_name``), written atomically.
+  config with ``_class_name``), written atomically; loaded with the same strict key and shape
+  check (``diffkit.weights.load_model_strict``).
 
 ``RADDTransformer.from_pretrained`` accepts either.
 """
@@ -33,6 +34,8 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
+from ..weights import WeightsError, load_model_strict, state_dict_mismatch, state_shapes
+
 __all__ = ["RADDTransformer", "load_official_checkpoint", "save_official_checkpoint", "is_official_checkpoint",
            "tiny_radd_transformer", "CheckpointError", "OFFICIAL_TOLERATED_KEYS"]
 
@@ -40,7 +43,7 @@ OFFICIAL_TOLERATED_KEYS = ("rotary_emb.inv_freq",)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(WeightsError):
     """A checkpoint that does not match the architecture (keys, shapes, vocabulary)."""
 
 
@@ -190,7 +193,12 @@ class RADDTransformer(ModelMixin, ConfigMixin):
         """Load diffkit's format, or the official RADD checkpoint format (detected from config.json)."""
         if is_official_checkpoint(pretrained_model_name_or_path):
             return load_official_checkpoint(pretrained_model_name_or_path, **kwargs)
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        folder = Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")
+        load = super().from_pretrained
+        if not folder.is_dir():  # a hub id is left to diffusers
+            return load(pretrained_model_name_or_path, *args, **kwargs)
+        return load_model_strict(cls, folder, lambda: load(pretrained_model_name_or_path, *args, **kwargs),
+                                 kwargs.get("variant"))
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """diffusers' ``save_pretrained``, written to a temporary folder and moved into place."""
@@ -255,12 +263,8 @@ def _official_kwargs(cfg: dict) -> dict:
 
 def check_state_dict(model: nn.Module, state: dict, tolerated=OFFICIAL_TOLERATED_KEYS) -> None:
     """Strict key and shape check; raises one CheckpointError listing every problem."""
-    expected = model.state_dict()
-    keys = set(state) - set(tolerated)
-    missing = sorted(set(expected) - keys)
-    unexpected = sorted(keys - set(expected))
-    shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-                    for k in keys & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
+    missing, unexpected, bad = state_dict_mismatch(state_shapes(model.state_dict()), state_shapes(state), tolerated)
+    shapes = [f"{k}: checkpoint {f} vs model {m}" for k, f, m in bad]
     if not (missing or unexpected or shapes):
         return
     lines = ["checkpoint does not match the RADD architecture built from its config.json:"]

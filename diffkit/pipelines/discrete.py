@@ -29,6 +29,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from ..assets import verify_asset
 from ..numerics import FiniteWatch
 from ..seeding import sample_generator
 
@@ -369,6 +370,7 @@ def load_text_pipeline(model, tokenizer=None, **scheduler_kwargs) -> DiscreteDif
         if not folder.is_dir():
             raise FileNotFoundError(f"model folder {folder} not found (expected a diffkit pipeline folder, an official "
                                     "RADD checkpoint folder, a RADDTransformer folder, or 'tiny')")
+        verify_asset(folder)  # its SHA256SUMS manifest, if it has one
         if (folder / "model_index.json").is_file():
             pipe = DiscreteDiffusionPipeline.from_pretrained(str(folder))
             if scheduler_kwargs:

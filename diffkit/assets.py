@@ -3,6 +3,10 @@
 Search order for an asset name (e.g. ``digits-unet``): ``$DIFFKIT_ASSETS/<name>``, the
 ``assets/`` folder beside the package sources (editable installs, checkouts), then
 ``./assets/<name>``. A path that exists is used as given.
+
+A resolved folder that holds a ``SHA256SUMS`` manifest (every shipped asset, and every folder
+an exporter writes: ``diffkit.weights``) is checked against it, each file hashed once per
+process; a mismatch raises :class:`CorruptAssetError` naming the file and the rebuild command.
 """
 
 from __future__ import annotations
@@ -10,7 +14,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["REBUILD", "assets_root", "asset_path", "rebuild_hint", "AssetError"]
+from .weights import WeightsError, check_manifest
+
+__all__ = ["REBUILD", "assets_root", "asset_path", "rebuild_hint", "verify_asset", "corrupt_asset", "AssetError",
+           "CorruptAssetError"]
 
 #: name -> (what it is, the command that rebuilds it)
 REBUILD = {
@@ -30,6 +37,33 @@ class AssetError(FileNotFoundError):
     pass
 
 
+class CorruptAssetError(AssetError, WeightsError):
+    """A model folder whose files fail their sha256 manifest or the strict key/shape check
+    (an :class:`AssetError` for the callers that skip a missing asset, and a ValueError)."""
+
+
+def _describe(p: Path, name: str | None = None) -> tuple[str, str]:
+    what, cmd = REBUILD.get(name or p.name, ("this model", None))
+    return what, (f"; rebuild it with `{cmd}`" if cmd else "")
+
+
+def corrupt_asset(folder, err: Exception, name: str | None = None) -> CorruptAssetError:
+    """The error for a corrupted model folder: what it is, where, the cause, the rebuild command
+    (of the asset ``name``; default: the one the folder is named after, if any)."""
+    p = Path(folder)
+    what, hint = _describe(p, name)
+    return CorruptAssetError(f"{what} at {p} is corrupted: {err}{hint}")
+
+
+def verify_asset(folder) -> Path:
+    """Check ``folder`` against its ``SHA256SUMS`` manifest, if it has one."""
+    try:
+        check_manifest(folder)
+    except WeightsError as e:
+        raise corrupt_asset(folder, e) from None
+    return Path(folder)
+
+
 def assets_root() -> Path:
     env = os.environ.get("DIFFKIT_ASSETS")
     if env:
@@ -45,15 +79,13 @@ def asset_path(name_or_path: str | os.PathLike, required: tuple[str, ...] = ()) 
     p = Path(name_or_path)
     if not p.exists() and str(name_or_path) in REBUILD:
         p = assets_root() / str(name_or_path)
-    name = p.name
-    what, cmd = REBUILD.get(name, ("this model", None))
-    hint = f"; rebuild it with `{cmd}`" if cmd else ""
+    what, hint = _describe(p)
     if not p.is_dir():
         raise AssetError(f"{what} not found at {p}{hint}")
     missing = [r for r in required if not (p / r).exists()]
     if missing:
         raise AssetError(f"{what} at {p} is incomplete or corrupted (missing {', '.join(missing)}){hint}")
-    return p
+    return verify_asset(p)
 
 
 def rebuild_hint(path: str | os.PathLike) -> str:

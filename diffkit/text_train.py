@@ -94,13 +94,15 @@ def export_text_model(model, tokenizer, output, facts: Optional[dict] = None) ->
     from .pipelines.discrete import DiscreteDiffusionPipeline
 
     from .atomic import replace_dir, staging_dir
+    from .weights import MANIFEST, write_manifest
 
     tmp = staging_dir(output)
     DiscreteDiffusionPipeline.from_model(model.eval(), tokenizer).save_pretrained(str(tmp), safe_serialization=True)
     if facts is not None:
         (tmp / "training.json").write_text(json.dumps(facts, indent=1) + "\n")
+    write_manifest(tmp)
     return replace_dir(tmp, output, produced=("transformer", "scheduler", "tokenizer", "model_index.json",
-                                              "training.json"))
+                                              "training.json", MANIFEST))
 
 
 def train_text_model(output, max_steps: int = 20000, max_minutes: Optional[float] = None, seed: int = 0, resume=None,

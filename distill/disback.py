@@ -58,6 +58,7 @@ from diffkit.denoisers import EpsModel
 from diffkit.schedules import VPSchedule, config_to_dict
 from diffkit.seeding import randint_for_indices, randn_for_indices, sample_seed
 from diffkit.atomic import write_text_atomically
+from diffkit.weights import file_sha256  # re-exported: the one sha256 helper
 from diffkit.train import (EMA, Trainer, TrainConfig, latest_checkpoint, list_checkpoints, set_rng_state,
                            write_checkpoint_dir)
 
@@ -155,14 +156,6 @@ class DisBackConfig:
 
 
 # ---------------------------------------------------------------------------- helpers
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def state_fingerprint(module: nn.Module) -> str:
     """SHA-256 over a module's state_dict (sorted keys, names, dtypes, shapes and bytes)."""
     h = hashlib.sha256()

@@ -27,6 +27,7 @@ from torch import nn
 from diffkit.atomic import replace_dir, staging_dir
 from diffkit.conditioning import Condition, Guidance
 from diffkit.denoisers import EpsModel
+from diffkit.weights import MANIFEST, write_manifest
 
 __all__ = ["OneStepGenerator", "export_generator"]
 
@@ -89,5 +90,6 @@ def export_generator(unet: nn.Module, scheduler, output, timestep: Optional[int]
     OneStepPipeline(unet, scheduler, generator_timestep=timestep).save_pretrained(str(tmp), safe_serialization=True)
     if facts is not None:
         (tmp / "distill.json").write_text(json.dumps(facts, indent=1) + "\n")
+    write_manifest(tmp)  # SHA256SUMS of the weights and configs, checked on load
     # a model card or sample PNGs written beside the export survive a re-export
-    return replace_dir(tmp, output, produced=("unet", "scheduler", "model_index.json", "distill.json"))
+    return replace_dir(tmp, output, produced=("unet", "scheduler", "model_index.json", "distill.json", MANIFEST))

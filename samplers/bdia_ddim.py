@@ -59,6 +59,7 @@ from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, Sch
 from diffusers.utils import BaseOutput
 
 from diffkit.denoisers import to_eps_x0
+from diffkit.numerics import FiniteWatch, NonFiniteOutputError  # re-exported (moved to diffkit.numerics)
 from diffkit.schedules import VPSchedule
 
 from .bdia import bdia_inverse_step, bdia_step, check_gamma, ddim_map
@@ -72,52 +73,6 @@ __all__ = ["BDIADDIMScheduler", "BDIAInverseOutput", "ExactnessWarning", "NonFin
 
 class ExactnessWarning(UserWarning):
     """The latents handed to ``step`` are not the ones the scheduler returned: exact invertibility is lost."""
-
-
-class NonFiniteOutputError(ValueError):
-    """The model output contained NaN or inf."""
-
-
-class FiniteWatch:
-    """Raises :class:`NonFiniteOutputError` naming the first step whose tensor had NaN/inf.
-
-    On CPU the check is immediate (free). On accelerators a device-side flag records the
-    first bad step and is read only when ``flush`` is requested, so the loop does not
-    synchronise the device every step.
-    """
-
-    def __init__(self, what: str = "model output", deferred: Optional[bool] = None):
-        self.what = what
-        self.deferred = deferred  # None: deferred exactly when the tensor is not on the CPU
-        self._first: Optional[torch.Tensor] = None
-        self._timesteps: dict[int, object] = {}
-
-    def update(self, x: torch.Tensor, k: int, t=None, flush: bool = False) -> None:
-        # one float64 reduction (a sum is finite iff every element is: no float64 overflow
-        # from float16/32/64 model outputs of sane size), cheaper than isfinite().all()
-        bad = ~torch.isfinite(x.sum(dtype=torch.float64))
-        if not (x.device.type != "cpu" if self.deferred is None else self.deferred):
-            if bool(bad):
-                raise self.error(k, t)
-            return
-        self._timesteps[k] = t
-        if self._first is None:
-            self._first = torch.full((), -1, dtype=torch.long, device=x.device)
-        self._first = torch.where(bad & (self._first < 0), k, self._first)
-        if flush:
-            self.flush()
-
-    def flush(self) -> None:
-        if self._first is None:
-            return
-        first = int(self._first)  # the one device sync
-        if first >= 0:
-            raise self.error(first, self._timesteps.get(first))
-
-    def error(self, k: int, t) -> NonFiniteOutputError:
-        return NonFiniteOutputError(
-            f"{self.what} contains NaN or inf at step {k} (timestep {t}); every later latent would be invalid. "
-            "Check the model's dtype (float16 overflow) and its inputs.")
 
 
 @dataclass

@@ -14,7 +14,9 @@ contract):
 Common options: ``dtype`` (the state's dtype, e.g. ``torch.float64`` as in EDM's own
 sampler; the model still runs in its own dtype), ``callback(dict)`` before each update
 (keys x, i, sigma, sigma_hat, denoised, nfe), ``disable`` (tqdm progress bar) and
-``return_nfe`` (also return the number of model evaluations).
+``return_nfe`` (also return the number of model evaluations). A NaN/inf model output raises
+``diffkit.numerics.NonFiniteOutputError`` naming the step and σ (on accelerators checked once,
+at the end of the loop, instead of synchronising every step).
 
 BDIA (Zhang, Lewis & Kleijn, ECCV 2024; the generic form of their README, spec §1.1) in
 EDM coordinates. With grid index i growing with noise (x_{i+1} is the previous state),
@@ -41,6 +43,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from tqdm.auto import trange
 
+from diffkit.numerics import FiniteWatch
 from diffkit.schedules import karras_sigmas
 
 __all__ = [
@@ -167,16 +170,22 @@ def sigma_for_model(sigma: float, dtype: torch.dtype, sigma_min=None, sigma_max=
 
 
 class _Counter:
-    """Calls the denoiser with a per-sample σ tensor and counts evaluations (NFE)."""
+    """Calls the denoiser with a per-sample σ tensor, counts evaluations (NFE) and watches the
+    outputs: a NaN/inf output raises :class:`~diffkit.numerics.NonFiniteOutputError` naming the
+    loop's ``step`` and the σ evaluated (at once on CPU; on accelerators at ``_finish``)."""
 
     def __init__(self, model, extra_args):
         self.model, self.extra_args, self.nfe = model, extra_args or {}, 0
         self.lo, self.hi = getattr(model, "sigma_min", None), getattr(model, "sigma_max", None)
+        self.step = 0  # set by the sampling loops: the grid index of the current step
+        self.watch = FiniteWatch("model output", at="sigma")
 
     def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         self.nfe += 1
         s = sigma_for_model(sigma, x.dtype, self.lo, self.hi).to(x.device).expand(x.shape[0])
-        return self.model(x, s, **self.extra_args).to(x.dtype)
+        out = self.model(x, s, **self.extra_args).to(x.dtype)
+        self.watch.update(out, self.step, sigma)
+        return out
 
 
 def _increment(D: _Counter, forward: str, x, d, sigma: float, sigma_next: float):
@@ -195,6 +204,7 @@ def _prepare(x: torch.Tensor, dtype):
 
 
 def _finish(out, D: _Counter, return_nfe: bool):
+    D.watch.flush()  # the one device sync of a deferred check (nothing to do on CPU)
     return (out, D.nfe) if return_nfe else out
 
 
@@ -225,6 +235,7 @@ def _sample_plain(forward, model, x, sigmas, extra_args, callback, disable, dtyp
     D = _Counter(model, extra_args)
     n = len(sig) - 1
     for i in trange(n, disable=disable):
+        D.step = i
         sigma, sigma_next = sig[i], sig[i + 1]
         x, sigma_hat = (_churn(x, sigma, n, s_churn, s_tmin, s_tmax, s_noise, generator,
                                getattr(model, "sigma_max", None)) if s_churn > 0 else (x, sigma))
@@ -271,6 +282,7 @@ def _sample_bdia(forward, model, x, sigmas, gamma, gamma_mode, x_prev, extra_arg
         x_prev, start = x_prev.to(x.dtype), 1
     D = _Counter(model, extra_args)
     for i in trange(start, len(sig) - 1, disable=disable):
+        D.step = i
         sigma, sigma_next = sig[i], sig[i + 1]
         denoised = D(x, sigma)
         d = to_d(x, sigma, denoised)
@@ -331,6 +343,7 @@ def bdia_start_pair(model, x, sigmas, extra_args=None, *, dtype=None, return_nfe
     sig = check_sigmas(sigmas, model)
     x = _prepare(x, dtype)
     D = _Counter(model, extra_args)
+    D.step = len(sig) - 2
     s_end, s_before = sig[-1], sig[-2]
     s_eval = s_end if s_end > 0 else s_before
     d = to_d(x, s_eval, D(x, s_eval))
@@ -354,6 +367,7 @@ def _invert_bdia(forward, model, pair, sigmas, gamma, gamma_mode, extra_args, di
     x_next = x_next.to(x.dtype)
     D = _Counter(model, extra_args)
     for i in trange(len(sig) - 2, 0, -1, disable=disable):
+        D.step = i
         sigma_prev, sigma, sigma_next = sig[i - 1], sig[i], sig[i + 1]
         d = to_d(x, sigma, D(x, sigma))
         delta = _increment(D, forward, x, d, sigma, sigma_next)

@@ -176,6 +176,7 @@ def test_missing_or_corrupted_feature_net_names_path_and_rebuild_command(tmp_pat
 def test_stats_from_another_net_are_refused(tmp_path):
     bad = tmp_path / "digits-features"
     shutil.copytree(asset_path("digits-features"), bad)
+    (bad / "SHA256SUMS").unlink()  # the manifest would refuse the changed net first; this tests the stats' own tie
     from safetensors.torch import load_file, save_file
 
     sd = load_file(str(bad / "model.safetensors"))

@@ -59,6 +59,7 @@ def train_features(output, max_steps: int = 1500, seed: int = 0, resume=None, ru
     from diffkit.metrics.digits import compute_reference_stats, save_reference_stats
     from diffkit.models.digits_features import DigitsFeatureNet
     from diffkit.train import IndexedDataSource, Trainer, TrainConfig
+    from diffkit.weights import write_manifest
 
     output = Path(output)
     run_dir = Path(run_dir) if run_dir else Path("runs") / output.name
@@ -95,6 +96,7 @@ def train_features(output, max_steps: int = 1500, seed: int = 0, resume=None, ru
         stats = compute_reference_stats(ema, "train", net_dir=tmp)
         save_reference_stats(stats, tmp / "train_stats.npz")
         (tmp / "README.md").write_text(_card(facts, stats))
+        write_manifest(tmp)
         replace_dir(tmp, output)
         result.facts = facts
     trainer.accelerator.wait_for_everyone()

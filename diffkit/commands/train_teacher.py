@@ -124,13 +124,15 @@ def export_pipeline(unet, scheduler, output, facts: dict | None = None) -> Path:
     from diffkit.pipelines.class_conditional import ClassConditionalPipeline
 
     from diffkit.atomic import replace_dir, staging_dir
+    from diffkit.weights import MANIFEST, write_manifest
 
     tmp = staging_dir(output)
     ClassConditionalPipeline(unet.eval(), scheduler).save_pretrained(str(tmp), safe_serialization=True)
     if facts is not None:
         (tmp / "training.json").write_text(json.dumps(facts, indent=1) + "\n")
+    write_manifest(tmp)
     # keep files the quality report added (model card, PNGs) unless re-exported
-    return replace_dir(tmp, output, produced=("unet", "scheduler", "model_index.json", "training.json"))
+    return replace_dir(tmp, output, produced=("unet", "scheduler", "model_index.json", "training.json", MANIFEST))
 
 
 def demo_step(ctx):

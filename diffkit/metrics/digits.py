@@ -18,7 +18,6 @@ the held-out test images. ≈ 1 for a model that generalises, ≪ 1 for one that
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from ..data import GREY_LEVELS, NUM_CLASSES, digits_tensors, quantize
+from ..weights import file_sha256
 from .frechet import feature_stats, frechet_distance, kid_from_features
 
 __all__ = ["PROTOCOL", "ReferenceStats", "FIDResult", "MemorisationResult", "digits_features", "classify",
@@ -98,14 +98,6 @@ def top1_accuracy(images: torch.Tensor, labels, net=None) -> float:
     return float((classify(images, net) == labels).mean())
 
 
-def _file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------------------- reference stats
 def compute_reference_stats(net=None, split: str = "train", net_dir=None) -> ReferenceStats:
     net = _net(net)
@@ -114,7 +106,7 @@ def compute_reference_stats(net=None, split: str = "train", net_dir=None) -> Ref
     fields = {"protocol": PROTOCOL, "split": split, "grey_levels": GREY_LEVELS, "feature_dim": int(mu.shape[0]),
               "quantised": True, "value_range": "[-1, 1]"}
     if net_dir is not None:
-        fields["feature_net_sha256"] = _file_sha256(f"{net_dir}/model.safetensors")
+        fields["feature_net_sha256"] = file_sha256(f"{net_dir}/model.safetensors")
     return ReferenceStats(mu, sigma, int(x.shape[0]), fields)
 
 
@@ -151,7 +143,7 @@ def load_reference_stats(path="digits-features", check_net: bool = True) -> Refe
         raise AssetError(f"{f} was made under protocol {fields.get('protocol')!r}, this diffkit uses {PROTOCOL!r}; "
                          f"rebuild it with `{cmd}`")
     if check_net and "feature_net_sha256" in fields and (d / "model.safetensors").exists():
-        if _file_sha256(d / "model.safetensors") != fields["feature_net_sha256"]:
+        if file_sha256(d / "model.safetensors") != fields["feature_net_sha256"]:
             raise AssetError(f"{f} does not belong to the feature network in {d} (weights hash differs); "
                              f"rebuild it with `{cmd}`")
     return ReferenceStats(mu, sigma, n, fields)

@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..weights import file_sha256
+
 __all__ = [
     "FeatureExtractor",
     "ModuleFeatures",
@@ -154,14 +156,6 @@ class ModuleFeatures(FeatureExtractor):
         return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def resolve_inception_weights(weights, backend: str) -> Path:
     """The user's Inception file for ``backend`` (a file or a folder holding it), or the documented error."""
     if backend not in INCEPTION_FILES:
@@ -208,7 +202,7 @@ class CleanFIDInception(FeatureExtractor):
         from cleanfid.inception_torchscript import InceptionV3W
 
         self.path = resolve_inception_weights(weights, "clean-fid")
-        self.sha256 = _sha256(self.path)
+        self.sha256 = file_sha256(self.path)
         # download=False: clean-fid joins the folder with its fixed file name and loads it.
         self.net = InceptionV3W(str(self.path.parent), download=False, resize_inside=False).eval()
         self._dim = 2048
@@ -243,7 +237,7 @@ class TorchmetricsInception(FeatureExtractor):
             raise ModuleNotFoundError("torchmetrics' Inception needs torch-fidelity: pip install 'diffkit[inception]' "
                                       "(or pip install torch-fidelity)")
         self.feature, self.antialias = int(feature), bool(antialias)
-        self.sha256 = _sha256(self.path)
+        self.sha256 = file_sha256(self.path)
         self._dim = self.feature
         self.name = f"inception-v3 (torchmetrics/torch-fidelity, {feature})"
         self.resize = ("torchmetrics: torch bilinear, antialias=True, to 299x299" if antialias
@@ -290,7 +284,7 @@ class DigitsFeatures(FeatureExtractor):
             self.net, self.sha256 = net.eval(), None
         else:
             self.net = load_feature_net(net)
-            self.sha256 = _sha256(asset_path(net, required=REQUIRED_FILES) / "model.safetensors")
+            self.sha256 = file_sha256(asset_path(net, required=REQUIRED_FILES) / "model.safetensors")
         self._dim = int(self.net.feature_dim)
         self.input_size = (self.net.config["image_size"],) * 2
 

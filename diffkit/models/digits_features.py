@@ -11,7 +11,8 @@ after training: the RMS of the train split's raw activations, stored in config.j
 entries are O(1) as KID's polynomial kernel (γ = 1/d) assumes; raw activations of a
 confident classifier reach ~40 and make KID's estimate useless.
 
-Stored as ``config.json`` + ``model.safetensors`` (``save`` / ``load_feature_net``).
+Stored as ``config.json`` + ``model.safetensors`` (``save`` / ``load_feature_net``; loading
+checks the folder's SHA256SUMS manifest and every key and shape: ``diffkit.weights``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..assets import REBUILD, AssetError, asset_path, corrupt_asset
+from ..weights import WeightsError, load_state_dict_strict
 
 __all__ = ["DigitsFeatureNet", "load_feature_net", "REQUIRED_FILES"]
 
@@ -98,9 +102,6 @@ def load_feature_net(path="digits-features", device="cpu") -> DigitsFeatureNet:
     """Load the shipped feature network (asset name or folder), in eval mode; its full
     config.json (recorded accuracy included) is at ``net.stored_config``."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from ..assets import AssetError, REBUILD, asset_path
 
     d = asset_path(path, required=REQUIRED_FILES)
     cmd = REBUILD["digits-features"][1]
@@ -109,7 +110,9 @@ def load_feature_net(path="digits-features", device="cpu") -> DigitsFeatureNet:
         if cfg.get("_class_name") != "DigitsFeatureNet":
             raise ValueError(f"_class_name is {cfg.get('_class_name')!r}, expected 'DigitsFeatureNet'")
         net = DigitsFeatureNet(**{k: cfg[k] for k in _ARCH_KEYS if k in cfg})
-        net.load_state_dict(load_file(str(d / "model.safetensors")))
+        load_state_dict_strict(net, d / "model.safetensors")
+    except WeightsError as e:
+        raise corrupt_asset(d, e, "digits-features") from None
     except (ValueError, KeyError, RuntimeError, OSError, SafetensorError) as e:
         raise AssetError(f"the digits feature network at {d} is corrupted ({type(e).__name__}: {e}); "
                          f"rebuild it with `{cmd}`") from e

@@ -15,7 +15,8 @@ Two on-disk formats load into the same module (parameter names are the official 
   module does), with a warning naming the largest difference if it is not the standard
   base-10000 frequencies.
 * diffkit's own diffusers-style format (``save_pretrained`` / ``from_pretrained``; flat
-  config with ``_class_name``), written atomically.
+  config with ``_class_name``), written atomically; loaded with the same strict key and shape
+  check (``diffkit.weights.load_model_strict``).
 
 ``RADDTransformer.from_pretrained`` accepts either.
 """
@@ -39,6 +40,8 @@ from safetensors import SafetensorError
 
 from ..assets import rebuild_hint
 
+from ..weights import WeightsError, load_model_strict, state_dict_mismatch, state_shapes
+
 __all__ = ["RADDTransformer", "load_official_checkpoint", "save_official_checkpoint", "is_official_checkpoint",
            "tiny_radd_transformer", "CheckpointError", "OFFICIAL_TOLERATED_KEYS"]
 
@@ -46,7 +49,7 @@ OFFICIAL_TOLERATED_KEYS = ("rotary_emb.inv_freq",)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(WeightsError):
     """A checkpoint that does not match the architecture (keys, shapes, vocabulary)."""
 
 
@@ -197,10 +200,14 @@ class RADDTransformer(ModelMixin, ConfigMixin):
         """Load diffkit's format, or the official RADD checkpoint format (detected from config.json)."""
         if is_official_checkpoint(pretrained_model_name_or_path):
             return load_official_checkpoint(pretrained_model_name_or_path, **kwargs)
+        folder = Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")
+        load = super().from_pretrained
+        if not folder.is_dir():  # a hub id is left to diffusers
+            return load(pretrained_model_name_or_path, *args, **kwargs)
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            return load_model_strict(cls, folder, lambda: load(pretrained_model_name_or_path, *args, **kwargs),
+                                     kwargs.get("variant"))
         except (OSError, SafetensorError) as e:  # diffusers reports a damaged weights file as a bare OSError
-            folder = Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")
             raise CheckpointError(f"the RADDTransformer in {folder} could not be loaded (damaged or missing "
                                   f"files; {type(e).__name__}: {e}){rebuild_hint(folder)}") from e
 
@@ -301,12 +308,8 @@ def _official_kwargs(cfg: dict) -> dict:
 
 def check_state_dict(model: nn.Module, state: dict, tolerated=OFFICIAL_TOLERATED_KEYS) -> None:
     """Strict key and shape check; raises one CheckpointError listing every problem."""
-    expected = model.state_dict()
-    keys = set(state) - set(tolerated)
-    missing = sorted(set(expected) - keys)
-    unexpected = sorted(keys - set(expected))
-    shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-                    for k in keys & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
+    missing, unexpected, bad = state_dict_mismatch(state_shapes(model.state_dict()), state_shapes(state), tolerated)
+    shapes = [f"{k}: checkpoint {f} vs model {m}" for k, f, m in bad]
     if not (missing or unexpected or shapes):
         return
     lines = ["checkpoint does not match the RADD architecture built from its config.json:"]

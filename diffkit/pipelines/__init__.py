@@ -2,6 +2,12 @@
 
 ``PIPELINES`` maps a ``model_index.json`` ``_class_name`` to its diffkit class (diffusers'
 generic ``DiffusionPipeline.from_pretrained`` only resolves classes inside diffusers).
+
+:func:`load_pipeline` is the strict way in: the folder's ``SHA256SUMS`` manifest (if any) is
+checked, and every model component must have exactly the keys and shapes of its weights file
+(``diffkit.weights``); an error names the file, the keys and, for a shipped asset, the rebuild
+command. A pipeline class's own ``from_pretrained`` is diffusers' loader with diffusers'
+tolerance (a missing tensor stays randomly initialised, with a warning).
 """
 
 from __future__ import annotations
@@ -9,6 +15,9 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
+
+from ..assets import REBUILD, AssetError, asset_path, corrupt_asset
+from ..weights import WeightsError, check_loaded_model, check_model_folder, load_model_strict
 
 PIPELINES = {
     "ClassConditionalPipeline": "diffkit.pipelines.class_conditional:ClassConditionalPipeline",
@@ -26,16 +35,23 @@ def pipeline_class(name: str):
 
 
 def load_pipeline(path, **kwargs):
-    """Load a diffkit pipeline folder, or wrap a bare UNet2DModel folder with a DDIM scheduler."""
-    from ..assets import asset_path
-
+    """Load a diffkit pipeline folder, or wrap a bare UNet2DModel folder with a DDIM scheduler;
+    strictly (see the module docstring)."""
     p = asset_path(path)
     index = p / "model_index.json"
     if index.exists():
+        variant, spec = kwargs.get("variant"), None
         try:
-            name = json.loads(index.read_text())["_class_name"]
-            return pipeline_class(name).from_pretrained(str(p), **kwargs)
+            spec = json.loads(index.read_text())
+            pipe = pipeline_class(spec["_class_name"]).from_pretrained(str(p), **kwargs)
+            for name, module in _model_components(pipe, spec):
+                check_loaded_model(module, p / name, variant)
+            return pipe
+        except WeightsError as e:
+            raise corrupt_asset(p, e) from None
         except (OSError, ValueError, KeyError) as e:
+            if isinstance(spec, dict):  # diffusers' own refusal (a shape mismatch): name the file and the keys
+                _name_the_weights(p, spec, variant)
             raise _unreadable(p, e) from e
     if not (p / "config.json").exists():
         _check_known_asset(p)
@@ -45,21 +61,53 @@ def load_pipeline(path, **kwargs):
 
         from .class_conditional import ClassConditionalPipeline
 
-        return ClassConditionalPipeline(UNet2DModel.from_pretrained(str(p)).eval(), DDIMScheduler())
+        try:
+            unet = load_model_strict(UNet2DModel, p, lambda: UNet2DModel.from_pretrained(str(p)))
+        except WeightsError as e:
+            raise corrupt_asset(p, e) from None
+        return ClassConditionalPipeline(unet.eval(), DDIMScheduler())
     raise ValueError(f"{p} holds neither a model_index.json nor a UNet2DModel config.json")
+
+
+def _model_components(pipe, spec: dict):
+    """(name, module) of the pipeline's model components that model_index.json lists."""
+    for name, module in pipe.components.items():
+        if isinstance(spec.get(name), list) and hasattr(module, "state_dict"):
+            yield name, module
+
+
+def _check_components(p: Path, spec: dict, variant=None) -> None:
+    """Strict key/shape check of every model component (a diffusers ``ModelMixin``) listed in
+    model_index.json against its subfolder's config.json, without loading it."""
+    from diffusers import ModelMixin
+
+    for name, entry in spec.items():
+        if name.startswith("_") or not (isinstance(entry, list) and len(entry) == 2 and all(entry)):
+            continue
+        library, class_name = entry
+        module = importlib.import_module("diffusers" if library == "diffusers" else library)
+        cls = getattr(module, class_name, None)
+        if isinstance(cls, type) and issubclass(cls, ModelMixin) and (p / name / "config.json").is_file():
+            check_model_folder(cls, p / name, variant)
+
+
+def _name_the_weights(p: Path, spec: dict, variant=None) -> None:
+    """Raise the CorruptAssetError naming the file and the keys if the weights are at fault."""
+    try:
+        _check_components(p, spec, variant)
+    except WeightsError as w:
+        raise corrupt_asset(p, w) from None
+    except (OSError, ValueError, KeyError, TypeError, ImportError, RuntimeError):
+        pass  # the check itself cannot run (e.g. an unreadable config): the caller reports the load error
 
 
 def _unreadable(p, err):
     """An AssetError naming the folder and, for a shipped asset, the command that rebuilds it."""
-    from ..assets import REBUILD, AssetError
-
     what, cmd = REBUILD.get(p.name, ("the pipeline", None))
     hint = f"; rebuild it with `{cmd}`" if cmd else ""
     return AssetError(f"{what} at {p} is incomplete or corrupted ({type(err).__name__}: {err}){hint}")
 
 
 def _check_known_asset(p):
-    from ..assets import REBUILD
-
     if p.name in REBUILD:
         raise _unreadable(p, FileNotFoundError("no model_index.json"))

@@ -19,6 +19,7 @@ from diffusers.utils import BaseOutput
 from ..checks import check_count
 from ..conditioning import Guidance, class_guidance, num_classes
 from ..denoisers import EpsModel
+from ..numerics import FiniteWatch
 from ..seeding import randn_for_indices
 
 __all__ = ["ClassConditionalPipeline", "ImagePipelineOutput", "check_output_type", "batch_of", "initial_noise",
@@ -108,10 +109,12 @@ class ClassConditionalPipeline(DiffusionPipeline):
         latents = latents * self.scheduler.init_noise_sigma
         params = inspect.signature(self.scheduler.step).parameters
         extra = {"eta": eta} if "eta" in params else {}
-        nfe = 0
+        nfe, watch = 0, FiniteWatch("model output")  # NaN weights: an error naming the step, not an image
         for t in self.progress_bar(self.scheduler.timesteps) if progress else self.scheduler.timesteps:
             inp = self.scheduler.scale_model_input(latents, t)
             out = model.raw(inp, t, guidance)
+            watch.update(out, nfe, t)
             nfe += 1
             latents = self.scheduler.step(out, t, latents, **extra, return_dict=False)[0]
+        watch.flush()
         return to_output(latents, output_type, nfe, return_dict, self.numpy_to_pil)

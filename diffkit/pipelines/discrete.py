@@ -31,7 +31,8 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from ..assets import rebuild_hint
+from ..assets import rebuild_hint, verify_asset
+from ..numerics import FiniteWatch
 from ..seeding import sample_generator
 
 __all__ = ["DiscreteDiffusionPipeline", "TextDiffusionOutput", "load_text_pipeline"]
@@ -342,6 +343,8 @@ class DiscreteDiffusionPipeline(DiffusionPipeline):
         changes = torch.zeros(B, dtype=torch.long, device=device)
         need = torch.ones(B, dtype=torch.bool, device=device)  # rows changed since their last evaluation
         cache, calls = None, 0
+        # NaN weights: an error naming the step (log-probabilities may be -inf, not NaN or +inf)
+        watch, V = FiniteWatch("transformer output", allow_neg_inf=True), self.vocab_size
         kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, final_step=None if order is None else False)
         for i in (self.progress_bar(loop) if progress else loop):
             if not cache_rows:
@@ -349,6 +352,7 @@ class DiscreteDiffusionPipeline(DiffusionPipeline):
                 if time_cond:
                     tn = torch.full((B,), sched.total_noise(i), device=device, dtype=torch.float32)
                 cache = self._forward(x, forward_batch_size, tn)
+                watch.update(cache[..., :V], i)
                 fwd += 1
                 calls += 1
                 if not counts[i]:
@@ -358,16 +362,20 @@ class DiscreteDiffusionPipeline(DiffusionPipeline):
                 k = idx.numel()
                 if k == B:
                     cache = self._forward(x, forward_batch_size)
+                    watch.update(cache[..., :V], i)
                 elif k:
                     if 0 in cache.stride():  # an expanded output (e.g. a constant model) cannot be written
                         cache = cache.contiguous()
-                    cache[idx] = self._forward(x[idx], forward_batch_size)
+                    new = self._forward(x[idx], forward_batch_size)
+                    watch.update(new[..., :V], i)
+                    cache[idx] = new
                 if k:
                     fwd[idx] += 1
                     calls += 1
             res = sched.step(cache, i, x, generator=gens, unmask=reveal == i, return_dict=False, **kw)
             x, need = res[0], res[5]
             changes += need
+        watch.flush()
         if (x == mask_id).any():  # the final step reveals every mask; this guards the contract
             raise RuntimeError("internal error: a mask token survived the final step")
 
@@ -420,6 +428,7 @@ def load_text_pipeline(model, tokenizer=None, **scheduler_kwargs) -> DiscreteDif
         if not folder.is_dir():
             raise FileNotFoundError(f"model folder {folder} not found (expected a diffkit pipeline folder, an official "
                                     "RADD checkpoint folder, a RADDTransformer folder, or 'tiny')")
+        verify_asset(folder)  # its SHA256SUMS manifest, if it has one
         if (folder / "model_index.json").is_file():
             pipe = DiscreteDiffusionPipeline.from_pretrained(str(folder))
             if scheduler_kwargs:

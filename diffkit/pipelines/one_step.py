@@ -19,6 +19,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from ..conditioning import num_classes
+from ..numerics import FiniteWatch
 from .class_conditional import batch_of, check_output_type, initial_noise, to_output
 
 __all__ = ["OneStepPipeline", "require_diffusion_model"]
@@ -79,5 +80,7 @@ class OneStepPipeline(DiffusionPipeline):
             class_labels = class_labels.to(self.device)
         if latents is None:
             latents = initial_noise(self.unet, batch_size, seed, sample_indices, self.device)
-        images = self.generator()(latents.to(self.device), class_labels)
+        generator = self.generator()
+        images = generator(latents.to(self.device), class_labels)
+        FiniteWatch("one-step generator output").update(images, 0, generator.timestep, flush=True)
         return to_output(images, output_type, 1, return_dict, self.numpy_to_pil)

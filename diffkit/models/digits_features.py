@@ -17,11 +17,12 @@ Stored as ``config.json`` + ``model.safetensors`` (``save`` / ``load_feature_net
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..atomic import save_safetensors, write_text_atomically
 
 __all__ = ["DigitsFeatureNet", "load_feature_net", "REQUIRED_FILES"]
 
@@ -77,17 +78,12 @@ class DigitsFeatureNet(nn.Module):
 
     def save(self, directory, extra_config: dict | None = None) -> Path:
         """Write ``config.json`` + ``model.safetensors`` into ``directory`` (each file atomically)."""
-        from safetensors.torch import save_file
-
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         cfg = {"_class_name": type(self).__name__, **self.config, **(extra_config or {})}
-        tmp = d / f".model.safetensors.tmp-{os.getpid()}"
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp))
-        os.replace(tmp, d / "model.safetensors")
-        tmp = d / f".config.json.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(cfg, indent=1) + "\n")
-        os.replace(tmp, d / "config.json")
+        save_safetensors({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
+                         d / "model.safetensors")
+        write_text_atomically(d / "config.json", json.dumps(cfg, indent=1) + "\n")
         return d
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from diffkit.checks import count_arg
+from diffkit.checks import IMAGE_OUTPUT_HELP, count_arg, image_path_arg
 
 NAME = "sample"
 HELP = "sample images from a model folder (--model DIR --sampler NAME --steps N)"
@@ -22,7 +22,7 @@ def add_arguments(p):
                    "the inversion's)")
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", default="samples.png")
+    p.add_argument("--output", default="samples.png", type=image_path_arg, help=IMAGE_OUTPUT_HELP)
     p.add_argument("--upscale", type=count_arg(1), default=4)
     p.add_argument("--from-inversion", default=None, metavar="FILE",
                    help="regenerate from a `diffkit invert` file (BDIA-DDIM from its latent pair; other --labels edit)")

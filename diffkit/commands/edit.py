@@ -1,6 +1,6 @@
 """diffkit edit: invert an image under a source condition, regenerate it under a target one.
 
-    diffkit edit --model digits-unet --digit 0 --source 3 --target 8 --output edit.png
+    diffkit edit --model digits-unet --digit 13 --source 3 --target 8 --output edit.png   # test digit #13 is a 3
     diffkit edit --model path/to/sd --image cat.png --source "a photo of a cat" --target "a photo of a dog"
 
 Writes a before/after PNG (input | edit, plus the reconstruction with --reconstruct).

@@ -1,21 +1,61 @@
 """Atomic writes: a reader, or a resumed run, sees the old complete file/folder or the new
-one, never a half-written one (a kill mid-write leaves only a hidden ``.tmp-`` sibling)."""
+one, never a half-written one (a kill mid-write leaves only a hidden ``.tmp-`` sibling).
+
+Permissions: what diffkit writes gets the mode a plain ``open(path, "w")`` / ``mkdir`` gives
+under the process's umask (0644 / 0755 under the usual 022), an existing file keeping its own.
+``safetensors.torch.save_file`` (and so diffusers' ``save_pretrained``) creates its files with
+mode 0600 whatever the umask, and ``tempfile.mkstemp`` / ``mkdtemp`` do the same; diffkit
+therefore writes safetensors through :func:`save_safetensors` (plain file writes) and wraps
+diffusers' ``save_pretrained`` in :func:`umask_permissions`."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
-__all__ = ["write_text_atomically", "write_json_atomically", "staging_dir", "replace_dir"]
+__all__ = ["write_text_atomically", "write_bytes_atomically", "write_json_atomically", "save_safetensors",
+           "staging_dir", "replace_dir", "current_umask", "umask_permissions", "UmaskSaveMixin"]
+
+
+def _tmp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    """Move ``tmp`` to ``path``, keeping the mode of the file it replaces (as a rewrite would)."""
+    try:
+        os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
+    except FileNotFoundError:
+        pass
+    os.replace(tmp, path)
 
 
 def write_text_atomically(path, text: str) -> None:
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _tmp_sibling(path)
     tmp.write_text(text)
-    os.replace(tmp, path)
+    _replace(tmp, path)
+
+
+def write_bytes_atomically(path, data: bytes) -> None:
+    path = Path(path)
+    tmp = _tmp_sibling(path)
+    tmp.write_bytes(data)
+    _replace(tmp, path)
+
+
+def save_safetensors(tensors: dict, path, metadata: Optional[dict] = None) -> Path:
+    """``safetensors.torch.save_file``, written atomically with a plain file write (so with the
+    umask's permissions, not save_file's 0600). ``tensors``: name -> contiguous CPU tensor."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    write_bytes_atomically(path, save(tensors, metadata=metadata))
+    return path
 
 
 def write_json_atomically(path, obj, indent: int = 1) -> None:
@@ -59,3 +99,59 @@ def replace_dir(tmp, final, produced: Optional[Iterable[str]] = None) -> Path:
     else:
         os.replace(tmp, final)
     return final
+
+
+def current_umask() -> int:
+    """The process's umask, read from /proc where available (without changing it), else by
+    setting and restoring it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _entries(root: Path) -> Iterator[Path]:
+    """``root`` and, for a folder, everything below it (symbolic links are not followed)."""
+    if not os.path.lexists(root):
+        return
+    yield root
+    if root.is_dir() and not root.is_symlink():
+        for folder, dirs, files in os.walk(root):
+            for name in dirs + files:
+                yield Path(folder) / name
+
+
+@contextmanager
+def umask_permissions(target) -> Iterator[Path]:
+    """Entries that the block creates at or under ``target`` (a file or a folder) get the mode a
+    plain ``open(..., "w")`` or ``mkdir`` would give them under the current umask; entries that
+    existed keep the mode they had (as a plain rewrite of a file keeps it). For writers diffkit
+    does not control, such as diffusers' ``save_pretrained`` (its safetensors files are 0600)."""
+    target = Path(target)
+    before = {p: stat.S_IMODE(p.lstat().st_mode) for p in _entries(target)}
+    yield target
+    mask = current_umask()
+    for p in _entries(target):
+        st = p.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            continue
+        want = before.get(p)
+        if want is None:
+            want = (0o777 if stat.S_ISDIR(st.st_mode) else 0o666) & ~mask
+        if stat.S_IMODE(st.st_mode) != want:
+            os.chmod(p, want)
+
+
+class UmaskSaveMixin:
+    """For diffusers classes: ``save_pretrained`` inside :func:`umask_permissions`, so the saved
+    folder gets plain permissions (diffusers' safetensors files are otherwise 0600)."""
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        with umask_permissions(save_directory):
+            return super().save_pretrained(save_directory, *args, **kwargs)

@@ -1,4 +1,7 @@
-"""Image tensors <-> uint8 / PIL / PNG grids (images in [-1, 1], NCHW)."""
+"""Image tensors <-> uint8 / PIL / image-file grids (images in [-1, 1], NCHW).
+
+Image files are written in the format their suffix names (``IMAGE_FORMATS``: PNG, JPEG, WebP,
+BMP, TIFF); any other suffix is refused with an error naming the accepted ones."""
 
 from __future__ import annotations
 
@@ -8,7 +11,13 @@ import os
 import numpy as np
 import torch
 
-__all__ = ["to_uint8", "make_grid", "save_grid", "save_png_atomic"]
+from .checks import IMAGE_FORMATS, image_format, image_path_arg
+
+__all__ = ["to_uint8", "make_grid", "save_grid", "save_image_atomic", "save_png_atomic", "IMAGE_FORMATS",
+           "image_format", "image_path_arg"]
+
+#: lossy formats are written at this quality (PIL's default, 75, visibly blurs 8x8 digits upscaled)
+LOSSY_QUALITY = 95
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -34,15 +43,22 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, upscale: int = 1, p
     return grid
 
 
-def save_png_atomic(array: np.ndarray, path: str) -> str:
+def save_image_atomic(array: np.ndarray, path: str) -> str:
+    """A HW / HWC uint8 array to ``path`` in the format its suffix names (see :func:`image_format`),
+    through a temporary sibling file and a rename."""
     from PIL import Image
 
+    fmt = image_format(path, "path")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    Image.fromarray(array).save(tmp)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    Image.fromarray(array).save(tmp, format=fmt, **({"quality": LOSSY_QUALITY} if fmt in ("JPEG", "WEBP") else {}))
     os.replace(tmp, path)
     return path
 
 
+#: the former name, kept for its callers (e.g. diffkit.metrics.folders, which writes .png paths)
+save_png_atomic = save_image_atomic
+
+
 def save_grid(images: torch.Tensor, path: str, nrow: int | None = None, upscale: int = 1) -> str:
-    return save_png_atomic(make_grid(images, nrow, upscale), path)
+    return save_image_atomic(make_grid(images, nrow, upscale), path)

@@ -12,8 +12,8 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["SamplerEntry", "register_sampler", "get_sampler", "available_samplers", "make_scheduler",
-           "pipeline_with_sampler"]
+__all__ = ["SamplerEntry", "register_sampler", "get_sampler", "available_samplers", "describe_samplers",
+           "make_scheduler", "pipeline_with_sampler"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,12 @@ def get_sampler(name: str) -> SamplerEntry:
 
 def available_samplers() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def describe_samplers() -> list[str]:
+    """One line per registered sampler: name, kind and description (``--list-samplers``)."""
+    width = max(len(n) for n in _REGISTRY)
+    return [f"{n:{width}s}  {_REGISTRY[n].kind:9s}  {_REGISTRY[n].description}" for n in available_samplers()]
 
 
 def make_scheduler(name: str, base_config, **overrides):

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic import replace_dir, write_text_atomically
+from .atomic import replace_dir, save_safetensors, write_text_atomically
 from .seeding import rand_for_indices, randint_for_indices, randn_for_indices, sample_generator
 
 __all__ = ["TrainConfig", "EMA", "IndexedDataSource", "DDPMEpsLoss", "Trainer", "TrainResult",
@@ -377,14 +377,12 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/step-NNNNNNN`` atomically (every process writes its RNG file)."""
-        from safetensors.torch import save_file
-
         acc = self.accelerator
 
         def write(tmp: Path) -> None:
             sd = {k: v.detach().cpu().contiguous() for k, v in self.unwrapped.state_dict().items()}
-            save_file(sd, str(tmp / "model.safetensors"))
-            save_file({k: v.contiguous() for k, v in self.ema.shadow.items()}, str(tmp / "ema.safetensors"))
+            save_safetensors(sd, tmp / "model.safetensors")
+            save_safetensors({k: v.contiguous() for k, v in self.ema.shadow.items()}, tmp / "ema.safetensors")
             torch.save({"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict()},
                        tmp / "optimizer.pt")
             extra = {k: obj.state_dict() for k, obj in (("source", self.source), ("loss", self.loss_fn))

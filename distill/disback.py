@@ -57,7 +57,7 @@ from diffkit.conditioning import class_guidance, num_classes
 from diffkit.denoisers import EpsModel
 from diffkit.schedules import VPSchedule, config_to_dict
 from diffkit.seeding import randint_for_indices, randn_for_indices, sample_seed
-from diffkit.atomic import write_text_atomically
+from diffkit.atomic import save_safetensors, write_text_atomically
 from diffkit.weights import file_sha256  # re-exported: the one sha256 helper
 from diffkit.train import (EMA, Trainer, TrainConfig, latest_checkpoint, list_checkpoints, set_rng_state,
                            write_checkpoint_dir)
@@ -230,12 +230,8 @@ def load_strict(module: nn.Module, path, what: str) -> None:
 
 
 def _save_safetensors(module_or_sd, path) -> None:
-    from safetensors.torch import save_file
-
     sd = module_or_sd.state_dict() if isinstance(module_or_sd, nn.Module) else module_or_sd
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, str(tmp))
-    os.replace(tmp, path)
+    save_safetensors({k: v.detach().cpu().contiguous() for k, v in sd.items()}, path)
 
 
 # ---------------------------------------------------------------------------- the path

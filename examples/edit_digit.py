@@ -11,6 +11,7 @@ import argparse
 
 import torch
 
+from diffkit.checks import IMAGE_OUTPUT_HELP, image_path_arg
 from diffkit.data import digits_tensors
 from diffkit.images import save_grid
 from diffkit.pipelines import load_pipeline
@@ -26,7 +27,7 @@ def main():
     p.add_argument("--source", type=int, default=3)
     p.add_argument("--target", type=int, default=8)
     p.add_argument("--count", type=int, default=4, help="how many test digits of the source class")
-    p.add_argument("--output", default="edit_digit.png")
+    p.add_argument("--output", default="edit_digit.png", type=image_path_arg, help=IMAGE_OUTPUT_HELP)
     args = p.parse_args()
 
     pipe = load_pipeline("digits-unet")

@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from diffkit.checks import IMAGE_OUTPUT_HELP, image_path_arg
 from diffkit.images import save_grid
 from diffkit.metrics.digits import classify
 from diffkit.pipelines import load_pipeline
@@ -23,7 +24,7 @@ def main():
     p.add_argument("--model", default="digits-onestep", help="asset name or OneStepPipeline folder")
     p.add_argument("--per-class", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", default="onestep.png")
+    p.add_argument("--output", default="onestep.png", type=image_path_arg, help=IMAGE_OUTPUT_HELP)
     args = p.parse_args()
 
     pipe = load_pipeline(args.model)

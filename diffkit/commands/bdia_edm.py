@@ -6,7 +6,7 @@ on the model's own trained σ range (Karras grid, ρ = 7), with the NFE budget g
 
 from __future__ import annotations
 
-from diffkit.checks import check_count, count_arg
+from diffkit.checks import IMAGE_OUTPUT_HELP, check_count, count_arg, image_path_arg
 
 NAME = "sample-edm"
 HELP = "sample a model folder with EDM Euler/Heun or BDIA-Euler/Heun (--sampler, --nfe, --gamma)"
@@ -29,7 +29,7 @@ def add_arguments(p):
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--float64", action="store_true", help="keep the sampler state in float64 (as EDM does)")
-    p.add_argument("--output", default="samples_edm.png")
+    p.add_argument("--output", default="samples_edm.png", type=image_path_arg, help=IMAGE_OUTPUT_HELP)
     p.add_argument("--upscale", type=count_arg(1), default=4)
 
 

@@ -1,6 +1,6 @@
 """diffkit edit: invert an image under a source condition, regenerate it under a target one.
 
-    diffkit edit --model digits-unet --digit 0 --source 3 --target 8 --output edit.png
+    diffkit edit --model digits-unet --digit 13 --source 3 --target 8 --output edit.png   # test digit #13 is a 3
     diffkit edit --model path/to/sd --image cat.png --source "a photo of a cat" --target "a photo of a dog"
 
 Writes a before/after PNG (input | edit, plus the reconstruction with --reconstruct).
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from diffkit.checks import count_arg
+from diffkit.checks import IMAGE_OUTPUT_HELP, count_arg, image_path_arg
 
 NAME = "edit"
 HELP = "edit an image by exact inversion (--model --image/--digit --source --target; BDIA, EDICT or DDIM inversion)"
@@ -34,9 +34,9 @@ def add_arguments(p):
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: 3 for prompts, 1 for labels)")
     p.add_argument("--gamma", type=float, default=0.94, help="BDIA gamma (inversion wants 0.92-1.0)")
     p.add_argument("--reconstruct", action="store_true", help="also regenerate under the source and print the errors")
-    p.add_argument("--output", default="edit.png")
+    p.add_argument("--output", default="edit.png", type=image_path_arg, help=IMAGE_OUTPUT_HELP)
     p.add_argument("--upscale", type=count_arg(1), default=None,
-                   help="PNG upscale factor (default: 8 for images <= 64 px)")
+                   help="image upscale factor (default: 8 for images <= 64 px)")
 
 
 def _condition(pipe, value):

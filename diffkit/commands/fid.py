@@ -52,7 +52,7 @@ def add_arguments(p):
     p.add_argument("--with-features", action="store_true", help="store the features in --save-stats (for KID)")
     p.add_argument("--json", default=None, help="write the result records as JSON")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--list-samplers", action="store_true")
+    p.add_argument("--list-samplers", action="store_true", help="list the registered samplers and exit")
 
 
 def _gen_source(args):
@@ -73,12 +73,10 @@ def run(args):
     from diffkit.metrics import compute_stats, save_stats
     from diffkit.metrics.fid import evaluate
     from diffkit.metrics.sharding import shard_info
-    from diffkit.registry import available_samplers, get_sampler
+    from diffkit.registry import describe_samplers
 
     if args.list_samplers:
-        for name in available_samplers():
-            e = get_sampler(name)
-            print(f"{name:12s} {e.kind:9s} {e.description}")
+        print("\n".join(describe_samplers()))
         return 0
     gen = _gen_source(args)
     main = shard_info().is_main

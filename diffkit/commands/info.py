@@ -1,4 +1,4 @@
-"""diffkit info: versions, device and the usable attention backend."""
+"""diffkit info: versions, device, the usable attention backend and the registered samplers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import importlib.metadata as md
 import platform
 
 NAME = "info"
-HELP = "print versions, device and the attention backend diffkit would use"
+HELP = "print versions, device, the attention backend diffkit would use and the registered samplers"
 
 PACKAGES = ["diffkit", "torch", "torchvision", "diffusers", "accelerate", "transformers", "torchmetrics",
             "clean-fid", "scipy", "safetensors", "xformers", "torch-fidelity"]
@@ -30,6 +30,7 @@ def run(args):
     import torch
 
     from diffkit.attention import probe_xformers
+    from diffkit.registry import available_samplers
 
     for k, v in versions().items():
         print(f"{k:>14}: {v}")
@@ -38,3 +39,4 @@ def run(args):
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     ok, reason = probe_xformers(device, dtype)
     print(f"{'attention':>14}: {'xformers' if ok else 'sdpa'} ({'xformers ' + reason})")
+    print(f"{'samplers':>14}: {', '.join(available_samplers())} (descriptions: diffkit sample --list-samplers)")

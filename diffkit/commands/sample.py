@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from diffkit.checks import count_arg
+from diffkit.checks import IMAGE_OUTPUT_HELP, count_arg, image_path_arg
 
 NAME = "sample"
 HELP = "sample images from a model folder (--model DIR --sampler NAME --steps N)"
@@ -12,7 +12,7 @@ def add_arguments(p):
     p.add_argument("--model", default=None,
                    help="model folder (diffkit pipeline, or a UNet2DModel) or asset name (required unless "
                         "--from-inversion names it)")
-    p.add_argument("--sampler", default=None, help="registered sampler name (see `diffkit fid --list-samplers`); "
+    p.add_argument("--sampler", default=None, help="a registered sampler of kind 'scheduler' (see --list-samplers); "
                    "default: the model's own (its pipeline's scheduler; a one-step generator takes no other)")
     p.add_argument("--steps", type=count_arg(1), default=None, help="number of steps (default 50; with "
                    "--from-inversion: the inversion's, which it must equal)")
@@ -22,10 +22,12 @@ def add_arguments(p):
                    "the inversion's)")
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", default="samples.png")
+    p.add_argument("--output", default="samples.png", type=image_path_arg, help=IMAGE_OUTPUT_HELP)
     p.add_argument("--upscale", type=count_arg(1), default=4)
     p.add_argument("--from-inversion", default=None, metavar="FILE",
                    help="regenerate from a `diffkit invert` file (BDIA-DDIM from its latent pair; other --labels edit)")
+    p.add_argument("--list-samplers", action="store_true", help="list the registered samplers and exit (--sampler "
+                   "takes the 'scheduler' ones; the 'function' ones run through `diffkit sample-edm` and `diffkit fid`)")
 
 
 def balanced_labels(n: int, num_classes: int) -> list[int]:
@@ -33,6 +35,11 @@ def balanced_labels(n: int, num_classes: int) -> list[int]:
 
 
 def run(args):
+    if args.list_samplers:
+        from diffkit.registry import describe_samplers
+
+        print("\n".join(describe_samplers()))
+        return 0
     if args.from_inversion:
         return run_from_inversion(args)
     if not args.model:

@@ -18,13 +18,13 @@ checks the folder's SHA256SUMS manifest and every key and shape: ``diffkit.weigh
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..assets import REBUILD, AssetError, asset_path, corrupt_asset
+from ..atomic import save_safetensors, write_text_atomically
 from ..weights import WeightsError, load_state_dict_strict
 
 __all__ = ["DigitsFeatureNet", "load_feature_net", "REQUIRED_FILES"]
@@ -81,17 +81,12 @@ class DigitsFeatureNet(nn.Module):
 
     def save(self, directory, extra_config: dict | None = None) -> Path:
         """Write ``config.json`` + ``model.safetensors`` into ``directory`` (each file atomically)."""
-        from safetensors.torch import save_file
-
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         cfg = {"_class_name": type(self).__name__, **self.config, **(extra_config or {})}
-        tmp = d / f".model.safetensors.tmp-{os.getpid()}"
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp))
-        os.replace(tmp, d / "model.safetensors")
-        tmp = d / f".config.json.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(cfg, indent=1) + "\n")
-        os.replace(tmp, d / "config.json")
+        save_safetensors({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
+                         d / "model.safetensors")
+        write_text_atomically(d / "config.json", json.dumps(cfg, indent=1) + "\n")
         return d
 
 

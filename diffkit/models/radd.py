@@ -39,6 +39,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from safetensors import SafetensorError
 
 from ..assets import rebuild_hint
+from ..atomic import save_safetensors, umask_permissions, write_text_atomically
 
 from ..weights import WeightsError, load_model_strict, state_dict_mismatch, state_shapes
 
@@ -217,7 +218,8 @@ class RADDTransformer(ModelMixin, ConfigMixin):
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp"))
         try:
-            super().save_pretrained(str(tmp), *args, **kwargs)
+            with umask_permissions(tmp):  # diffusers' safetensors file would be 0600
+                super().save_pretrained(str(tmp), *args, **kwargs)
             target.mkdir(exist_ok=True)
             for f in os.listdir(tmp):
                 os.replace(tmp / f, target / f)
@@ -363,8 +365,6 @@ def load_official_checkpoint(path, *, vocab_size: int | None = None, device=None
 def save_official_checkpoint(model: RADDTransformer, path, extra_config: dict | None = None) -> Path:
     """Write ``model`` in the official format (nested config.json + model.safetensors, with the
     ``rotary_emb.inv_freq`` buffer as the official module stores it), atomically."""
-    from safetensors.torch import save_file
-
     c = model.config
     cfg = {"tokens": c.vocab_size,
            "model": {"hidden_size": c.hidden_size, "n_heads": c.n_heads, "n_blocks": c.n_blocks,
@@ -376,10 +376,6 @@ def save_official_checkpoint(model: RADDTransformer, path, extra_config: dict | 
     state["rotary_emb.inv_freq"] = model.rotary_emb.inv_freq.detach().cpu().float().contiguous()
     target = Path(path)
     target.mkdir(parents=True, exist_ok=True)
-    for name, write in (("model.safetensors", lambda p: save_file(state, p)),
-                        ("config.json", lambda p: Path(p).write_text(json.dumps(cfg, indent=2)))):
-        fd, tmp = tempfile.mkstemp(dir=target, prefix=f".{name}.")
-        os.close(fd)
-        write(tmp)
-        os.replace(tmp, target / name)
+    save_safetensors(state, target / "model.safetensors")
+    write_text_atomically(target / "config.json", json.dumps(cfg, indent=2))
     return target

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterable
+
+from ..atomic import write_text_atomically
 
 __all__ = ["ByteTokenizer", "CharTokenizer", "gpt2_tokenizer", "load_tokenizer", "save_tokenizer",
            "TOKENIZER_FILE"]
@@ -155,10 +156,7 @@ def save_tokenizer(tok, folder) -> Path:
     """Write ``folder/diffkit_tokenizer.json`` atomically."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{TOKENIZER_FILE}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(tok.to_dict(), f)
-    os.replace(tmp, folder / TOKENIZER_FILE)
+    write_text_atomically(folder / TOKENIZER_FILE, json.dumps(tok.to_dict()))
     return folder / TOKENIZER_FILE
 
 

@@ -16,6 +16,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from ..atomic import UmaskSaveMixin
 from ..checks import check_count
 from ..conditioning import Guidance, class_guidance, num_classes
 from ..denoisers import EpsModel
@@ -75,7 +76,7 @@ def to_output(images: torch.Tensor, output_type: str, nfe: int, return_dict: boo
     return ImagePipelineOutput(images=images, nfe=nfe)
 
 
-class ClassConditionalPipeline(DiffusionPipeline):
+class ClassConditionalPipeline(UmaskSaveMixin, DiffusionPipeline):
     model_cpu_offload_seq = "unet"
 
     def __init__(self, unet, scheduler):

@@ -31,6 +31,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from ..atomic import UmaskSaveMixin
 from ..assets import rebuild_hint, verify_asset
 from ..numerics import FiniteWatch
 from ..seeding import sample_generator
@@ -112,7 +113,7 @@ def _row_generators(seed: int, row_indices, batch: int) -> list[torch.Generator]
     return [sample_generator(seed, k, "radd") for k in idx]
 
 
-class DiscreteDiffusionPipeline(DiffusionPipeline):
+class DiscreteDiffusionPipeline(UmaskSaveMixin, DiffusionPipeline):
     """Sample text from a masked-diffusion denoiser (RADD, or any model with the interface above).
 
     ``pipe(batch_size=4, num_inference_steps=1024)`` draws unconditionally; ``prompt=`` / ``suffix=``

@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import torch
 from diffusers import DiffusionPipeline
 
+from ..atomic import UmaskSaveMixin
 from ..conditioning import num_classes
 from ..numerics import FiniteWatch
 from .class_conditional import batch_of, check_output_type, initial_noise, to_output
@@ -39,7 +40,7 @@ def require_diffusion_model(pipe, use: str) -> None:
                      f"such as digits-unet")
 
 
-class OneStepPipeline(DiffusionPipeline):
+class OneStepPipeline(UmaskSaveMixin, DiffusionPipeline):
     model_cpu_offload_seq = "unet"
     #: no sampler drives it but its own call (see :func:`require_diffusion_model`)
     one_step = True

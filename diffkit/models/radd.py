@@ -209,8 +209,9 @@ class RADDTransformer(ModelMixin, ConfigMixin):
             return load_model_strict(cls, folder, lambda: load(pretrained_model_name_or_path, *args, **kwargs),
                                      kwargs.get("variant"))
         except (OSError, SafetensorError) as e:  # diffusers reports a damaged weights file as a bare OSError
-            raise CheckpointError(f"the RADDTransformer in {folder} could not be loaded (damaged or missing "
-                                  f"files; {type(e).__name__}: {e}){rebuild_hint(folder)}") from e
+            files = ", ".join(str(f) for f in sorted(folder.glob("*.safetensors"))) or f"{folder} (no weights file)"
+            raise CheckpointError(f"the RADDTransformer in {folder} could not be loaded: {files} is damaged or "
+                                  f"missing ({type(e).__name__}: {e}){rebuild_hint(folder)}") from e
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """diffusers' ``save_pretrained``, written to a temporary folder and moved into place."""

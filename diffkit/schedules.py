@@ -30,6 +30,9 @@ __all__ = [
     "ddim_timesteps",
     "karras_sigmas",
     "config_to_dict",
+    "check_diffusion_config",
+    "scheduler_class_name",
+    "DIFFUSION_PREDICTION_TYPES",
 ]
 
 #: ᾱ used in place of an exact 0 when a noise level must be finite (as in diffusers' Euler).
@@ -49,14 +52,90 @@ def config_to_dict(config: Any) -> dict:
     return dict(config)
 
 
-def _check_has_betas(cfg: Mapping) -> None:
-    if not any(k in cfg for k in ("beta_schedule", "beta_start", "trained_betas")):
-        cls = cfg.get("_class_name", "this scheduler")
-        raise ValueError(
-            f"{cls} config has no betas (keys: {sorted(k for k in cfg if not k.startswith('_'))}); "
-            "diffkit needs a discrete VP/DDPM noise schedule (beta_schedule/beta_start/trained_betas). "
-            "Flow-matching pipelines (SD3, Flux) are out of scope."
-        )
+#: prediction types of ε / v / x̂0 diffusion models (what every diffkit model adapter converts)
+DIFFUSION_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def _flow_matching_marks(cfg: Mapping) -> list[str]:
+    """What marks ``cfg`` as a flow-matching (or other non ε/v/x̂0) schedule; empty for a diffusion one.
+
+    Only flow-matching schedulers have a ``shift`` key (FlowMatch*, FlowMap*, Helios, Piflow, ...);
+    the multistep solvers (DPM-Solver, UniPC, DEIS, SA-Solver) carry ``use_flow_sigmas`` /
+    ``flow_shift`` / ``use_dynamic_shifting`` / ``shift_terminal`` keys whose *values* decide, so
+    those count only when switched on; a prediction type outside epsilon / v_prediction / sample
+    (``flow_prediction``, ``trigflow``) marks the model itself.
+    """
+    marks = []
+    name = str(cfg.get("_class_name") or "")
+    if "flow" in name.lower() or name.endswith("RFScheduler"):
+        marks.append(f"_class_name={name!r}")
+    if "shift" in cfg:
+        marks.append(f"shift={cfg['shift']!r}")
+    for key in ("use_flow_sigmas", "use_dynamic_shifting"):
+        if cfg.get(key):
+            marks.append(f"{key}={cfg[key]!r}")
+    if cfg.get("shift_terminal") is not None:
+        marks.append(f"shift_terminal={cfg['shift_terminal']!r}")
+    if cfg.get("prediction_type", "epsilon") not in DIFFUSION_PREDICTION_TYPES:
+        marks.append(f"prediction_type={cfg['prediction_type']!r}")
+    return marks
+
+
+def scheduler_class_name(cfg: Mapping) -> str:
+    """The scheduler class a config belongs to: its ``_class_name`` (configs loaded from a file),
+    else the diffusers scheduler(s) whose constructor takes exactly its keys (in-memory configs,
+    ``scheduler.config``, carry no class name), else "this scheduler"."""
+    if cfg.get("_class_name"):
+        return str(cfg["_class_name"])
+    import diffusers.schedulers
+
+    keys = {k for k in cfg if not k.startswith("_")}
+    names = []
+    for n in sorted(dir(diffusers.schedulers)):
+        if not n.endswith("Scheduler") or n == "SchedulerMixin":
+            continue
+        try:  # some classes need optional backends (torchsde, ...) and raise on access
+            params = set(inspect.signature(getattr(diffusers.schedulers, n).__init__).parameters) - {"self"}
+        except Exception:
+            continue
+        if params == keys:
+            names.append(n)
+    return " / ".join(names) if names else "this scheduler"
+
+
+def check_diffusion_config(config: Any, who: str = "diffkit", *, require_betas: bool = True,
+                           allow_sigma_data: bool = False) -> dict:
+    """Refuse the config of a scheduler that is not an ε / v / x̂0 diffusion schedule; returns it as a dict.
+
+    The one check behind :meth:`VPSchedule.from_config` and the BDIA schedulers' ``from_config``.
+    Refused, with an error naming the config's class: flow-matching configs (see
+    :func:`_flow_matching_marks`: SD3, Flux, Wan, SANA, ...) and configs without betas
+    (``beta_schedule``/``beta_start``/``trained_betas``). ``require_betas=False`` asks for betas only
+    of configs that come from a scheduler (a diffusers ``FrozenDict`` or a dict with ``_class_name``),
+    so a plain dict of a few keys keeps the constructor's defaults; ``allow_sigma_data`` accepts an
+    EDM-preconditioned config (``sigma_data`` set) in place of betas.
+    """
+    from diffusers.configuration_utils import FrozenDict
+
+    cfg = config_to_dict(config)
+    from_scheduler = isinstance(config, FrozenDict) or not isinstance(config, Mapping) or "_class_name" in cfg
+    marks = _flow_matching_marks(cfg)
+    has_levels = any(k in cfg for k in ("beta_schedule", "beta_start", "trained_betas")) or (
+        allow_sigma_data and cfg.get("sigma_data") is not None)
+    no_betas = not has_levels and (require_betas or from_scheduler)
+    if not (marks or no_betas):
+        return cfg
+    what = []
+    if no_betas:
+        what.append(f"has no betas (keys: {sorted(k for k in cfg if not k.startswith('_'))})")
+    if marks:
+        what.append(f"is a flow-matching schedule ({', '.join(marks)})")
+    levels = "beta_schedule/beta_start/trained_betas" + (", or sigma_data for EDM preconditioning" if allow_sigma_data
+                                                          else "")
+    raise ValueError(
+        f"{scheduler_class_name(cfg)} config {' and '.join(what)}; {who} needs a discrete VP/DDPM noise schedule "
+        f"({levels}) for an epsilon, v_prediction or sample model. Flow-matching pipelines (SD3, Flux) are out of scope."
+    )
 
 
 def ddim_timesteps(
@@ -116,8 +195,7 @@ class VPSchedule:
     @classmethod
     def from_config(cls, config: Any) -> "VPSchedule":
         """Build from any diffusers scheduler (or its config) that has betas."""
-        cfg = config_to_dict(config)
-        _check_has_betas(cfg)
+        cfg = check_diffusion_config(config)
         from diffusers import DDIMScheduler
 
         # DDIM computes betas -> alphas_cumprod exactly as DDPM/Euler/... do; only keys

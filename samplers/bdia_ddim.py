@@ -24,12 +24,23 @@ Same config keys as ``DDIMScheduler`` plus ``gamma``, same ``step`` signature, s
   as the pipeline hands back exactly that tensor (checked by identity and the tensor's
   version counter -- never by comparing values, which would synchronise the GPU every step).
   If the latents are replaced or modified in between (a ``callback_on_step_end`` that edits
-  latents, a dtype cast), the given sample is used and an :class:`ExactnessWarning` is
-  issued once per loop: sampling still works, but the run is no longer exactly invertible.
+  latents, a dtype cast), the given sample is used instead of the shadow and an
+  :class:`ExactnessWarning` is issued once per loop: the trajectory follows the change, and the
+  run is no longer exactly invertible. Under ``torch.inference_mode`` the same holds:
+  ``prev_sample`` is then still a normal tensor (made with inference mode switched off for the
+  one cast), so its version counter also counts in-place edits made inside inference mode;
+  "handed back unchanged" means the very tensor returned, not edited in place since.
 * State (the float64 z_{i+1} and its level, the shadow, the step index) is reset by
-  ``set_timesteps``, so consecutive pipeline calls are independent. ``set_begin_index`` is
-  provided for img2img pipelines (diffusers 0.42's ``DDIMScheduler`` has none); with it set,
-  timesteps given as accelerator tensors are never read (the CPU grid at the step index is used).
+  ``set_timesteps``, so consecutive pipeline calls are independent. Within one grid, every
+  γ > 0 ``step`` must get the next grid timestep; the loop's first timestep (``timesteps[0]``,
+  or ``timesteps[begin_index]``) restarts the loop and clears the state, anything else raises
+  (the rule of :mod:`diffkit.samplers.grid_cursor`, shared with ``BDIAEDMScheduler``).
+  ``set_begin_index`` is provided for img2img pipelines (diffusers 0.42's ``DDIMScheduler`` has
+  none). Timesteps given as accelerator tensors are never read: views of ``timesteps`` (what
+  pipelines pass) are located by storage offset, others are taken as the next grid entry.
+* Refused configs: those of flow-matching schedulers (SD3, Flux: no betas, a ``shift``, flow
+  sigmas or ``flow_prediction``), which ``from_config`` would otherwise fill up with default
+  betas (:func:`diffkit.schedules.check_diffusion_config`).
 * Pipelines: StableDiffusion(XL) and their img2img variants, diffkit's ``ClassConditionalPipeline``.
   diffusers' ``DDIMPipeline`` silently converts any scheduler to ``DDIMScheduler``.
 * Refused: γ outside [0, 1]; η > 0 with γ > 0 (BDIA is deterministic; the inverse has no
@@ -46,6 +57,7 @@ whole images (and regeneration from the inverted latent pair) runs in
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from typing import Literal, Optional
@@ -60,9 +72,10 @@ from diffusers.utils import BaseOutput
 
 from diffkit.denoisers import to_eps_x0
 from diffkit.numerics import FiniteWatch, NonFiniteOutputError  # re-exported (moved to diffkit.numerics)
-from diffkit.schedules import VPSchedule
+from diffkit.schedules import VPSchedule, check_diffusion_config
 
 from .bdia import bdia_inverse_step, bdia_step, check_gamma, ddim_map
+from .grid_cursor import GridCursor
 
 # SchedulerMixin is imported by name on purpose: a saved pipeline records this module as the
 # scheduler's library, and diffusers' loader looks for a SchedulerMixin attribute in it.
@@ -142,11 +155,20 @@ class BDIADDIMScheduler(DDIMScheduler):
         self._device_levels: dict = {}  # device -> (√ᾱ, √(1-ᾱ)) float64 tables, uploaded once
         self._begin_index: Optional[int] = None
         self._grid = self.timesteps.clone()
+        self._cursor = GridCursor(self._grid, self.timesteps)
         self._reset_state()
+
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """``ConfigMixin.from_config``, refusing configs that are not ε/v/x̂0 diffusion schedules
+        (flow matching: SD3, Flux, ...), which diffusers would fill up with default betas."""
+        if config is not None:
+            check_diffusion_config(config, cls.__name__, require_betas=False)
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     # ------------------------------------------------------------------ state
     def _reset_state(self) -> None:
-        self._step_index: Optional[int] = None
+        """Clears what one loop carries to its next step (not the loop position)."""
         self._z_next: Optional[torch.Tensor] = None  # z_{i+1} in float64
         self._t_next: Optional[int] = None  # its level (the timestep passed with it)
         self._handed: Optional[torch.Tensor] = None  # the tensor returned by the last step
@@ -162,7 +184,7 @@ class BDIADDIMScheduler(DDIMScheduler):
     @property
     def step_index(self) -> Optional[int]:
         """Index into ``timesteps`` of the next ``step`` call (None before the first one)."""
-        return self._step_index
+        return self._cursor.next
 
     @property
     def begin_index(self) -> Optional[int]:
@@ -178,31 +200,28 @@ class BDIADDIMScheduler(DDIMScheduler):
         super().set_timesteps(num_inference_steps)
         self._grid = self.timesteps  # CPU copy: timesteps are read here, never from the device
         self.timesteps = self.timesteps.to(device)
+        self._cursor = GridCursor(self._grid, self.timesteps)
         self._begin_index = None
         self._reset_state()
 
-    def _index_for_timestep(self, timestep) -> int:
-        t = timestep.detach().cpu() if isinstance(timestep, torch.Tensor) else torch.tensor(timestep)
-        hits = (self._grid == t.to(self._grid.dtype)).nonzero().flatten().tolist()
-        if not hits:
-            return 0
-        return hits[1] if len(hits) > 1 else hits[0]  # diffusers' convention for repeated timesteps
+    def _advance(self, timestep) -> tuple[int, int]:
+        """(grid index, integer timestep) of this γ > 0 call, by the rule of
+        :mod:`diffkit.samplers.grid_cursor`: the next grid timestep, or the loop's first one, which
+        restarts the loop (clearing z_{i+1} and the shadow); anything else raises."""
+        k, starts = self._cursor.locate(timestep, self._begin_index)
+        if starts:
+            self._reset_state()
+        self._cursor.advance(k, starts)
+        return k, int(self._cursor.values[k])
 
-    def _advance(self, timestep, read: bool = True) -> tuple[int, Optional[int]]:
-        """(step index, integer timestep) of this call; advances the step index."""
-        if self._step_index is None:
-            begin = self._begin_index
-            self._step_index = begin if begin is not None else self._index_for_timestep(timestep)
-        k = self._step_index
-        self._step_index = k + 1
-        if not read:
-            return k, None
-        if isinstance(timestep, torch.Tensor) and timestep.device.type != "cpu":
-            if k >= len(self._grid):
-                raise ValueError(f"step called {k + 1} times but the grid has {len(self._grid)} timesteps; "
-                                 "call set_timesteps before a new loop")
-            return k, int(self._grid[k])  # the device tensor is not read (that would synchronise)
-        return k, int(timestep)
+    def _count(self, timestep) -> None:
+        """γ = 0 (DDIM, which reads the timestep itself, on or off the grid): only keeps ``step_index``."""
+        c = self._cursor
+        try:
+            k, starts = c.locate(timestep, self._begin_index)
+        except ValueError:
+            k, starts = (0, True) if c.next is None else (c.next, False)
+        c.advance(k, starts)
 
     def _alpha_cumprod(self, t: int) -> float:
         """ᾱ_t as a Python float (a kernel argument: no device copy); t < 0 is final_alpha_cumprod."""
@@ -239,7 +258,8 @@ class BDIADDIMScheduler(DDIMScheduler):
                 warnings.warn(
                     "BDIADDIMScheduler: the latents passed to step() are not the tensor the previous step returned "
                     "(replaced or modified in place, e.g. by callback_on_step_end, or cast). Continuing from the "
-                    "given latents; sampling is unaffected but this run is no longer exactly invertible.",
+                    "given latents instead of the scheduler's float64 copy of the returned ones: the trajectory "
+                    "follows the change (and the latents' dtype), and this run is no longer exactly invertible.",
                     ExactnessWarning, stacklevel=3)
         z = sample.to(torch.float64)
         return z.clone() if z is sample else z
@@ -280,7 +300,7 @@ class BDIADDIMScheduler(DDIMScheduler):
             raise ValueError(
                 "Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
         if self.config.gamma == 0:
-            self._advance(timestep, read=False)
+            self._count(timestep)
             return super().step(model_output, timestep, sample, eta, use_clipped_model_output, generator,
                                 variance_noise, return_dict)
         if eta != 0:
@@ -300,9 +320,12 @@ class BDIADDIMScheduler(DDIMScheduler):
                                ac_prev, self.config.gamma, x0=x0)
         self._z_next, self._t_next = z, t
 
-        out = z_prev.to(sample.dtype)
-        if out is z_prev:  # float64 latents: never hand out our own state tensor
-            out = z_prev.clone()
+        # the returned latents are a normal tensor even under torch.inference_mode, so that its
+        # version counter (which inference tensors lack) still tells whether it comes back unchanged
+        with torch.inference_mode(False) if torch.is_inference_mode_enabled() else contextlib.nullcontext():
+            out = z_prev.to(sample.dtype)
+            if out is z_prev:  # float64 latents: never hand out our own state tensor
+                out = z_prev.clone()
         self._handed, self._handed_version, self._shadow = out, out._version, z_prev
         x0_out = x0.to(sample.dtype)
         if not return_dict:

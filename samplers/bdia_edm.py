@@ -25,8 +25,12 @@ Two modes, chosen by the config:
 ``HeunDiscreteScheduler`` does (``order = 2``; no correction on a step onto σ = 0).
 
 State: the previous state is reset by ``set_timesteps``; the first step (or the first after
-``set_begin_index``) is a plain Euler/Heun step. A ``callback_on_step_end`` that replaces the
-latents leaves the stored previous state stale -- BDIA then mixes in the old trajectory.
+``set_begin_index``) is a plain Euler/Heun step. Every later call must pass the next entry of
+``timesteps``; the loop's first entry restarts the loop (clearing the previous state), anything
+else raises -- the rule of :mod:`diffkit.samplers.grid_cursor`, shared with
+``BDIADDIMScheduler``. A ``callback_on_step_end`` that replaces the latents leaves the stored
+previous state stale -- BDIA then mixes in the old trajectory. Configs of flow-matching
+schedulers are refused (:func:`diffkit.schedules.check_diffusion_config`).
 Exact inversion is offered by the functional API (``diffkit.samplers.edm.invert_bdia_*``).
 """
 
@@ -43,9 +47,10 @@ from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, Sch
 from diffusers.utils import BaseOutput
 
 from diffkit.denoisers import check_prediction_type, to_eps_x0
-from diffkit.schedules import VPSchedule, alpha_cumprod_to_sigma_ve, config_to_dict, karras_sigmas
+from diffkit.schedules import VPSchedule, alpha_cumprod_to_sigma_ve, check_diffusion_config, karras_sigmas
 
 from .edm import FORWARD_INCREMENTS, _check_gamma, bdia_gamma_i, bdia_update, check_sigmas, sigma_for_model, to_d
+from .grid_cursor import GridCursor
 
 __all__ = ["BDIAEDMScheduler", "BDIAEDMSchedulerOutput"]
 
@@ -141,7 +146,7 @@ class BDIAEDMScheduler(SchedulerMixin, ConfigMixin):
         are carried over even where they were that class's defaults, which diffusers would
         otherwise drop when switching classes."""
         if config is not None:
-            cfg = config_to_dict(config)
+            cfg = check_diffusion_config(config, cls.__name__, require_betas=False, allow_sigma_data=True)
             if cfg.get("sigma_data") is not None:  # an EDM-preconditioned model's config
                 for k in _EDM_KEYS:
                     if k in cfg and k not in kwargs:
@@ -206,8 +211,9 @@ class BDIAEDMScheduler(SchedulerMixin, ConfigMixin):
         heun = self.config.solver == "heun"
         # (step j, stage): stage 0 evaluates at σ_j, stage 1 (Heun) at the predictor on σ_{j+1}
         self._calls = [(j, s) for j in range(n) for s in ((0, 1) if heun and self._sig[j + 1] > 0 else (0,))]
-        self.timesteps = self._model_timesteps([self._sig[j + s] for j, s in self._calls]).to(
-            device=device, dtype=torch.float32)
+        grid = self._model_timesteps([self._sig[j + s] for j, s in self._calls]).to(torch.float32)
+        self.timesteps = grid.to(device)
+        self._cursor = GridCursor(grid, self.timesteps)
         self._step_index = None
         self._begin_index = None
         self._x_prev = None  # (step j, x_j) of the last finished step's input state
@@ -238,8 +244,14 @@ class BDIAEDMScheduler(SchedulerMixin, ConfigMixin):
                              "(call set_timesteps first and pass entries of scheduler.timesteps)")
         return indices[1 if len(indices) > 1 else 0].item()  # as Heun/Euler: img2img starts mid-pair
 
-    def _init_step_index(self, timestep) -> None:
-        self._step_index = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
+    def _locate(self, timestep) -> tuple[int, bool]:
+        """(call index, whether it starts a loop) of ``timestep`` by the grid rule; a call that
+        starts a loop clears the BDIA history."""
+        k, starts = self._cursor.locate(timestep, self._begin_index)
+        if starts:
+            self._x_prev = self._heun = None
+        self._step_index = k
+        return k, starts
 
     def _call_sigma(self) -> float:
         j, stage = self._calls[self._step_index]
@@ -250,8 +262,7 @@ class BDIAEDMScheduler(SchedulerMixin, ConfigMixin):
         return 1.0 / (sigma * sigma + sd2).sqrt()
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
-        if self._step_index is None:
-            self._init_step_index(timestep)
+        self._locate(timestep)
         sigma = self._sigma(self._call_sigma(), sample.dtype).to(sample.device)
         return sample * self._c_in(sigma)
 
@@ -285,11 +296,8 @@ class BDIAEDMScheduler(SchedulerMixin, ConfigMixin):
         step's first call, the predictor at σ_{j+1}."""
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps before step")
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        if self._step_index >= len(self._calls):
-            raise IndexError("step called more often than len(scheduler.timesteps); call set_timesteps again")
-        j, stage = self._calls[self._step_index]
+        k, starts = self._locate(timestep)
+        j, stage = self._calls[k]
         sigma, sigma_next = self._sig[j], self._sig[j + 1]
         h = sigma_next - sigma
         denoised = self.denoised(model_output, sample, self._sig[j + stage])
@@ -307,7 +315,8 @@ class BDIAEDMScheduler(SchedulerMixin, ConfigMixin):
             d_2 = to_d(sample, sigma_next, denoised)
             prev_sample = self._finish_step(j, x, d, ((d + d_2) / 2) * h)
             self._heun = None
-        self._step_index += 1
+        self._cursor.advance(k, starts)
+        self._step_index = k + 1
         if not return_dict:
             return (prev_sample, denoised)
         return BDIAEDMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)

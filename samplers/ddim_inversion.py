@@ -72,13 +72,14 @@ def ddim_invert(model: EpsModel, clean_latent: torch.Tensor, condition=None, ste
 @torch.no_grad()
 def ddim_regenerate(model: EpsModel, result: DDIMInversionResult, condition=None,
                     guidance_scale: Optional[float] = None, scheduler_config=None) -> torch.Tensor:
-    """Plain DDIM (η = 0) from the inverted latent over the same window."""
+    """Plain DDIM (η = 0) from the inverted latent over the same window. The guidance scale is
+    ``guidance_scale``, else the condition's own, else (a condition carrying none) the inversion's."""
     from diffusers import DDIMScheduler
 
     if not isinstance(result, DDIMInversionResult):
         raise TypeError(f"result: expected a DDIMInversionResult (from ddim_invert), got {type(result).__name__}")
     s = result.settings
-    guidance = _guidance(condition, s["guidance_scale"] if guidance_scale is None else guidance_scale)
+    guidance = _guidance(condition, guidance_scale, default_scale=s["guidance_scale"])
     sch = DDIMScheduler.from_config(_config(model, scheduler_config))
     sch.set_timesteps(s["steps"])
     ts = [int(t) for t in sch.timesteps[s["steps"] - len(result.timesteps):]]

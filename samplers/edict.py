@@ -153,11 +153,13 @@ def edict_invert(model: EpsModel, clean_latent: torch.Tensor, condition=None, st
 def edict_regenerate(model: EpsModel, result: EDICTResult, condition=None,
                      guidance_scale: Optional[float] = None) -> torch.Tensor:
     """Run EDICT's denoising steps from the inverted pair to the clean level; returns x (in the
-    state's dtype; y agrees with it to the mixing's tolerance)."""
+    state's dtype; y agrees with it to the mixing's tolerance). The guidance scale is that of
+    :func:`diffkit.samplers.inversion.regenerate`: ``guidance_scale``, else the condition's own,
+    else (a condition carrying none) the inversion's."""
     if not isinstance(result, EDICTResult):
         raise TypeError(f"result: expected an EDICTResult (from edict_invert), got {type(result).__name__}")
     s = result.settings
-    guidance = _guidance(condition, s["guidance_scale"] if guidance_scale is None else guidance_scale)
+    guidance = _guidance(condition, guidance_scale, default_scale=s["guidance_scale"])
     window, ac = _plan(model, s["steps"], s["strength"])
     if window != list(result.timesteps):
         raise ValueError(f"this model's grid {window[:4]}… differs from the inversion's {result.timesteps[:4]}…")

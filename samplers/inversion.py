@@ -4,8 +4,9 @@
 strength window; ``regenerate`` runs the BDIA recurrence from that pair back down to the clean
 level. With the same model, condition and guidance scale, regeneration reproduces the clean
 latent up to float64 round-off (the state is float64 whatever the model's dtype; only the
-model input is cast -- for low-precision models after snapping it to a 2^-16 grid, see
-:func:`model_input_quantum`). Editing regenerates with a different condition.
+model input is cast, after snapping it to a 2^-16 grid for every model dtype, see
+:func:`model_input_quantum`). Editing regenerates with a different condition -- another
+prompt, label or guidance scale: the condition passed to ``regenerate`` is the one used.
 
 Why not through a pipeline: a pipeline's ``__call__`` calls ``set_timesteps``, which resets
 the scheduler's state, and starts with a DDIM step; regeneration must start from both
@@ -31,7 +32,6 @@ inversion, n-1 for regeneration.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,14 +39,15 @@ from typing import Optional, Sequence
 
 import torch
 
+from diffkit.atomic import save_safetensors
 from diffkit.conditioning import Condition, Guidance
 from diffkit.denoisers import EpsModel, to_eps_x0
+from diffkit.numerics import FiniteWatch
 
 from .bdia import bdia_inverse_step, bdia_step, check_gamma, ddim_map
-from .bdia_ddim import FiniteWatch
 
 __all__ = ["InversionResult", "InversionWarning", "invert", "regenerate", "inversion_window", "relative_error",
-           "model_input_quantum", "FORMAT_VERSION"]
+           "model_input_quantum", "snap_to_grid", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 #: below this γ the inverted latents grow like (1/γ)^n (spec: γ=0.7 at 50 steps -> |z_T| ~ 1e5)
@@ -90,7 +91,10 @@ def _levels(schedule, window: Sequence[int]) -> list[float]:
     return [float(schedule.alpha_cumprod(t)) for t in window] + [float(schedule.final_alpha_cumprod)]
 
 
-def _guidance(condition, guidance_scale) -> Guidance:
+def _guidance(condition, guidance_scale, default_scale: Optional[float] = None) -> Guidance:
+    """The guidance a loop evaluates. Its scale: ``guidance_scale`` when given, else the one the
+    condition carries (a :class:`Guidance`), else ``default_scale`` (regeneration passes the
+    inversion's stored scale) for a condition that carries none (a :class:`Condition` or None)."""
     if condition is None:
         g = Guidance()
     elif isinstance(condition, Guidance):
@@ -99,6 +103,8 @@ def _guidance(condition, guidance_scale) -> Guidance:
         g = Guidance(cond=condition)
     else:
         raise TypeError(f"condition: expected a diffkit Guidance, Condition or None, got {type(condition).__name__}")
+    if guidance_scale is None and not isinstance(condition, Guidance):
+        guidance_scale = default_scale
     if guidance_scale is not None:
         if float(guidance_scale) != 1.0 and g.uncond is None:
             raise ValueError(f"guidance_scale={guidance_scale} needs an unconditional branch: pass a Guidance with "
@@ -114,26 +120,37 @@ def _check_model(model) -> EpsModel:
     return model
 
 
-def model_input_quantum(model: EpsModel) -> Optional[float]:
-    """The grid the model input is snapped to: 2^-16 for low-precision models, none for float64 ones.
+def model_input_quantum(model: EpsModel) -> float:
+    """The grid the model input is snapped to: 2^-16, for every model dtype (float64 included).
 
     Why: regeneration revisits each z_i with a float64 value that differs from the inversion's by
-    round-off (~1e-14). A float32/bfloat16 network is not continuous at that scale: when the
-    difference changes the cast input (always possible for elements near 0, where float32 is
-    finer than 1e-14 -- e.g. data pixels that are exactly 0), its output changes by its own
-    rounding noise (~1e-7), and exactness is lost (measured on the digits teacher: 1.5e-8 instead
-    of 5e-15). Snapping the input to a fixed grid first makes ε(z) a function of z that the two
-    directions evaluate identically unless an element sits within ~1e-14 of a grid midpoint
-    (probability ~1e-9 per element and step). The snap (<= 7.6e-6) is far below the model
-    dtype's own input rounding for |z| >~ 0.002 (bfloat16) and immaterial for sampling.
+    round-off (~1e-14), and the difference must not reach the model.
+    * A float32/bfloat16 network is not continuous at that scale: when the difference changes the
+      cast input (always possible for elements near 0, where float32 is finer than 1e-14 -- e.g.
+      data pixels that are exactly 0), its output changes by its own rounding noise (~1e-7), and
+      exactness is lost (measured on the digits teacher: 1.5e-8 instead of 5e-15).
+    * A float64 network sees the difference itself: its output moves by ∂ε/∂z times it (large
+      for guided models), at every step, and the exact inverse's 1/γ carries it on (measured on
+      the tiny SD rig, guidance 3, 50 steps: 4.8e-11 instead of 6.1e-13 with a float32 model).
+    Snapping the input to a fixed grid first makes ε(z) a function of z that the two directions
+    evaluate identically unless an element sits within ~1e-14 of a grid midpoint (probability
+    ~1e-9 per element and step); then only the recurrence's own round-off remains. A finer grid
+    is not safe: the round-off then reaches midpoints (measured with 2^-30 on the same rig:
+    EDICT with a float64 model 2.0e-8). The snap (<= 7.6e-6) is far below the model dtype's own
+    input rounding for |z| >~ 0.002 (bfloat16) and immaterial for sampling.
     """
-    return None if model.dtype == torch.float64 else 2.0 ** -16
+    return 2.0 ** -16
+
+
+def snap_to_grid(z: torch.Tensor, quantum: Optional[float]) -> torch.Tensor:
+    """z rounded to the nearest multiple of ``quantum`` (exact: it is a power of 2); None: z itself."""
+    return z if quantum is None else torch.round(z / quantum) * quantum
 
 
 def _predict(model: EpsModel, z: torch.Tensor, t: int, guidance: Guidance, quantum: Optional[float]):
     """(ε, x̂0) in float64 at (z, t): the model sees z snapped to ``quantum`` (and cast to its dtype);
     the conversion to (ε, x̂0) uses the float64 z itself."""
-    zin = z if quantum is None else torch.round(z / quantum) * quantum  # exact: quantum is a power of 2
+    zin = snap_to_grid(z, quantum)
     t = torch.tensor(t, dtype=torch.long)
     alpha, std = model.levels(t, z)
     return to_eps_x0(model.raw(zin, t, guidance), z, alpha, std, model.prediction_type)
@@ -163,9 +180,7 @@ class InversionResult:
 
     def save(self, path) -> Path:
         """One ``.safetensors`` file: the two float64 latents, the settings as JSON in its header.
-        Written atomically (temporary file + rename)."""
-        from safetensors.torch import save_file
-
+        Written atomically (temporary file + rename), with the umask's permissions."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"format_version": FORMAT_VERSION, "timesteps": [int(t) for t in self.timesteps],
@@ -174,10 +189,7 @@ class InversionResult:
         if self.clean is not None:
             tensors["clean"] = self.clean
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"diffkit_inversion": json.dumps(meta)})
-        os.replace(tmp, path)
-        return path
+        return save_safetensors(tensors, path, metadata={"diffkit_inversion": json.dumps(meta)})
 
     @classmethod
     def load(cls, path, device=None) -> "InversionResult":
@@ -273,8 +285,12 @@ def regenerate(model: EpsModel, result: InversionResult, condition=None, guidanc
 
     Starts from both latents (no DDIM first step). With the inversion's model, condition and
     guidance scale this reproduces the inverted latent to float64 round-off; a different
-    condition edits it. ``guidance_scale`` defaults to the inversion's. ``steps``/``timesteps``,
-    if given, must match the inversion's grid (a mismatch raises instead of silently diverging).
+    condition -- another prompt or label, or another guidance scale -- edits it. The scale is
+    ``guidance_scale`` when given, else the one ``condition`` carries (a :class:`Guidance`);
+    the inversion's stored scale is only the default for a condition that carries none (a
+    :class:`Condition` or None). ``steps``/``timesteps``, if given, must match the inversion's
+    grid (a mismatch raises instead of silently diverging). Files written before float64 models
+    were snapped (stored ``model_input_quantum`` None) are regenerated without the snap, as inverted.
     """
     model = _check_model(model)
     if not isinstance(result, InversionResult):
@@ -297,7 +313,7 @@ def regenerate(model: EpsModel, result: InversionResult, condition=None, guidanc
     if condition is None and s.get("conditioned"):
         raise ValueError("this inversion was conditioned; pass condition= (the same one to reconstruct, "
                          "another to edit)")
-    guidance = _guidance(condition, s["guidance_scale"] if guidance_scale is None else guidance_scale)
+    guidance = _guidance(condition, guidance_scale, default_scale=s["guidance_scale"])
     gamma = float(s["gamma"])
     n = len(window)
     watch = FiniteWatch("model output during regeneration")

@@ -195,3 +195,27 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="not in this scheduler's timesteps"):
         s.set_timesteps(4)
         s.step(torch.zeros(1, 1, 2, 2), torch.tensor(123.456), torch.zeros(1, 1, 2, 2))
+
+
+def _toy(x, t):
+    return torch.tanh(x * (float(t) + 1) / 700) * 0.7 + 0.05 * x
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_inference_mode_and_loop_position(solver):
+    sched = BDIAEDMScheduler.from_config(tiny_ddim_scheduler().config, gamma=0.7, solver=solver)
+    sched.set_timesteps(5)
+    x = _noise((2, 1, 4, 4)) * sched.init_noise_sigma
+    with torch.no_grad():
+        first = _run(sched, _toy, x)
+    with torch.inference_mode():
+        second = _run(sched, _toy, x)  # inference mode, and no set_timesteps in between: the loop restarts
+    assert torch.equal(first, second)
+    ts = sched.timesteps
+    y = x
+    for t in ts[:2]:
+        y = sched.step(_toy(sched.scale_model_input(y, t), t), t, y).prev_sample
+    with pytest.raises(ValueError, match="call set_timesteps before a new loop"):
+        sched.scale_model_input(y, ts[3])  # skipped a call
+    with pytest.raises(ValueError, match="call set_timesteps before a new loop"):
+        sched.step(_toy(y, ts[3]), ts[3], y)

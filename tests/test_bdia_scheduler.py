@@ -179,6 +179,7 @@ def test_altered_latents_warn_once_and_continue(how):
                 x = {"replace": lambda v: v * 1.0, "in_place": lambda v: v.add_(0.0), "clone": torch.clone}[how](x)
     msgs = [m for m in w if issubclass(m.category, ExactnessWarning)]
     assert len(msgs) == 1 and "no longer exactly invertible" in str(msgs[0].message)
+    assert "sampling is unaffected" not in str(msgs[0].message)  # it is affected: the shadow is dropped
     assert torch.isfinite(x).all()
 
 
@@ -329,3 +330,88 @@ def test_registry_entry():
     assert get_sampler("bdia-ddim").load() is BDIADDIMScheduler
     s = make_scheduler("bdia-ddim", DDIMScheduler(**SD), gamma=0.94)
     assert isinstance(s, BDIADDIMScheduler) and s.config.gamma == 0.94 and s.config.steps_offset == 1
+
+
+# ---------------------------------------------------------------------- inference mode
+def test_inference_mode_gives_the_no_grad_result_and_keeps_the_shadow():
+    x = sample_(5, torch.float64).float()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ExactnessWarning)  # the latents go back untouched: the shadow is used
+        with torch.no_grad():
+            a = loop(BDIADDIMScheduler(**SD, gamma=0.94), x, steps=20)
+        with torch.inference_mode():
+            b = loop(BDIADDIMScheduler(**SD, gamma=0.94), x, steps=20)
+    ref = loop(BDIADDIMScheduler(**SD, gamma=0.94), x.double(), steps=20)
+    assert torch.equal(a, b) and torch.equal(b, ref.float())  # the float32 run followed the float64 one
+    # an in-place edit inside inference mode is still seen: the returned latents are normal tensors
+    s = BDIADDIMScheduler(**SD, gamma=0.94)
+    s.set_timesteps(10)
+    with torch.inference_mode(), pytest.warns(ExactnessWarning, match="no longer exactly invertible"):
+        x = sample_()
+        for i, t in enumerate(s.timesteps):
+            x = s.step(model(x, t), t, x).prev_sample
+            if i == 3:
+                x.add_(0.0)
+
+
+# ---------------------------------------------------------------------- where a loop stands
+def _steps(s, x, timesteps):
+    for t in timesteps:
+        x = s.step(model(x, t), t, x).prev_sample
+    return x
+
+
+def test_a_new_loop_without_set_timesteps_restarts_at_the_first_timestep():
+    s = BDIADDIMScheduler(**SD, gamma=0.94)
+    s.set_timesteps(10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ExactnessWarning)
+        first = _steps(s, sample_(), s.timesteps)
+        second = _steps(s, sample_(), s.timesteps)  # no set_timesteps in between: DDIM repeats itself, so must BDIA
+        _steps(s, sample_(1), s.timesteps[:4])  # a loop abandoned halfway...
+        third = _steps(s, sample_(), s.timesteps.tolist())  # ...then a new one (Python ints this time)
+        assert torch.equal(first, second) and torch.equal(first, third)
+        s.set_timesteps(10)
+        s.set_begin_index(4)  # img2img: the loop starts (and restarts) at timesteps[begin_index]
+        a, b = _steps(s, sample_(), s.timesteps[4:]), _steps(s, sample_(), s.timesteps[4:])
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("bad", ["skipped", "repeated", "off_grid", "after_the_end", "not_the_begin_index",
+                                 "first_not_at_begin_index"])
+def test_a_timestep_that_is_not_the_next_one_raises(bad):
+    s = BDIADDIMScheduler(**SD, gamma=0.94)
+    s.set_timesteps(10)
+    ts = s.timesteps.tolist()  # 901, 801, ..., 1
+    x = _steps(s, sample_(), s.timesteps[:10 if bad == "after_the_end" else 3])
+    t = {"skipped": ts[4], "repeated": ts[2], "off_grid": 650, "after_the_end": ts[5]}.get(bad, ts[0])
+    if bad in ("not_the_begin_index", "first_not_at_begin_index"):
+        s.set_timesteps(10)
+        s.set_begin_index(4)
+        x = sample_() if bad == "first_not_at_begin_index" else _steps(s, sample_(), s.timesteps[4:6])
+    with pytest.raises(ValueError, match="call set_timesteps before a new loop"):
+        s.step(model(x, t), t, x)
+    with pytest.raises(ValueError, match="call set_timesteps before a new loop"):  # a tensor, as pipelines pass
+        s.step(model(x, t), torch.tensor(t), x)
+
+
+@pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only slows them
+def test_pipelines_under_inference_mode_give_the_no_grad_result(tiny_sd, tiny_class_unet):
+    from diffkit.pipelines.class_conditional import ClassConditionalPipeline
+
+    ddim = tiny_sd.scheduler
+    cc = ClassConditionalPipeline(tiny_class_unet, BDIADDIMScheduler(**SD, gamma=0.5))
+    try:
+        tiny_sd.scheduler = BDIADDIMScheduler.from_config(ddim.config, gamma=0.94)
+        runs = [lambda: tiny_sd(prompt="a cat", num_inference_steps=5, output_type="pt",
+                                generator=torch.Generator().manual_seed(0)).images,
+                lambda: cc(class_labels=[1, 2], num_inference_steps=10, output_type="pt", progress=False).images]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ExactnessWarning)
+            for run in runs:
+                ref = run()
+                with torch.inference_mode():
+                    got = run()
+                assert torch.equal(got, ref)
+    finally:
+        tiny_sd.scheduler = ddim

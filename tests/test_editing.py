@@ -103,6 +103,23 @@ def test_edict_and_ddim_loops_on_a_tiny_unet(tiny_class_unet):
         ddim_invert(model, x, cond, steps=10)
 
 
+def test_edict_and_ddim_regenerate_use_the_callers_guidance_scale(tiny_class_unet):
+    from diffkit.testing import tiny_ddim_scheduler
+
+    cfg = tiny_ddim_scheduler().config
+    model = EpsModel(tiny_class_unet, cfg)
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    at = lambda w: class_guidance(tiny_class_unet, [1, 2], w)  # noqa: E731
+    r = edict_invert(model, x, at(2.0), steps=4)
+    edited = edict_regenerate(model, r, at(4.0))
+    assert torch.equal(edited, edict_regenerate(model, r, at(2.0), guidance_scale=4.0))
+    assert relative_error(edited, x) > 1e-4 and relative_error(edict_regenerate(model, r, at(2.0)), x) <= TOL
+    d = ddim_invert(model, x, at(2.0), steps=4, scheduler_config=cfg)
+    edited = ddim_regenerate(model, d, at(4.0), scheduler_config=cfg)
+    assert torch.equal(edited, ddim_regenerate(model, d, at(2.0), guidance_scale=4.0, scheduler_config=cfg))
+    assert not torch.equal(edited, ddim_regenerate(model, d, at(2.0), scheduler_config=cfg))
+
+
 # ---------------------------------------------------------------------- bad input
 def test_image_conversion_and_rejection(digits, tmp_path):
     from PIL import Image

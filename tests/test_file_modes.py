@@ -97,7 +97,16 @@ def _trainer_checkpoint(out):
     Trainer(build_unet("tiny", seed=0), loss, IndexedDataSource(x, y, seed=0), cfg, out).fit()
 
 
-WRITERS = {"ClassConditionalPipeline.save_pretrained": _class_pipeline, "distill export_generator": _one_step_export,
+def _inversion_record(out):
+    from diffkit.samplers.inversion import InversionResult
+
+    out.mkdir()
+    InversionResult(torch.zeros(1, 2, 4, 4, dtype=torch.float64), torch.ones(1, 2, 4, 4, dtype=torch.float64),
+                    [900, 800], {"gamma": 0.94}).save(out / "inversion.safetensors")
+
+
+WRITERS = {"InversionResult.save (diffkit invert)": _inversion_record,
+           "ClassConditionalPipeline.save_pretrained": _class_pipeline, "distill export_generator": _one_step_export,
            "train-teacher export": _teacher_export, "text pipeline save_pretrained": _text_pipeline,
            "RADDTransformer.save_pretrained": _radd_transformer, "save_official_checkpoint": _radd_official,
            "DigitsFeatureNet.save": _feature_net, "Trainer checkpoint": _trainer_checkpoint}

@@ -14,8 +14,8 @@ import torch
 from diffkit.conditioning import class_guidance, prompt_guidance
 from diffkit.denoisers import EpsModel
 from diffkit.samplers.bdia_ddim import BDIADDIMScheduler, NonFiniteOutputError
-from diffkit.samplers.inversion import (InversionResult, InversionWarning, invert, inversion_window, regenerate,
-                                        relative_error)
+from diffkit.samplers.inversion import (InversionResult, InversionWarning, invert, inversion_window,
+                                        model_input_quantum, regenerate, relative_error, snap_to_grid)
 from diffkit.testing import tiny_ddim_scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,15 +95,16 @@ def test_strength_window_pair_and_editing(tiny_class_unet):
 
 def test_regenerate_matches_scheduler_sampling(tiny_class_unet):
     # one home, two entrances: the loops and BDIADDIMScheduler run the same recurrence (a float64
-    # model, so that the loops' snapped model input -- used for low-precision models -- is off)
+    # model, and the scheduler's model sees its input snapped as the loops' does)
     cfg = tiny_ddim_scheduler().config
     model = _model(tiny_class_unet, cfg, torch.float64)
     cond = class_guidance(tiny_class_unet, [1, 4], 1.0)
+    quantum = model_input_quantum(model)
     s = BDIADDIMScheduler.from_config(cfg, gamma=0.94)
     s.set_timesteps(20)
     z = [torch.randn(2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))]
     for t in s.timesteps:
-        z.append(s.step(model.raw(z[-1], t, cond), t, z[-1]).prev_sample)
+        z.append(s.step(model.raw(snap_to_grid(z[-1], quantum), t, cond), t, z[-1]).prev_sample)
     result = invert(model, z[-1], cond, steps=20, gamma=0.94)
     result = dataclasses.replace(result, z_top=z[0], z_below=z[1])  # the scheduler's pair at (981, 931)
     assert relative_error(regenerate(model, result, cond), z[-1]) < 1e-12
@@ -169,6 +170,68 @@ def test_inversion_window_matches_img2img_convention():
     sched = VPSchedule.from_config(tiny_ddim_scheduler().config)
     assert inversion_window(sched, 50, 0.8)[:2] == [781, 761] and len(inversion_window(sched, 50, 0.8)) == 40
     assert inversion_window(sched, 50, 1.0)[0] == 981 and inversion_window(sched, 50, 1.0)[-1] == 1
+
+
+@pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only slows them
+@pytest.mark.parametrize("method", ["bdia", "edict"])
+def test_float64_model_round_trips_as_exactly_as_a_float32_one(tiny_sd, method):
+    # the model input is snapped for float64 models too: without it the network's sensitivity
+    # multiplies the ~1e-14 differences between the two directions' latents at every step
+    from diffkit.samplers.edict import edict_invert, edict_regenerate
+
+    cond = prompt_guidance(tiny_sd, "a photo of a cat", guidance_scale=3.0)
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        latent = tiny_sd.vae.encode(image).latent_dist.mean * tiny_sd.vae.config.scaling_factor
+    err = {}
+    for dtype in (torch.float32, torch.float64):
+        model = _model(tiny_sd.unet, tiny_sd.scheduler.config, dtype)
+        if method == "bdia":
+            result = invert(model, latent, cond, steps=6, gamma=0.94)
+            assert result.settings["model_input_quantum"] == 2.0 ** -16
+            err[dtype] = relative_error(regenerate(model, result, cond), latent)
+        else:
+            err[dtype] = relative_error(edict_regenerate(model, edict_invert(model, latent, cond, steps=6), cond), latent)
+    assert err[torch.float64] <= 2 * err[torch.float32] and err[torch.float64] <= 1e-12, err
+
+
+@pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only slows them
+def test_regenerate_uses_the_callers_guidance_scale(tiny_class_unet):
+    model = EpsModel(tiny_class_unet, tiny_ddim_scheduler().config)
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    at = lambda w: class_guidance(tiny_class_unet, [3, 7], w)  # noqa: E731
+    result = invert(model, x, at(2.0), steps=6, gamma=0.94)
+    edited = regenerate(model, result, at(4.0))  # editing with another guidance scale
+    assert torch.equal(edited, regenerate(model, result, at(2.0), guidance_scale=4.0))
+    assert relative_error(edited, x) > 1e-4
+    assert relative_error(regenerate(model, result, at(2.0)), x) < 1e-12
+    # a condition that carries no scale (a bare Condition) gets the stored one, 2, which needs an uncond branch
+    with pytest.raises(ValueError, match="guidance_scale=2.0 needs an unconditional branch"):
+        regenerate(model, result, at(2.0).cond)
+
+
+@pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only slows them
+def test_cli_sample_from_inversion_uses_the_given_guidance(tmp_path, tiny_class_unet, tiny_unet, capsys):
+    from diffkit.cli import main
+    from diffkit.pipelines.class_conditional import ClassConditionalPipeline
+
+    ClassConditionalPipeline(tiny_class_unet, tiny_ddim_scheduler()).save_pretrained(tmp_path / "m")
+    inv, png = tmp_path / "inv.safetensors", tmp_path / "r.png"
+    assert main(["invert", "--model", str(tmp_path / "m"), "--digit", "3", "--steps", "6", "--guidance", "2",
+                 "--no-check", "--output", str(inv)]) == 0
+    capsys.readouterr()
+
+    def error(*extra):
+        assert main(["sample", "--from-inversion", str(inv), "--output", str(png), *extra]) == 0
+        return float(capsys.readouterr().out.split("relative error vs the inverted input ")[1].split()[0])
+
+    assert error() < 1e-10 and error("--guidance", "2") < 1e-10  # the inversion's scale is the default
+    assert error("--guidance", "4") > 1e-4  # another scale edits; it is not ignored
+    ClassConditionalPipeline(tiny_unet, tiny_ddim_scheduler()).save_pretrained(tmp_path / "u")  # unconditional
+    assert main(["invert", "--model", str(tmp_path / "u"), "--digit", "3", "--steps", "6", "--no-check",
+                 "--output", str(inv)]) == 0
+    assert main(["sample", "--from-inversion", str(inv), "--guidance", "3", "--output", str(png)]) == 1
+    assert "--guidance" in capsys.readouterr().err
 
 
 def test_cli_invert_then_sample_from_inversion(tmp_path, tiny_class_unet, capsys):

@@ -97,3 +97,46 @@ def test_zero_terminal_snr_is_defined():
     assert vp.zero_terminal_snr and vp.alphas_cumprod[-1] == 0
     # documented clamp: finite sigma_ve at the last step, as diffusers' Euler (ᾱ -> 2**-24)
     assert torch.isfinite(vp.sigma_ve(999)) and vp.sigma_ve(999).item() == pytest.approx((1 - 2**-24) ** 0.5 / 2**-12)
+
+
+def _flow_configs():
+    from diffusers import (FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler,
+                           UniPCMultistepScheduler)
+
+    saved = dict(FlowMatchEulerDiscreteScheduler(shift=3.0).config, _class_name="FlowMatchEulerDiscreteScheduler")
+    return [
+        ("FlowMatchEulerDiscreteScheduler", FlowMatchEulerDiscreteScheduler().config),
+        ("FlowMatchHeunDiscreteScheduler", FlowMatchHeunDiscreteScheduler().config),
+        ("FlowMatchEulerDiscreteScheduler", saved),  # as loaded from a saved scheduler_config.json
+        # betas present, but flow sigmas and flow prediction (Wan/SANA-style UniPC)
+        ("UniPCMultistepScheduler", UniPCMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction",
+                                                            flow_shift=3.0).config),
+    ]
+
+
+def test_flow_matching_configs_are_refused_naming_their_class():
+    from diffkit.samplers.bdia_ddim import BDIADDIMScheduler
+    from diffkit.samplers.bdia_edm import BDIAEDMScheduler
+
+    for name, cfg in _flow_configs():
+        for build in (VPSchedule.from_config, BDIADDIMScheduler.from_config, BDIAEDMScheduler.from_config):
+            with pytest.raises(ValueError, match=f"{name} config .*Flow-matching"):
+                build(cfg)
+
+
+def test_diffusion_configs_are_still_accepted():
+    from diffusers import DPMSolverMultistepScheduler, EDMEulerScheduler, UniPCMultistepScheduler
+
+    from diffkit.samplers.bdia_ddim import BDIADDIMScheduler
+    from diffkit.samplers.bdia_edm import BDIAEDMScheduler
+
+    # these carry flow_shift / use_dynamic_shifting / shift_terminal keys at their non-flow defaults
+    for cls in (DDIMScheduler, EulerDiscreteScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler):
+        cfg = cls(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).config
+        VPSchedule.from_config(cfg)
+        assert BDIADDIMScheduler.from_config(cfg).config.beta_schedule == "scaled_linear"
+        assert BDIAEDMScheduler.from_config(cfg).config.beta_schedule == "scaled_linear"
+    assert BDIAEDMScheduler.from_config(EDMEulerScheduler().config).edm_mode  # EDM: sigma_data instead of betas
+    assert BDIADDIMScheduler.from_config({"gamma": 0.3}).gamma == 0.3  # a plain dict of a few keys: defaults
+    with pytest.raises(ValueError, match="EDMEulerScheduler config has no betas"):
+        BDIADDIMScheduler.from_config(EDMEulerScheduler().config)

@@ -92,7 +92,9 @@ def run_from_inversion(args):
     model = EpsModel(pipe.unet, pipe.scheduler.config)
     labels = [int(x) for x in args.labels.split(",")] if args.labels else extra.get("labels")
     scale = result.settings["guidance_scale"] if args.guidance is None else args.guidance
-    cond = class_guidance(pipe.unet, labels, scale) if labels is not None else None
+    if labels is None and scale != 1.0:
+        raise ValueError(f"--guidance {scale} needs a class-conditional inversion; this one has no labels")
+    cond = class_guidance(pipe.unet, labels, scale) if labels is not None else None  # regenerate uses its scale
     images = regenerate(model, result, cond, steps=args.steps)
     save_grid(images.float(), args.output, upscale=args.upscale)
     msg = f"regenerated {len(images)} image(s) from {args.from_inversion} (BDIA-DDIM, NFE {len(result.timesteps) - 1})"

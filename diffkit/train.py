@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from .atomic import replace_dir, save_safetensors, write_text_atomically
+from .distributed import destroying_created_group_at_exit
 from .seeding import rand_for_indices, randint_for_indices, randn_for_indices, sample_generator
 
 __all__ = ["TrainConfig", "EMA", "IndexedDataSource", "DDPMEpsLoss", "Trainer", "TrainResult",
@@ -219,12 +220,16 @@ class DDPMEpsLoss:
 
 # ---------------------------------------------------------------------------- helpers
 def make_accelerator(cpu: Optional[bool] = None):
-    """An ``accelerate.Accelerator``; ``cpu=None`` means CPU unless CUDA is available."""
+    """An ``accelerate.Accelerator``; ``cpu=None`` means CPU unless CUDA is available.
+
+    A process group it creates (under ``accelerate launch`` or torchrun) is destroyed when the
+    interpreter exits (:mod:`diffkit.distributed`)."""
     from accelerate import Accelerator
 
     if cpu is None:
         cpu = not torch.cuda.is_available()
-    return Accelerator(cpu=cpu)
+    with destroying_created_group_at_exit():
+        return Accelerator(cpu=cpu)
 
 
 def checkpoint_dir_name(step: int) -> str:

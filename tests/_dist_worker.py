@@ -1,5 +1,5 @@
-"""Worker for the 1- vs 2-process tests, run as `python -m torch.distributed.run --standalone
---nproc_per_node 2 tests/_dist_worker.py {train,fid} OUT_DIR [FOLDER]`.
+"""Worker for the 2-process tests, run as `python -m torch.distributed.run --standalone
+--nproc_per_node 2 tests/_dist_worker.py {train,fid,teardown} OUT_DIR [FOLDER | VIA]`.
 
 Each rank is a fresh interpreter: forking the pytest process (accelerate's debug_launcher)
 after torch has started its OpenMP thread pool can deadlock the children, and did so in CI.
@@ -7,6 +7,7 @@ after torch has started its OpenMP thread pool can deadlock the children, and di
 
 import os
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -47,6 +48,64 @@ def fid(out_dir, folder):
     np.savez(os.path.join(out_dir, f"rank{info.rank}.npz"), **res)
 
 
+class _SlowFinalisation:
+    """Freed with the module globals while the interpreter finalises; keeps that phase open."""
+
+    def __del__(self, sleep=time.sleep):
+        sleep(2.0)
+
+
+def teardown(out_dir, via):
+    """Exit after the library created the group, with a collective still in flight on rank 1.
+
+    An atexit check registered before the library's handler (so it runs after it) records
+    whether the process group is still initialised and which gloo threads are alive. Rank 1
+    leaves an all_gather whose completion runs Python on the gloo worker thread; rank 0 joins
+    it only after a delay, while rank 1 is already exiting (the slow finaliser keeps rank 1's
+    finalisation open past that moment). That widens, to a deterministic overlap, the window in
+    which a gloo thread still holds a collective's tensors as the interpreter finalises: left to
+    finalisation, the worker thread needs the GIL there and Python ends it with pthread_exit,
+    which aborts the process ("terminate called without an active exception").
+    """
+    import atexit
+    import json
+
+    import torch.distributed as dist
+
+    seen = {"callback_ran": False}
+
+    def check():
+        comm = [Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in os.listdir("/proc/self/task")]
+        Path(out_dir, f"exit{os.environ['RANK']}.json").write_text(json.dumps(
+            {"initialized": dist.is_initialized(), "gloo_threads": sorted(c for c in comm if "gloo" in c), **seen}))
+
+    atexit.register(check)  # before the library registers its handler, so it runs after it
+    if via == "accelerator":
+        from accelerate.utils import gather
+
+        from diffkit.train import make_accelerator
+
+        acc = make_accelerator(cpu=True)
+        rank = acc.process_index
+        assert gather(torch.tensor([rank])).tolist() == [0, 1]
+    else:
+        from diffkit.metrics.sharding import run_sharded, shard_info
+
+        info = shard_info()
+        rank = info.rank
+        feats = run_sharded(13, lambda lo, hi: np.arange(lo, hi, dtype=np.float32)[:, None].repeat(4, 1), info)
+        assert feats[:, 0].tolist() == list(range(13))
+    outs = [torch.empty(1) for _ in range(2)]
+    if rank == 1:
+        work = dist.all_gather(outs, torch.ones(1), async_op=True)
+        work.get_future().then(lambda fut: seen.update(callback_ran=True))
+        globals()["_slow"] = _SlowFinalisation()
+    else:
+        time.sleep(1.0)
+        dist.all_gather(outs, torch.zeros(1))
+        assert [float(o) for o in outs] == [0.0, 1.0]
+
+
 def launch(*args, timeout=300):
     """Run this worker on 2 CPU processes (gloo); returns the CompletedProcess."""
     import subprocess
@@ -57,4 +116,4 @@ def launch(*args, timeout=300):
 
 
 if __name__ == "__main__":
-    {"train": train, "fid": fid}[sys.argv[1]](*sys.argv[2:])
+    {"train": train, "fid": fid, "teardown": teardown}[sys.argv[1]](*sys.argv[2:])

@@ -5,7 +5,8 @@ noise, class labels and file choice are keyed to the global index, so the set of
 images does not depend on P, and the gathered features come back in global index order
 on every process. Launch with ``accelerate launch [--cpu] --num_processes P -m
 diffkit.cli fid ...`` (or torchrun); a plain ``python`` run is one process and never
-touches ``torch.distributed``.
+touches ``torch.distributed``. A process group created here is destroyed when the
+interpreter exits (:mod:`diffkit.distributed`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+
+from ..distributed import destroying_created_group_at_exit
 
 __all__ = ["ShardInfo", "shard_info", "shard_range", "run_sharded", "reduce_sum"]
 
@@ -47,7 +50,8 @@ def shard_info() -> ShardInfo:
     # accelerate picks gloo/MULTI_CPU only when told cpu=True (Accelerator passes it from
     # ACCELERATE_USE_CPU); without it a GPU-less torchrun worker would silently run alone.
     cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
-    state = PartialState(cpu=cpu)
+    with destroying_created_group_at_exit():  # the group accelerate creates here is torn down at exit
+        state = PartialState(cpu=cpu)
     if torch.distributed.is_initialized() and state.num_processes != torch.distributed.get_world_size():
         # a PartialState inherited through fork from a single-process parent: rebuild it
         PartialState._reset_state()

@@ -2,7 +2,10 @@
 
 Search order for an asset name (e.g. ``digits-unet``): ``$DIFFKIT_ASSETS/<name>``, the
 ``assets/`` folder beside the package sources (editable installs, checkouts), then
-``./assets/<name>``. A path that exists is used as given.
+``./assets/<name>``. A path that exists is used as given. A path that does not exist and
+names a shipped asset inside an ``assets`` folder (``assets/digits-unet``, as the README
+writes it, from any working directory) is that asset; any other missing path is an error that
+names the asset to pass instead. Nothing here touches the network.
 
 A resolved folder that holds a ``SHA256SUMS`` manifest (every shipped asset, and every folder
 an exporter writes: ``diffkit.weights``) is checked against it, each file hashed once per
@@ -75,13 +78,23 @@ def assets_root() -> Path:
 
 
 def asset_path(name_or_path: str | os.PathLike, required: tuple[str, ...] = ()) -> Path:
-    """Resolve an asset name or a directory, checking that ``required`` files exist in it."""
+    """Resolve an asset name or a directory, checking that ``required`` files exist in it.
+
+    An existing path is used as given. A missing one that is a shipped asset's name, or
+    ``.../assets/<name>`` (e.g. ``assets/digits-unet`` run outside the repository), resolves to
+    the shipped asset; for any other missing path whose last part is an asset's name the error
+    says to pass the asset name."""
     p = Path(name_or_path)
-    if not p.exists() and str(name_or_path) in REBUILD:
-        p = assets_root() / str(name_or_path)
-    what, hint = _describe(p)
+    name = p.name
+    use_name = ""
+    if not p.exists() and name in REBUILD:
+        if str(name_or_path) == name or p.parent.name == "assets":
+            p = assets_root() / name
+        else:
+            use_name = f"; for the shipped one pass the asset name `{name}`"
+    what, hint = _describe(p, name)
     if not p.is_dir():
-        raise AssetError(f"{what} not found at {p}{hint}")
+        raise AssetError(f"{what} not found at {p}{use_name}{hint}")
     missing = [r for r in required if not (p / r).exists()]
     if missing:
         raise AssetError(f"{what} at {p} is incomplete or corrupted (missing {', '.join(missing)}){hint}")

@@ -11,6 +11,7 @@ Class-conditional convention: ``num_class_embeds = n_classes + 1``; the null
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
@@ -132,7 +133,9 @@ def prompt_guidance(pipe, prompt: str | Sequence[str], negative_prompt: str | Se
     """Encode prompts with a StableDiffusion(XL) pipeline's own text encoder(s).
 
     SDXL additionally gets pooled text embeddings and ``add_time_ids`` (original size
-    = target size = (height, width), crop (0, 0)), as its pipeline makes them.
+    = target size = (height, width), crop (0, 0)), as its pipeline makes them (SDXL img2img and
+    inpainting pipelines: their own layout, with their default aesthetic scores when the
+    checkpoint uses them).
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
@@ -149,10 +152,19 @@ def prompt_guidance(pipe, prompt: str | Sequence[str], negative_prompt: str | Se
         h = height or pipe.unet.config.sample_size * scale
         w = width or pipe.unet.config.sample_size * scale
         proj_dim = pipe.text_encoder_2.config.projection_dim if pipe.text_encoder_2 is not None else int(pooled.shape[-1])
-        time_ids = pipe._get_add_time_ids((h, w), (0, 0), (h, w), dtype=pe.dtype,
-                                          text_encoder_projection_dim=proj_dim).to(device)
-        cond = Condition(encoder_hidden_states=pe, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids.expand(pe.shape[0], -1)})
-        uncond = Condition(encoder_hidden_states=npe, added_cond_kwargs={"text_embeds": npooled, "time_ids": time_ids.expand(npe.shape[0], -1)})
+        call = inspect.signature(type(pipe).__call__).parameters
+        if "aesthetic_score" in call:  # SDXL img2img / inpainting: their call's aesthetic-score defaults
+            time_ids, neg_time_ids = pipe._get_add_time_ids(
+                (h, w), (0, 0), (h, w), call["aesthetic_score"].default, call["negative_aesthetic_score"].default,
+                (h, w), (0, 0), (h, w), dtype=pe.dtype, text_encoder_projection_dim=proj_dim)
+        else:
+            time_ids = neg_time_ids = pipe._get_add_time_ids((h, w), (0, 0), (h, w), dtype=pe.dtype,
+                                                             text_encoder_projection_dim=proj_dim)
+        time_ids, neg_time_ids = time_ids.to(device), neg_time_ids.to(device)
+        cond = Condition(encoder_hidden_states=pe,
+                         added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids.expand(pe.shape[0], -1)})
+        uncond = Condition(encoder_hidden_states=npe,
+                           added_cond_kwargs={"text_embeds": npooled, "time_ids": neg_time_ids.expand(npe.shape[0], -1)})
     else:
         pe, npe = pipe.encode_prompt(prompts, device, 1, True, neg)
         cond, uncond = Condition(encoder_hidden_states=pe), Condition(encoder_hidden_states=npe)

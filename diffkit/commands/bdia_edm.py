@@ -2,6 +2,8 @@
 
 The k-diffusion-style samplers of ``diffkit.samplers.edm`` (EDM Euler/Heun, BDIA-Euler/Heun)
 on the model's own trained σ range (Karras grid, ρ = 7), with the NFE budget given directly.
+Class-conditional models take ``--labels``; saved Stable Diffusion (XL) pipeline folders take
+``--prompt`` (sampled in latent space, decoded by the VAE).
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ def add_arguments(p):
     p.add_argument("--churn", type=float, default=0.0, help="EDM S_churn (edm-euler/edm-heun only)")
     p.add_argument("--n", type=count_arg(1), default=20, help="number of images")
     p.add_argument("--labels", default=None, help="comma-separated class labels (default: balanced 0..C-1)")
+    p.add_argument("--prompt", default=None, help="text prompt, for Stable Diffusion (XL) pipeline folders")
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--float64", action="store_true", help="keep the sampler state in float64 (as EDM does)")
     p.add_argument("--output", default="samples_edm.png", type=image_path_arg, help=IMAGE_OUTPUT_HELP)
-    p.add_argument("--upscale", type=count_arg(1), default=4)
+    p.add_argument("--upscale", type=count_arg(1), default=None,
+                   help="PNG upscale factor (default: 4 for images <= 64 px, else 1)")
 
 
 def steps_for_nfe(sampler: str, nfe: int) -> int:
@@ -39,26 +43,33 @@ def steps_for_nfe(sampler: str, nfe: int) -> int:
 
 
 def generate(pipe, sampler: str, nfe: int, labels=None, n: int = 16, gamma: float = 0.5, gamma_mode: str = "vp",
-             guidance: float = 1.0, seed: int = 0, rho: float = 7.0, churn: float = 0.0, dtype=None):
-    """(images in [-1, 1], NFE used) from a diffusion pipeline's UNet and schedule (not a one-step generator)."""
+             guidance: float = 1.0, seed: int = 0, rho: float = 7.0, churn: float = 0.0, dtype=None, prompt=None):
+    """(images in [-1, 1], NFE used) from a diffusion pipeline's UNet and schedule (not a one-step generator).
+    ``prompt`` (Stable Diffusion (XL) pipelines): sampled in latent space and decoded by the VAE."""
     import torch
 
     from diffkit.conditioning import Guidance, class_guidance
     from diffkit.denoisers import Denoiser, EpsModel
+    from diffkit.pipelines.editing import decode_latent, make_condition
     from diffkit.pipelines.one_step import require_diffusion_model
+    from diffkit.pipelines.prompted import require_latent_unet
     from diffkit.samplers import edm
     from diffkit.seeding import randn_for_indices
 
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     require_diffusion_model(pipe, "sample-edm (EDM/BDIA samplers on the model's σ grid)")
+    require_latent_unet(pipe, "sample-edm")
     if labels is not None and not len(labels):
         raise ValueError("labels: at least one label is needed, got 0")
     n = len(labels) if labels is not None else check_count(n, "n")
     D = Denoiser(EpsModel(pipe.unet, pipe.scheduler.config))
     sigmas = edm.model_sigmas(D, steps_for_nfe(sampler, nfe), rho=rho)
     cfg = pipe.unet.config
-    guide = class_guidance(pipe.unet, labels, guidance) if labels is not None else Guidance()
+    if prompt is not None:
+        guide = make_condition(pipe, prompt, n, guidance, "prompt")
+    else:
+        guide = class_guidance(pipe.unet, labels, guidance) if labels is not None else Guidance()
     x = randn_for_indices((cfg.in_channels, cfg.sample_size, cfg.sample_size), range(n), seed) * sigmas[0]
     kw = {"dtype": dtype, "return_nfe": True, "disable": True}
     if sampler.startswith("bdia"):
@@ -68,23 +79,26 @@ def generate(pipe, sampler: str, nfe: int, labels=None, n: int = 16, gamma: floa
     fn = edm.SAMPLERS[sampler]
     with torch.no_grad():
         out, used = fn(D, x.to(pipe.unet.dtype), sigmas, {"guidance": guide}, **kw)
-    return out.float().clamp(-1, 1), used
+    return decode_latent(pipe, out), used  # pixel models: the sample itself, clamped to [-1, 1]
 
 
 def run(args):
     import torch
 
+    from diffkit.commands.sample import upscale
     from diffkit.images import save_grid
     from diffkit.pipelines import load_pipeline
+    from diffkit.pipelines.prompted import check_condition_args
 
     pipe = load_pipeline(args.model)
+    check_condition_args(pipe, labels=args.labels, prompt=args.prompt)
     labels = None
     if getattr(pipe, "num_classes", 0):
         labels = ([int(x) for x in args.labels.split(",")] if args.labels
                   else [k % pipe.num_classes for k in range(args.n)])
     images, used = generate(pipe, args.sampler, args.nfe, labels, args.n, args.gamma, args.gamma_mode, args.guidance,
-                            args.seed, args.rho, args.churn, torch.float64 if args.float64 else None)
-    save_grid(images, args.output, upscale=args.upscale)
+                            args.seed, args.rho, args.churn, torch.float64 if args.float64 else None, args.prompt)
+    save_grid(images, args.output, upscale=upscale(args, images))
     extra = f", γ={args.gamma} {args.gamma_mode}" if args.sampler.startswith("bdia") else ""
     print(f"wrote {len(images)} samples to {args.output} ({args.sampler}{extra}, NFE {used})")
 

@@ -56,7 +56,7 @@ def run(args):
 
     from diffkit.images import save_grid
     from diffkit.pipelines import load_pipeline
-    from diffkit.pipelines.editing import edit
+    from diffkit.pipelines.editing import edit, image_size
 
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
@@ -64,7 +64,12 @@ def run(args):
     if args.image:
         image, what = args.image, args.image
     else:
-        from diffkit.commands.invert import digit_from_data
+        from diffkit.commands.invert import _digits_shaped, digit_from_data
+
+        if not _digits_shaped(pipe):
+            channels, side = image_size(pipe)
+            raise ValueError(f"--image is required: {type(pipe).__name__} edits {channels}x{side}x{side} images "
+                             "(--digit is for 8x8 grey models such as digits-unet)")
 
         image, label = digit_from_data(args.digit or 0)
         what = f"test digit #{args.digit or 0} (label {label})"

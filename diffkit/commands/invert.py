@@ -1,8 +1,10 @@
 """diffkit invert: exact BDIA-DDIM inversion of an image into a latent pair saved to disk.
 
 ``diffkit sample --from-inversion FILE`` regenerates from the file (optionally with other
-class labels: an edit). Works with the models ``load_pipeline`` opens (diffkit class-conditional
-or unconditional UNet2DModel pipelines, e.g. the shipped digits teacher).
+class labels or another prompt: an edit). Works with the models ``load_pipeline`` opens: diffkit
+class-conditional or unconditional UNet2DModel pipelines (e.g. the shipped digits teacher,
+conditioned with ``--label``) and saved Stable Diffusion (XL) pipeline folders (``--prompt``;
+the image goes through the VAE, posterior mean, as in ``diffkit edit``).
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ def add_arguments(p):
                      help="invert image K of the digits test split (diffkit.data); the default for 8x8 grey models")
     src.add_argument("--from-sample", action="store_true", help="invert a DDIM-50 sample of the model itself")
     p.add_argument("--label", type=int, default=None,
-                   help="class label to condition on (default: the digit's own label, else 0)")
+                   help="class label to condition on, class-conditional models (default: the digit's own label, "
+                        "else 0)")
+    p.add_argument("--prompt", default=None, help="prompt to condition on, Stable Diffusion (XL) pipeline folders")
     p.add_argument("--steps", type=count_arg(2), default=50, help="grid size (the latent pair needs >= 2)")
     p.add_argument("--strength", type=float, default=1.0, help="fraction of the grid to invert (0, 1]")
     p.add_argument("--gamma", type=float, default=0.94, help="BDIA gamma; inversion wants 0.92-1.0")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (null class)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale against the null "
+                   "class or the empty prompt (default: 1 for labels, 3 for prompts as `diffkit edit`)")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="model dtype (the BDIA state is float64)")
     p.add_argument("--seed", type=int, default=0, help="seed for --from-sample")
     p.add_argument("--output", default="inversion.safetensors")
@@ -46,23 +51,6 @@ def _dtype(name: str):
     return getattr(torch, name)
 
 
-def load_image(path: str, channels: int, size: int):
-    """An image file as a (1, C, size, size) tensor in [-1, 1]."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image not found: {path}")
-    img = Image.open(path).convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
-    arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
-    x = torch.from_numpy(arr)
-    x = x[None] if channels == 1 else x.permute(2, 0, 1)
-    if x.shape[0] != channels:
-        raise ValueError(f"the model takes {channels} channels; cannot convert {path}")
-    return x[None]
-
-
 def digit_from_data(index: int):
     """(image (1, 1, 8, 8), label) from the digits test split."""
     from diffkit.data import digits_tensors
@@ -73,27 +61,35 @@ def digit_from_data(index: int):
     return x[index:index + 1], int(y[index])
 
 
-def sample_from_model(pipe, label, seed: int):
+def sample_from_model(pipe, label, seed: int, prompt=None):
+    """A 50-step sample of the model itself (its own scheduler), (1, C, H, W) in [-1, 1]."""
+    if prompt is not None:
+        from diffkit.pipelines.prompted import sample_prompt
+
+        return sample_prompt(pipe, prompt, 1, 50, seed=seed)[0]
     out = pipe(class_labels=[label] if label is not None else None, batch_size=1, num_inference_steps=50,
                seed=seed, output_type="pt", progress=False)
     return out.images
 
 
 def prepare(pipe, args):
-    """(clean image tensor, label or None, description)."""
-    cfg = pipe.unet.config
+    """(clean image tensor in [-1, 1], label or None, description)."""
+    from diffkit.pipelines.editing import image_size, prepare_image
+
+    channels, side = image_size(pipe)
     n_cls = getattr(pipe, "num_classes", 0)
     label = args.label
     if args.image:
-        x, what = load_image(args.image, cfg.in_channels, cfg.sample_size), args.image
-    elif args.from_sample or (args.digit is None and not _digits_shaped(cfg)):
+        x, what = prepare_image(args.image, channels, side), args.image
+    elif args.from_sample or (args.digit is None and not _digits_shaped(pipe)):
         label = (label if label is not None else 0) if n_cls else None
-        x, what = sample_from_model(pipe, label, args.seed), f"a DDIM-50 sample (seed {args.seed})"
+        x = sample_from_model(pipe, label, args.seed, args.prompt)
+        what = f"a 50-step sample of the model (seed {args.seed})"
     else:
         x, y = digit_from_data(args.digit or 0)
-        if (cfg.in_channels, cfg.sample_size) != (1, x.shape[-1]):
-            raise ValueError(f"--digit needs a 1-channel {x.shape[-1]}x{x.shape[-1]} model, this one is "
-                             f"{cfg.in_channels}x{cfg.sample_size}x{cfg.sample_size}")
+        if not _digits_shaped(pipe):
+            raise ValueError(f"--digit needs a 1-channel {x.shape[-1]}x{x.shape[-1]} model, this one makes "
+                             f"{channels}x{side}x{side} images; pass --image")
         label = label if label is not None else y
         what = f"test digit #{args.digit or 0} (label {y})"
     if n_cls:
@@ -103,39 +99,51 @@ def prepare(pipe, args):
     return x, label, what
 
 
-def _digits_shaped(cfg) -> bool:
-    return cfg.in_channels == 1 and cfg.sample_size == 8
+def _digits_shaped(pipe) -> bool:
+    from diffkit.pipelines.editing import image_size
+
+    return image_size(pipe) == (1, 8)
 
 
 def run(args):
-    import torch
-
     from diffkit.conditioning import class_guidance
     from diffkit.denoisers import EpsModel
     from diffkit.pipelines import load_pipeline
+    from diffkit.pipelines.editing import encode_image, make_condition
     from diffkit.pipelines.one_step import require_diffusion_model
+    from diffkit.pipelines.prompted import check_condition_args, require_latent_unet
     from diffkit.samplers.inversion import invert, regenerate, relative_error
 
     pipe = load_pipeline(args.model)
     require_diffusion_model(pipe, "invert (BDIA-DDIM inversion)")
+    kind = check_condition_args(pipe, labels=args.label, prompt=args.prompt, label_flag="--label")
+    require_latent_unet(pipe, "invert")
     pipe.set_progress_bar_config(disable=True)
+    guidance = args.guidance if args.guidance is not None else (3.0 if kind == "prompt" else 1.0)
     x, label, what = prepare(pipe, args)
     if pipe.unet.dtype != _dtype(args.dtype):
         pipe.unet.to(_dtype(args.dtype))
     model = EpsModel(pipe.unet, pipe.scheduler.config)
-    cond = class_guidance(pipe.unet, [label], args.guidance) if label is not None else None
-    if cond is None and args.guidance != 1.0:
-        raise ValueError("--guidance needs a class-conditional model")
+    z = encode_image(pipe, x)  # the image itself for pixel models, else the VAE posterior mean × scaling factor
+    if kind == "prompt":
+        cond = make_condition(pipe, args.prompt, z.shape[0], guidance, "--prompt")
+    else:
+        cond = class_guidance(pipe.unet, [label], guidance) if label is not None else None
+        if cond is None and guidance != 1.0:
+            raise ValueError("--guidance needs a class-conditional model")
     extra = {"model": str(args.model), "labels": None if label is None else [label], "source": what}
+    if kind == "prompt":
+        extra["prompt"] = args.prompt
     t0 = time.perf_counter()
-    result = invert(model, x, cond, steps=args.steps, strength=args.strength, gamma=args.gamma, extra=extra)
+    result = invert(model, z, cond, steps=args.steps, strength=args.strength, gamma=args.gamma, extra=extra)
     dt = time.perf_counter() - t0
     path = result.save(args.output)
     print(f"inverted {what} with BDIA-DDIM (gamma {args.gamma}, {args.steps} steps, strength {args.strength}, "
           f"NFE {result.settings['nfe']}, {dt:.2f} s) -> {path}")
     if not args.no_check:
-        err = relative_error(regenerate(model, result, cond), x)
-        print(f"round-trip relative error (regenerate vs input): {err:.3e}")
+        err = relative_error(regenerate(model, result, cond), z)
+        what = "latent" if getattr(pipe, "vae", None) is not None else "regenerate vs input"
+        print(f"round-trip relative error ({what}): {err:.3e}")
 
 
 # ---------------------------------------------------------------------- demo
@@ -163,9 +171,8 @@ def demo_step(ctx):
         what = ("a tiny random-weight UNet (assets/digits-unet " + ("not available yet)" if missing else
                                                                    f"unreadable: {e})"))
     pipe.set_progress_bar_config(disable=True)
-    cfg = pipe.unet.config
     try:
-        if not _digits_shaped(cfg):
+        if not _digits_shaped(pipe):
             raise ValueError("model is not 8x8 grey")
         x, label = digit_from_data(0)
         source = f"test digit #0 (label {label})"

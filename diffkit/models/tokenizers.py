@@ -124,12 +124,32 @@ class _HFTokenizer:
         return {"kind": "gpt2", "name": self.name}
 
 
+_GPT2_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
+
+
+def _local_tokenizer_folder(name: str) -> str:
+    """A folder holding ``name``'s tokenizer files: ``name`` itself when it is a folder, else its
+    snapshot in the Hugging Face cache, found with ``try_to_load_from_cache`` (a file-system
+    lookup). ``from_pretrained(name, local_files_only=True)`` on a repository id still calls
+    ``hf_hub_download``, which builds request headers and so fetches a registry from the Hub."""
+    if os.path.isdir(name):
+        return name
+    from huggingface_hub import try_to_load_from_cache
+
+    for fname in _GPT2_FILES:
+        hit = try_to_load_from_cache(name, fname)
+        if isinstance(hit, str):
+            return os.path.dirname(hit)
+    raise OSError(f"none of {', '.join(_GPT2_FILES)} is in the Hugging Face cache for {name!r}")
+
+
 def gpt2_tokenizer(name: str = "gpt2"):
-    """GPT-2's tokenizer (V = 50,257) from the local Hugging Face cache only; a clear error if absent."""
+    """GPT-2's tokenizer (V = 50,257) from a folder or the local Hugging Face cache only (nothing
+    touches the network); a clear error if absent."""
     try:
         from transformers import GPT2TokenizerFast
 
-        tok = GPT2TokenizerFast.from_pretrained(name, local_files_only=True)
+        tok = GPT2TokenizerFast.from_pretrained(_local_tokenizer_folder(name), local_files_only=True)
         # transformers 5 returns an empty tokenizer instead of failing when the files are absent
         if len(tok) < 50257:
             raise OSError(f"only {len(tok)} tokens found")

@@ -1,5 +1,7 @@
 """diffusers-compatible pipelines owned by diffkit, and loading any of them from a folder.
 
+    from diffkit.pipelines import ClassConditionalPipeline, load_pipeline
+
 ``PIPELINES`` maps a ``model_index.json`` ``_class_name`` to its diffkit class (diffusers'
 generic ``DiffusionPipeline.from_pretrained`` only resolves classes inside diffusers).
 
@@ -8,6 +10,11 @@ checked, and every model component must have exactly the keys and shapes of its 
 (``diffkit.weights``); an error names the file, the keys and, for a shipped asset, the rebuild
 command. A pipeline class's own ``from_pretrained`` is diffusers' loader with diffusers'
 tolerance (a missing tensor stays randomly initialised, with a warning).
+
+``DIFFUSERS_PIPELINES`` are the diffusers pipelines ``load_pipeline`` also opens from a
+``save_pretrained`` folder (Stable Diffusion 1.x/2.x and SDXL, text-to-image, img2img and
+inpainting; ε or v prediction). The pipeline classes are imported on first use, so importing
+this package (``diffkit --help``) does not import torch or diffusers.
 """
 
 from __future__ import annotations
@@ -25,6 +32,20 @@ PIPELINES = {
     "OneStepPipeline": "diffkit.pipelines.one_step:OneStepPipeline",
 }
 
+#: diffusers pipeline classes whose saved folders ``load_pipeline`` opens (``local_files_only=True``)
+DIFFUSERS_PIPELINES = (
+    "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline",
+    "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline",
+)
+
+__all__ = ["PIPELINES", "DIFFUSERS_PIPELINES", "pipeline_class", "load_pipeline", *PIPELINES]
+
+
+def __getattr__(name):  # PEP 562: the pipeline classes on first use (keeps this import light)
+    if name in PIPELINES:
+        return pipeline_class(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 def pipeline_class(name: str):
     try:
@@ -35,10 +56,15 @@ def pipeline_class(name: str):
 
 
 def load_pipeline(path, **kwargs):
-    """Load a diffkit pipeline folder, or wrap a bare UNet2DModel folder with a DDIM scheduler;
-    strictly (see the module docstring)."""
+    """Load a diffkit pipeline folder, a saved diffusers Stable Diffusion (XL) pipeline folder
+    (``DIFFUSERS_PIPELINES``), or wrap a bare UNet2DModel folder with a DDIM scheduler. Local
+    files only; ``path`` may be a shipped asset's name. diffkit's own folders load strictly (see
+    the module docstring); diffusers folders keep diffusers' own tolerance."""
     p = asset_path(path)
     index = p / "model_index.json"
+    other = _diffusers_class(index) if index.exists() else None
+    if other is not None:  # a diffusers pipeline folder (save_pretrained)
+        return _load_diffusers(p, other, **kwargs)
     if index.exists():
         variant, spec = kwargs.get("variant"), None
         try:
@@ -99,6 +125,34 @@ def _name_the_weights(p: Path, spec: dict, variant=None) -> None:
         raise corrupt_asset(p, w) from None
     except (OSError, ValueError, KeyError, TypeError, ImportError, RuntimeError):
         pass  # the check itself cannot run (e.g. an unreadable config): the caller reports the load error
+
+
+def _diffusers_class(index: Path):
+    """The ``_class_name`` of a model_index.json that is not one of diffkit's pipelines (None for
+    diffkit's own, and for an unreadable file, which the diffkit branch reports)."""
+    try:
+        name = json.loads(index.read_text())["_class_name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return None if name in PIPELINES else name
+
+
+def _load_diffusers(p: Path, name: str, **kwargs):
+    if name not in DIFFUSERS_PIPELINES:
+        raise ValueError(f"{p}: pipeline class {name!r} is not supported; load_pipeline opens diffkit's "
+                         f"{', '.join(sorted(PIPELINES))} and diffusers' {', '.join(DIFFUSERS_PIPELINES)}")
+    if kwargs.get("local_files_only", True) is not True:
+        raise ValueError(f"local_files_only: load_pipeline loads local folders only, got "
+                         f"{kwargs['local_files_only']!r}")
+    from diffusers import DiffusionPipeline
+
+    try:
+        pipe = DiffusionPipeline.from_pretrained(str(p), **{**kwargs, "local_files_only": True})
+    except (OSError, ValueError, KeyError) as e:
+        raise _unreadable(p, e) from e
+    if type(pipe).__name__ != name:
+        raise ValueError(f"{p}: model_index.json names {name} but diffusers loaded {type(pipe).__name__}")
+    return pipe
 
 
 def _unreadable(p, err):

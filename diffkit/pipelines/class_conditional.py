@@ -10,21 +10,37 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
 
 from ..atomic import UmaskSaveMixin
 from ..checks import check_count
 from ..conditioning import Guidance, class_guidance, num_classes
 from ..denoisers import EpsModel
 from ..numerics import FiniteWatch
-from ..seeding import randn_for_indices
+from ..seeding import randn_for_indices, sample_generator
+from ._local import LocalFolderPipelineMixin
 
 __all__ = ["ClassConditionalPipeline", "ImagePipelineOutput", "check_output_type", "batch_of", "initial_noise",
-           "to_output"]
+           "check_randomness", "draw_noise", "step_generator", "to_output", "RANDOMNESS_DOC"]
+
+#: How every diffkit image pipeline draws its randomness (quoted in their ``__call__`` docstrings).
+RANDOMNESS_DOC = """
+        Randomness: give ``seed`` (default 0) or ``generator``, not both.
+
+        * ``seed`` (+ ``sample_indices``, one global index per sample, default 0..B-1): sample k's
+          noise comes from (seed, k) alone (:mod:`diffkit.seeding`), whatever batch it is drawn in,
+          so shards of a set (``sample_indices=range(start, start + b)``) reproduce one batch. Repeated
+          calls with the same seed and indices repeat the noise: to draw a fresh batch, pass the next
+          ``sample_indices`` or a ``generator``.
+        * ``generator``: diffusers' semantics. A torch.Generator (or a list of one per sample) draws
+          the initial noise with diffusers' ``randn_tensor`` (float32) and any noise the scheduler's
+          step takes; it advances, so repeated calls give new samples.
+"""
 
 
 @dataclass
@@ -64,6 +80,45 @@ def initial_noise(unet, batch_size: int, seed: int, sample_indices=None, device=
                              dtype=torch.float32, device=device)
 
 
+def check_randomness(seed: Optional[int], sample_indices, generator, batch_size: int) -> int:
+    """The seed to use (0 by default) after refusing seed/sample_indices together with generator."""
+    if generator is None:
+        return 0 if seed is None else seed
+    if seed is not None:
+        raise ValueError(f"seed and generator: pass one of them, not both (got seed={seed!r} and a generator): seed "
+                         "keys each sample's noise to (seed, sample index), generator draws it as diffusers does")
+    if sample_indices is not None:
+        raise ValueError("sample_indices and generator: pass one of them, not both: sample_indices only keys the "
+                         "per-sample noise drawn from seed")
+    gens = generator if isinstance(generator, (list, tuple)) else [generator]
+    if not all(isinstance(g, torch.Generator) for g in gens):
+        raise TypeError(f"generator: expected a torch.Generator or a list of them (one per sample), got {generator!r}")
+    if isinstance(generator, (list, tuple)) and len(generator) != batch_size:
+        raise ValueError(f"generator: a list of {len(generator)} generator(s) for {batch_size} samples; pass one "
+                         "generator per sample or a single generator")
+    return 0
+
+
+def draw_noise(unet, batch_size: int, seed: int, sample_indices=None, generator=None, device=None) -> torch.Tensor:
+    """The initial noise: per-index from ``seed`` (:func:`initial_noise`), or diffusers'
+    ``randn_tensor`` with ``generator`` (float32, on the generator's device, then moved)."""
+    if generator is None:
+        return initial_noise(unet, batch_size, seed, sample_indices, device)
+    cfg = unet.config
+    shape = (batch_size, cfg.in_channels, cfg.sample_size, cfg.sample_size)
+    return randn_tensor(shape, generator=list(generator) if isinstance(generator, tuple) else generator,
+                        device=torch.device(device) if device is not None else None, dtype=torch.float32)
+
+
+def step_generator(seed: int, sample_indices, batch_size: int, generator=None):
+    """What the scheduler's ``step`` draws its noise from (eta > 0, ancestral samplers): the given
+    ``generator``, else one CPU generator per sample keyed by (seed, sample index, "step")."""
+    if generator is not None:
+        return list(generator) if isinstance(generator, tuple) else generator
+    idx = list(sample_indices) if sample_indices is not None else list(range(batch_size))
+    return [sample_generator(seed, k, "step") for k in idx]
+
+
 def to_output(images: torch.Tensor, output_type: str, nfe: int, return_dict: bool, numpy_to_pil):
     """[-1, 1] images -> the requested output type, wrapped as diffusers pipelines return it."""
     images = images.clamp(-1, 1)
@@ -76,7 +131,7 @@ def to_output(images: torch.Tensor, output_type: str, nfe: int, return_dict: boo
     return ImagePipelineOutput(images=images, nfe=nfe)
 
 
-class ClassConditionalPipeline(UmaskSaveMixin, DiffusionPipeline):
+class ClassConditionalPipeline(UmaskSaveMixin, LocalFolderPipelineMixin, DiffusionPipeline):
     model_cpu_offload_seq = "unet"
 
     def __init__(self, unet, scheduler):
@@ -97,19 +152,28 @@ class ClassConditionalPipeline(UmaskSaveMixin, DiffusionPipeline):
 
     @torch.no_grad()
     def __call__(self, class_labels: Optional[Sequence[int] | torch.Tensor] = None, batch_size: Optional[int] = None,
-                 num_inference_steps: int = 50, guidance_scale: float = 1.0, eta: float = 0.0, seed: int = 0,
-                 sample_indices: Optional[Sequence[int]] = None, latents: Optional[torch.Tensor] = None,
+                 num_inference_steps: int = 50, guidance_scale: float = 1.0, eta: float = 0.0,
+                 seed: Optional[int] = None, sample_indices: Optional[Sequence[int]] = None,
+                 generator: Union[None, torch.Generator, list] = None, latents: Optional[torch.Tensor] = None,
                  output_type: str = "pil", return_dict: bool = True, progress: bool = True):
+        """Sample one image per entry of ``class_labels`` (a class-conditional UNet) or
+        ``batch_size`` unconditional images, with the scheduler as given and classifier-free
+        guidance (``guidance_scale``) against the null class. ``latents``: the initial noise
+        (then nothing is drawn for it).
+        """
         check_output_type(output_type)
         class_labels, batch_size = batch_of(class_labels, batch_size, latents, num_inference_steps)
+        seed = check_randomness(seed, sample_indices, generator, batch_size)
         guidance = self.guidance(class_labels, guidance_scale)
         model = EpsModel(self.unet, self.scheduler.config)
         if latents is None:
-            latents = initial_noise(self.unet, batch_size, seed, sample_indices, self.device)
+            latents = draw_noise(self.unet, batch_size, seed, sample_indices, generator, self.device)
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         latents = latents * self.scheduler.init_noise_sigma
         params = inspect.signature(self.scheduler.step).parameters
         extra = {"eta": eta} if "eta" in params else {}
+        if "generator" in params:  # as diffusers' prepare_extra_step_kwargs
+            extra["generator"] = step_generator(seed, sample_indices, batch_size, generator)
         nfe, watch = 0, FiniteWatch("model output")  # NaN weights: an error naming the step, not an image
         for t in self.progress_bar(self.scheduler.timesteps) if progress else self.scheduler.timesteps:
             inp = self.scheduler.scale_model_input(latents, t)
@@ -119,3 +183,5 @@ class ClassConditionalPipeline(UmaskSaveMixin, DiffusionPipeline):
             latents = self.scheduler.step(out, t, latents, **extra, return_dict=False)[0]
         watch.flush()
         return to_output(latents, output_type, nfe, return_dict, self.numpy_to_pil)
+
+    __call__.__doc__ += RANDOMNESS_DOC

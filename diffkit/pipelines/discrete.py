@@ -32,9 +32,10 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from ..atomic import UmaskSaveMixin
-from ..assets import rebuild_hint, verify_asset
+from ..assets import REBUILD, asset_path, rebuild_hint, verify_asset
 from ..numerics import FiniteWatch
 from ..seeding import sample_generator
+from ._local import LocalFolderPipelineMixin, local_folder
 
 __all__ = ["DiscreteDiffusionPipeline", "TextDiffusionOutput", "load_text_pipeline"]
 
@@ -113,7 +114,7 @@ def _row_generators(seed: int, row_indices, batch: int) -> list[torch.Generator]
     return [sample_generator(seed, k, "radd") for k in idx]
 
 
-class DiscreteDiffusionPipeline(UmaskSaveMixin, DiffusionPipeline):
+class DiscreteDiffusionPipeline(UmaskSaveMixin, LocalFolderPipelineMixin, DiffusionPipeline):
     """Sample text from a masked-diffusion denoiser (RADD, or any model with the interface above).
 
     ``pipe(batch_size=4, num_inference_steps=1024)`` draws unconditionally; ``prompt=`` / ``suffix=``
@@ -156,6 +157,7 @@ class DiscreteDiffusionPipeline(UmaskSaveMixin, DiffusionPipeline):
         from ..models import radd as _model_module  # noqa: F401  (diffusers resolves the saved class names
         from ..samplers import radd as _sched_module  # noqa: F401  only from modules already imported)
 
+        pretrained_model_name_or_path = local_folder(pretrained_model_name_or_path)  # an asset name or a folder
         pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         tok_dir = Path(pretrained_model_name_or_path) / "tokenizer"
         if tokenizer is None and tok_dir.is_dir():
@@ -426,6 +428,8 @@ def load_text_pipeline(model, tokenizer=None, **scheduler_kwargs) -> DiscreteDif
         transformer, tok = tiny_radd_transformer(vocab_size=256, hidden_size=64, n_heads=4, length=64), ByteTokenizer()
     else:
         folder = Path(model)
+        if not folder.exists() and folder.name in REBUILD:  # `assets/text-radd` from any directory
+            folder = asset_path(model)
         if not folder.is_dir():
             raise FileNotFoundError(f"model folder {folder} not found (expected a diffkit pipeline folder, an official "
                                     "RADD checkpoint folder, a RADDTransformer folder, or 'tiny')")

@@ -243,6 +243,7 @@ def edit(pipe, image, source=None, target=None, *, steps: int = 50, strength: fl
     """
     from diffkit.denoisers import EpsModel
     from diffkit.pipelines.one_step import require_diffusion_model
+    from diffkit.pipelines.prompted import require_latent_unet
     from diffkit.samplers.inversion import relative_error
 
     method = _check_method(method)
@@ -253,6 +254,7 @@ def edit(pipe, image, source=None, target=None, *, steps: int = 50, strength: fl
     if not hasattr(pipe, "unet") or not hasattr(pipe, "scheduler"):
         raise TypeError(f"pipe: expected a diffusers pipeline with a unet and a scheduler, got {type(pipe).__name__}")
     require_diffusion_model(pipe, "edit (inversion and regeneration along a noise grid)")
+    require_latent_unet(pipe, "edit")
     kind = condition_kind(pipe)
     if guidance_scale is None:
         guidance_scale = 3.0 if kind == "prompt" else 1.0

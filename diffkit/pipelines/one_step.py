@@ -4,7 +4,8 @@ evaluation per image, x = x̂0(std_vp(t_g)·z, t_g) (see ``diffkit.distill.gener
 It takes the same call as :class:`ClassConditionalPipeline` so ``diffkit sample`` and the
 FID tools can drive it with its own sampler; ``num_inference_steps`` (checked >= 1) and
 ``eta`` do not apply and are ignored, and the scheduler only supplies the ᾱ table. Noise is
-drawn per global sample index from ``seed`` exactly as the class-conditional pipeline draws it.
+drawn exactly as the class-conditional pipeline draws it: per global sample index from ``seed``,
+or from ``generator`` with diffusers' semantics.
 
 A one-step generator is not a diffusion model: the samplers, inversion and editing that
 evaluate a denoiser along a noise grid refuse it (:func:`require_diffusion_model`).
@@ -13,7 +14,7 @@ evaluate a denoiser along a noise grid refuse it (:func:`require_diffusion_model
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from diffusers import DiffusionPipeline
@@ -21,7 +22,8 @@ from diffusers import DiffusionPipeline
 from ..atomic import UmaskSaveMixin
 from ..conditioning import num_classes
 from ..numerics import FiniteWatch
-from .class_conditional import batch_of, check_output_type, initial_noise, to_output
+from ._local import LocalFolderPipelineMixin
+from .class_conditional import RANDOMNESS_DOC, batch_of, check_output_type, check_randomness, draw_noise, to_output
 
 __all__ = ["OneStepPipeline", "require_diffusion_model"]
 
@@ -40,7 +42,7 @@ def require_diffusion_model(pipe, use: str) -> None:
                      f"such as digits-unet")
 
 
-class OneStepPipeline(UmaskSaveMixin, DiffusionPipeline):
+class OneStepPipeline(UmaskSaveMixin, LocalFolderPipelineMixin, DiffusionPipeline):
     model_cpu_offload_seq = "unet"
     #: no sampler drives it but its own call (see :func:`require_diffusion_model`)
     one_step = True
@@ -61,9 +63,13 @@ class OneStepPipeline(UmaskSaveMixin, DiffusionPipeline):
 
     @torch.no_grad()
     def __call__(self, class_labels: Optional[Sequence[int] | torch.Tensor] = None, batch_size: Optional[int] = None,
-                 num_inference_steps: int = 1, guidance_scale: float = 1.0, eta: float = 0.0, seed: int = 0,
-                 sample_indices: Optional[Sequence[int]] = None, latents: Optional[torch.Tensor] = None,
+                 num_inference_steps: int = 1, guidance_scale: float = 1.0, eta: float = 0.0,
+                 seed: Optional[int] = None, sample_indices: Optional[Sequence[int]] = None,
+                 generator: Union[None, torch.Generator, list] = None, latents: Optional[torch.Tensor] = None,
                  output_type: str = "pil", return_dict: bool = True, progress: bool = True):
+        """One image per entry of ``class_labels`` (or ``batch_size`` unconditional ones), one
+        UNet evaluation each; ``latents``: the noise z (then nothing is drawn).
+        """
         check_output_type(output_type)
         if guidance_scale != 1.0:
             raise ValueError(f"guidance_scale: a one-step generator samples its distilled distribution; only 1.0 "
@@ -74,14 +80,17 @@ class OneStepPipeline(UmaskSaveMixin, DiffusionPipeline):
         if class_labels is None and n:
             raise ValueError(f"class_labels is required for a class-conditional generator (accepted labels: 0..{n - 1})")
         class_labels, batch_size = batch_of(class_labels, batch_size, latents, num_inference_steps)
+        seed = check_randomness(seed, sample_indices, generator, batch_size)
         if class_labels is not None:
             bad = class_labels[(class_labels < 0) | (class_labels >= n)]
             if bad.numel():
                 raise ValueError(f"class label(s) {sorted(set(bad.tolist()))} out of range: accepted labels are 0..{n - 1}")
             class_labels = class_labels.to(self.device)
         if latents is None:
-            latents = initial_noise(self.unet, batch_size, seed, sample_indices, self.device)
-        generator = self.generator()
-        images = generator(latents.to(self.device), class_labels)
-        FiniteWatch("one-step generator output").update(images, 0, generator.timestep, flush=True)
+            latents = draw_noise(self.unet, batch_size, seed, sample_indices, generator, self.device)
+        one_step = self.generator()
+        images = one_step(latents.to(self.device), class_labels)
+        FiniteWatch("one-step generator output").update(images, 0, one_step.timestep, flush=True)
         return to_output(images, output_type, 1, return_dict, self.numpy_to_pil)
+
+    __call__.__doc__ += RANDOMNESS_DOC

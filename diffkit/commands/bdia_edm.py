@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from diffkit.checks import check_count, count_arg
 
+from ._outputs import check_output_file
+
 NAME = "sample-edm"
 HELP = "sample a model folder with EDM Euler/Heun or BDIA-Euler/Heun (--sampler, --nfe, --gamma)"
 DEMO_ORDER = 30
@@ -77,6 +79,7 @@ def run(args):
     from diffkit.images import save_grid
     from diffkit.pipelines import load_pipeline
 
+    check_output_file(args.output, "--output")
     pipe = load_pipeline(args.model)
     labels = None
     if getattr(pipe, "num_classes", 0):

@@ -12,6 +12,8 @@ import time
 
 from diffkit.checks import count_arg
 
+from ._outputs import check_output_file
+
 NAME = "invert"
 HELP = "exactly invert an image with BDIA-DDIM and save the latent pair (--model DIR --output FILE)"
 DEMO_ORDER = 20
@@ -116,6 +118,7 @@ def run(args):
     from diffkit.pipelines.one_step import require_diffusion_model
     from diffkit.samplers.inversion import invert, regenerate, relative_error
 
+    check_output_file(args.output, "--output")
     pipe = load_pipeline(args.model)
     require_diffusion_model(pipe, "invert (BDIA-DDIM inversion)")
     pipe.set_progress_bar_config(disable=True)

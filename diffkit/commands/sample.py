@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from diffkit.checks import count_arg
 
+from ._outputs import check_output_file
+
 NAME = "sample"
 HELP = "sample images from a model folder (--model DIR --sampler NAME --steps N)"
 
@@ -33,6 +35,7 @@ def balanced_labels(n: int, num_classes: int) -> list[int]:
 
 
 def run(args):
+    check_output_file(args.output, "--output")
     if args.from_inversion:
         return run_from_inversion(args)
     if not args.model:

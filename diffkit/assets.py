@@ -16,22 +16,27 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Optional
 
 from .weights import WeightsError, check_manifest
 
 __all__ = ["REBUILD", "assets_root", "asset_path", "rebuild_hint", "verify_asset", "corrupt_asset", "AssetError",
-           "CorruptAssetError"]
+           "CorruptAssetError", "shipped_asset_target"]
 
-#: name -> (what it is, the command that rebuilds it)
+#: name -> (what it is, the command that rebuilds it). Writing into the shipped assets folder
+#: needs ``--replace-asset`` (the training commands refuse it otherwise).
 REBUILD = {
-    "digits-unet": ("the class-conditional digits teacher", "diffkit train-teacher --output assets/digits-unet"),
-    "digits-features": ("the digits feature network", "diffkit train-features --output assets/digits-features"),
-    "text-radd": ("the character-level RADD text model", "diffkit text train --output assets/text-radd"),
+    "digits-unet": ("the class-conditional digits teacher",
+                    "diffkit train-teacher --output assets/digits-unet --replace-asset"),
+    "digits-features": ("the digits feature network",
+                        "diffkit train-features --output assets/digits-features --replace-asset"),
+    "text-radd": ("the character-level RADD text model",
+                  "diffkit text train --output assets/text-radd --replace-asset"),
     "digits-onestep": ("the one-step digits generator",
                        "diffkit distill --teacher assets/digits-unet --mode warm-critic --generator-timestep 399 "
                        "--lr-generator 3e-5 --warmup-steps 50 --ema-decay 0.99 --stage1-steps 400 --path-nodes 5 "
-                       "--steps-per-node 100 --max-steps 4000 --cpu --output assets/digits-onestep, then the same "
-                       "with --lr-generator 1e-5 --ema-decay 0.999 --max-steps 5500 --resume, then with "
+                       "--steps-per-node 100 --max-steps 4000 --cpu --output assets/digits-onestep --replace-asset, "
+                       "then the same with --lr-generator 1e-5 --ema-decay 0.999 --max-steps 5500 --resume, then with "
                        "--lr-generator 5e-6 --ema-decay 0.999 --max-steps 9500 --resume"),
 }
 
@@ -75,6 +80,18 @@ def assets_root() -> Path:
     if here.is_dir():
         return here
     return Path.cwd() / "assets"
+
+
+def shipped_asset_target(output) -> Optional[Path]:
+    """The place in the shipped assets folder (:func:`assets_root`) that writing ``output`` would
+    replace, or None: a path that resolves into that folder, or a bare asset name such as
+    ``digits-unet`` that is not a folder here (the loaders read such a name from the assets)."""
+    p = Path(output)
+    root = assets_root().resolve()
+    if str(output) in REBUILD and not os.path.lexists(p):
+        return root / str(output)
+    rp = p.resolve()
+    return rp if rp == root or root in rp.parents else None
 
 
 def asset_path(name_or_path: str | os.PathLike, required: tuple[str, ...] = ()) -> Path:

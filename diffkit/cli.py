@@ -5,12 +5,18 @@ A command module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run
 contribute a step to ``diffkit demo``. Modules are discovered, so adding a capability
 means adding one file. Subcommands whose module is not there yet are listed with the
 issue that brings them and exit with status 2.
+
+Errors a user can fix (bad arguments, missing or unwritable files) print one line naming the
+argument and exit with status 1. Ctrl-C (or SIGTERM during training) prints one line and exits
+with 128 + the signal number (130 for Ctrl-C); a training loop first finishes its step and
+writes a checkpoint (``diffkit.train.StopOnSignal``), which the line names.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -68,17 +74,25 @@ def _not_yet(name, what):
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "_run", None):
-        parser.print_help()
-        return 0
+    command = None
     try:
-        with torch_threads(getattr(args, "threads", None)):  # --threads of the commands that have it
-            code = args._run(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"diffkit {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command = getattr(args, "command", None)
+        if not getattr(args, "_run", None):
+            parser.print_help()
+            return 0
+        try:
+            with torch_threads(getattr(args, "threads", None)):  # --threads of the commands that have it
+                code = args._run(args)
+        except (ValueError, TypeError, OSError) as e:  # OSError: FileNotFoundError, an unwritable path, ...
+            print(f"diffkit {args.command}: error: {e}", file=sys.stderr)
+            return 1
+    except KeyboardInterrupt as e:  # Ctrl-C; a training loop raises TrainingInterrupted after its checkpoint
+        if int(os.environ.get("RANK", "0")) == 0:  # one line, from one process
+            why = f" by {e}" if str(e) else ""
+            print(f"diffkit{' ' + command if command else ''}: interrupted{why}", file=sys.stderr)
+        return int(getattr(e, "exit_code", 130))
     return int(code or 0)
 
 

@@ -114,10 +114,11 @@ def train_text_model(output, max_steps: int = 20000, max_minutes: Optional[float
     recorded; the learning rate is constant after warm-up, so ``--max-steps N`` reproduces it)."""
     from .models.tokenizers import CharTokenizer
     from .text_corpus import CORPUS_PYTHON, CORPUS_SHA256, corpus_alphabet, corpus_split
-    from .train import Trainer, TrainConfig
+    from .assets import shipped_asset_target
+    from .train import Trainer, TrainConfig, resolve_run_dir
 
     output = Path(output)
-    run_dir = Path(run_dir) if run_dir else Path("runs") / output.name
+    run_dir = resolve_run_dir(output, run_dir)
     tok = CharTokenizer(corpus_alphabet(corpus_path), unk=" ")
     train_ids = torch.tensor(tok.encode(corpus_split("train", corpus_path)), dtype=torch.long)
     model = build_text_model(tok.vocab_size, preset, seed)
@@ -155,7 +156,8 @@ def train_text_model(output, max_steps: int = 20000, max_minutes: Optional[float
             "corpus": f"CPython {CORPUS_PYTHON} pydoc_data.topics snapshot, sha256 {CORPUS_SHA256}",
             "train_characters": int(train_ids.numel()),
             "reproduce": (f"diffkit text train --output {output} --max-steps {result.step} --seed {seed} "
-                          f"--batch-size {batch_size} --lr {lr} --warmup-steps {warmup_steps} --preset {preset}"),
+                          f"--batch-size {batch_size} --lr {lr} --warmup-steps {warmup_steps} --preset {preset}"
+                          + (" --replace-asset" if shipped_asset_target(output) is not None else "")),
         }
         export_text_model(trainer.ema_model(), tok, output, facts)
     trainer.accelerator.wait_for_everyone()

@@ -17,13 +17,19 @@ gradient all-reduce averages equal-sized local means, so 1- and P-process runs f
 same trajectory up to float summation order; and the data order is *stateless*, so
 resuming needs no sampler state.
 
-Checkpoints (``<run_dir>/checkpoints/step-NNNNNNN/``) hold the model and EMA weights
-(safetensors), the optimizer and LR-scheduler state, the step, each process's RNG states
-(torch, numpy, python and every registered ``torch.Generator``) and the ``state_dict`` of
-the source and loss when they have one. They are written to a temporary folder and
-renamed into place (``os.replace``), so a kill leaves either the previous complete
-checkpoint or the new one. Losses go to ``<run_dir>/loss_log.csv`` (one row per step) and
+Checkpoints (``<run_dir>/checkpoints/step-NNNNNNN/``; the commands' default run folder,
+:func:`default_run_dir`, is ``runs/<output name>``, never the exported model's folder) hold
+the model and EMA weights (safetensors), the optimizer and LR-scheduler state, the step,
+each process's RNG states (torch, numpy, python and every registered ``torch.Generator``)
+and the ``state_dict`` of the source and loss when they have one. They are written to a
+temporary folder and renamed into place (``os.replace``), so a kill leaves either the
+previous complete checkpoint or the new one. Losses go to ``<run_dir>/loss_log.csv`` (one row per step) and
 a summary to ``<run_dir>/train_summary.json``.
+
+SIGINT (Ctrl-C) or SIGTERM during :meth:`Trainer.fit` does not kill the step in progress:
+the step finishes, a checkpoint of it is written (every process stops at the same step) and
+:class:`TrainingInterrupted` is raised, so ``--resume`` continues exactly where the signal
+arrived (:class:`StopOnSignal`; ``DisBackTrainer`` uses it too).
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ import json
 import os
 import random
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +50,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .atomic import replace_dir, save_safetensors, write_text_atomically
@@ -50,7 +59,7 @@ from .seeding import rand_for_indices, randint_for_indices, randn_for_indices, s
 
 __all__ = ["TrainConfig", "EMA", "IndexedDataSource", "DDPMEpsLoss", "Trainer", "TrainResult",
            "latest_checkpoint", "list_checkpoints", "make_accelerator", "write_checkpoint_dir", "rng_state",
-           "set_rng_state"]
+           "set_rng_state", "default_run_dir", "resolve_run_dir", "load_device", "StopOnSignal", "TrainingInterrupted"]
 
 CHECKPOINT_PREFIX = "step-"
 
@@ -232,6 +241,40 @@ def make_accelerator(cpu: Optional[bool] = None):
         return Accelerator(cpu=cpu)
 
 
+def default_run_dir(output) -> Path:
+    """The run folder (checkpoints, logs) of a command that exports a model to ``output``:
+    ``runs/<output name>`` relative to the current folder, or ``runs/<output name>-run`` when
+    ``output`` is itself that folder (``--output runs/NAME``): never the model's own folder."""
+    output = Path(output)
+    run_dir = Path("runs") / output.name
+    if _same_or_inside(run_dir, output):
+        run_dir = Path("runs") / f"{output.name}-run"
+    return run_dir
+
+
+def _same_or_inside(path, folder) -> bool:
+    p, f = Path(os.path.abspath(path)), Path(os.path.abspath(folder))
+    return p == f or f in p.parents
+
+
+def resolve_run_dir(output, run_dir=None) -> Path:
+    """``run_dir``, or :func:`default_run_dir` of ``output``. A run folder that is the output
+    folder or lies inside it is refused: exporting replaces that folder as a whole."""
+    run_dir = Path(run_dir) if run_dir else default_run_dir(output)
+    if _same_or_inside(run_dir, output):
+        raise ValueError(f"run_dir (--run-dir) {run_dir} is the output folder (--output) {output} or inside it: "
+                         "the export replaces that folder, checkpoints included; choose a run folder outside it "
+                         f"(default {default_run_dir(output)})")
+    return run_dir
+
+
+def load_device(accelerator) -> str:
+    """Where to read a checkpoint's tensors: the process's device, but plain ``"cpu"`` for
+    accelerate's multi-process CPU device ``cpu:0`` (which safetensors and torch.load refuse)."""
+    dev = torch.device(accelerator.device)
+    return "cpu" if dev.type == "cpu" else str(dev)
+
+
 def checkpoint_dir_name(step: int) -> str:
     return f"{CHECKPOINT_PREFIX}{step:07d}"
 
@@ -306,6 +349,61 @@ def write_checkpoint_dir(accelerator, run_dir, step: int, keep: int, write: Call
             shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
     return final
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """A fit loop stopped by SIGINT/SIGTERM after finishing step ``step``, whose checkpoint
+    ``checkpoint`` was written: ``--resume`` (``fit(resume="latest")``) continues exactly.
+    A ``KeyboardInterrupt``, so code that stops on Ctrl-C keeps doing so."""
+
+    def __init__(self, signum: int, step: int, checkpoint):
+        self.signum, self.step, self.checkpoint = int(signum), int(step), checkpoint
+        super().__init__(f"{signal.Signals(self.signum).name} after step {self.step}; checkpoint {checkpoint} "
+                         "written (rerun with --resume to continue)")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+class StopOnSignal:
+    """While active (``with StopOnSignal(accelerator) as stop:`` around a fit loop), SIGINT and
+    SIGTERM only record that a stop was asked for; the previous handlers come back on exit.
+    The loop calls :meth:`requested` after each step: the signal number once any process got
+    one (all processes agree, so they all stop at the same step), else 0. Further signals
+    during the stop are ignored (torchrun forwards the terminal's Ctrl-C a second time).
+    Handlers can only be installed from the main thread; elsewhere signals keep their effect."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, accelerator=None):
+        self.accelerator = accelerator
+        self.signum = 0
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if not self.signum:
+            self.signum = int(signum)
+
+    def __enter__(self) -> "StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        for s, h in self._previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+        self._previous.clear()
+        return False
+
+    def requested(self) -> int:
+        acc = self.accelerator
+        if acc is None or acc.num_processes == 1:
+            return self.signum
+        flag = torch.tensor([self.signum], dtype=torch.int64, device=acc.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
 
 
 @dataclass
@@ -418,10 +516,10 @@ class Trainer:
             if saved is not None and saved != getattr(self.config, key):
                 raise ValueError(f"checkpoint {path} was written with {key}={saved}, this run has "
                                  f"{key}={getattr(self.config, key)}; resume with the same {key}")
-        self.unwrapped.load_state_dict(load_file(str(path / "model.safetensors"), device=str(acc.device)))
+        self.unwrapped.load_state_dict(load_file(str(path / "model.safetensors"), device=load_device(acc)))
         self.ema.load_state_dict({"shadow": load_file(str(path / "ema.safetensors")),
                                   "num_updates": state["ema_num_updates"], "decay": self.config.ema_decay})
-        opt = torch.load(path / "optimizer.pt", map_location=acc.device, weights_only=True)
+        opt = torch.load(path / "optimizer.pt", map_location=load_device(acc), weights_only=True)
         self.optimizer.load_state_dict(opt["optimizer"])
         self.lr_scheduler.load_state_dict(opt["lr_scheduler"])
         if (path / "extra.pt").exists():
@@ -512,39 +610,53 @@ class Trainer:
         t_session = time.perf_counter()
         t_base = self.wall_time_s
         self.model.train()
-        while self.step < end:
-            step = self.step
-            idx = self.local_indices(step)
-            batch = self._move(self.source(idx, step))
-            loss = self.loss_fn(self.model, batch, idx, step)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}")
-            acc.backward(loss)
-            if cfg.grad_clip and cfg.grad_clip > 0:
-                gnorm = float(acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
-            else:
-                gnorm = float(torch.sqrt(sum((p.grad.detach().float() ** 2).sum() for p in self.model.parameters()
-                                             if p.grad is not None)))
-            lr = self.optimizer.param_groups[0]["lr"]
-            self.optimizer.step()
-            self.lr_scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.ema.update(self.unwrapped)
-            self.step += 1
-            mean_loss = float(acc.reduce(loss.detach().reshape(1), reduction="mean")) if acc.num_processes > 1 else float(loss.detach())
-            self.wall_time_s = t_base + (time.perf_counter() - t_session)
-            self.log.append({"step": self.step, "loss": mean_loss, "grad_norm": gnorm, "lr": lr,
-                             "wall_time_s": round(self.wall_time_s, 3)})
+        try:
+            with StopOnSignal(acc) as stop:  # SIGINT/SIGTERM: finish the step, checkpoint it, raise
+                while self.step < end:
+                    self._step()
+                    self.wall_time_s = t_base + (time.perf_counter() - t_session)
+                    self.log[-1]["wall_time_s"] = round(self.wall_time_s, 3)
+                    if pbar is not None:
+                        pbar.update(1)
+                        pbar.set_postfix(loss=f"{self.log[-1]['loss']:.4f}", refresh=False)
+                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < end:
+                        last_ck, last_ck_step = self._checkpoint(), self.step
+                    if stop.requested():
+                        break
+                if last_ck_step != self.step:
+                    last_ck = self._checkpoint()
+                signum = stop.requested()
+        finally:
             if pbar is not None:
-                pbar.update(1)
-                pbar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < end:
-                last_ck, last_ck_step = self._checkpoint(), self.step
-        if pbar is not None:
-            pbar.close()
-        if last_ck_step != self.step:
-            last_ck = self._checkpoint()
+                pbar.close()
+        if signum:
+            raise TrainingInterrupted(signum, self.step, last_ck)
         return TrainResult(self.step, self.final_loss(), self.wall_time_s, str(self.run_dir), str(last_ck), list(self.log))
+
+    def _step(self) -> None:
+        """One optimiser step on batch number ``self.step``; appends its row to the log."""
+        acc, cfg = self.accelerator, self.config
+        step = self.step
+        idx = self.local_indices(step)
+        batch = self._move(self.source(idx, step))
+        loss = self.loss_fn(self.model, batch, idx, step)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+        acc.backward(loss)
+        if cfg.grad_clip and cfg.grad_clip > 0:
+            gnorm = float(acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+        else:
+            gnorm = float(torch.sqrt(sum((p.grad.detach().float() ** 2).sum() for p in self.model.parameters()
+                                         if p.grad is not None)))
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.unwrapped)
+        self.step += 1
+        mean_loss = (float(acc.reduce(loss.detach().reshape(1), reduction="mean")) if acc.num_processes > 1
+                     else float(loss.detach()))
+        self.log.append({"step": self.step, "loss": mean_loss, "grad_norm": gnorm, "lr": lr, "wall_time_s": None})
 
     def _checkpoint(self) -> Path:
         ck = self.save_checkpoint()

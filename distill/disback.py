@@ -59,7 +59,8 @@ from diffkit.schedules import VPSchedule, config_to_dict
 from diffkit.seeding import randint_for_indices, randn_for_indices, sample_seed
 from diffkit.atomic import save_safetensors, write_text_atomically
 from diffkit.weights import file_sha256  # re-exported: the one sha256 helper
-from diffkit.train import (EMA, Trainer, TrainConfig, latest_checkpoint, list_checkpoints, set_rng_state,
+from diffkit.train import (EMA, StopOnSignal, Trainer, TrainConfig, TrainingInterrupted, checkpoint_dir_name,
+                           latest_checkpoint, list_checkpoints, load_device, resolve_run_dir, set_rng_state,
                            write_checkpoint_dir)
 
 from .generator import OneStepGenerator, check_generator_timestep, export_generator
@@ -268,7 +269,7 @@ def load_path_manifest(stage1_dir, teacher_sha256: Optional[str] = None, expect_
         hint = " (the folder does not exist)" if not d.exists() else ""
         raise FileNotFoundError(
             f"Stage-1 path not found: {p} is missing{hint}. Record it first (mode 'disback' or 'warm-critic' runs "
-            f"Stage 1 into <output>/stage1 automatically; `diffkit distill --stage 1` runs only Stage 1), or point "
+            f"Stage 1 into <run-dir>/stage1 automatically; `diffkit distill --stage 1` runs only Stage 1), or point "
             f"--stage1-dir at a finished Stage-1 folder.")
     try:
         raw = json.loads(p.read_text())
@@ -685,7 +686,9 @@ class DisBackTrainer:
         ``resume`` (first call only): None or ``"latest"``/True (continue from the latest
         checkpoint if there is one), False (refuse to touch an existing run), or a checkpoint
         folder. An unfinished Stage 1 always resumes. Later calls continue from memory.
-        ``stop_at`` interrupts on purpose.
+        ``stop_at`` interrupts on purpose. SIGINT/SIGTERM during Stage 1 or Stage 2 finish the
+        step in progress (its samples and evaluation included), write its checkpoint and raise
+        :class:`diffkit.train.TrainingInterrupted`; resuming continues exactly.
         """
         cfg, acc = self.config, self.accelerator
         ck = None
@@ -718,31 +721,42 @@ class DisBackTrainer:
             if cfg.eval_every and not any(e["step"] == 0 for e in self.evals):
                 self.evaluate()
         t_session, t_base = time.perf_counter(), self.wall_time_s
-        while self.step < end:
-            row = self.train_step()
-            self.wall_time_s = t_base + (time.perf_counter() - t_session)
-            row["wall_time_s"] = round(self.wall_time_s, 3)
-            self.log.append(row)
+        try:
+            with StopOnSignal(acc) as stop:  # SIGINT/SIGTERM: finish the step, checkpoint it, raise
+                while self.step < end:
+                    row = self.train_step()
+                    self.wall_time_s = t_base + (time.perf_counter() - t_session)
+                    row["wall_time_s"] = round(self.wall_time_s, 3)
+                    self.log.append(row)
+                    if pbar is not None:
+                        pbar.update(1)
+                        pbar.set_postfix(node=row["target_node"], fake=f"{row['loss_fake']:.4f}",
+                                         mismatch=f"{row['mismatch']:.4f}", refresh=False)
+                    if cfg.sample_every and self.step % cfg.sample_every == 0:
+                        self.save_samples()
+                    if cfg.eval_every and self.step % cfg.eval_every == 0:
+                        self.evaluate()
+                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < end:
+                        self.save_checkpoint()
+                        last_ck_step = self.step
+                    if stop.requested():
+                        break
+                if pbar is not None:
+                    pbar.close()
+                    pbar = None
+                if self.step == cfg.max_steps and self.step > start:
+                    if not cfg.sample_every or self.step % cfg.sample_every:
+                        self.save_samples()
+                    if self.evaluator is not None and (not cfg.eval_every or self.step % cfg.eval_every):
+                        self.evaluate()
+                if last_ck_step != self.step:
+                    self.save_checkpoint()
+                signum = stop.requested()
+        finally:
             if pbar is not None:
-                pbar.update(1)
-                pbar.set_postfix(node=row["target_node"], fake=f"{row['loss_fake']:.4f}",
-                                 mismatch=f"{row['mismatch']:.4f}", refresh=False)
-            if cfg.sample_every and self.step % cfg.sample_every == 0:
-                self.save_samples()
-            if cfg.eval_every and self.step % cfg.eval_every == 0:
-                self.evaluate()
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < end:
-                self.save_checkpoint()
-                last_ck_step = self.step
-        if pbar is not None:
-            pbar.close()
-        if self.step == cfg.max_steps and self.step > start:
-            if not cfg.sample_every or self.step % cfg.sample_every:
-                self.save_samples()
-            if self.evaluator is not None and (not cfg.eval_every or self.step % cfg.eval_every):
-                self.evaluate()
-        if last_ck_step != self.step:
-            self.save_checkpoint()
+                pbar.close()
+        if signum:
+            raise TrainingInterrupted(signum, self.step, self.run_dir / "checkpoints" / checkpoint_dir_name(self.step))
         return self.log
 
     def train(self, output=None, resume=None):
@@ -797,9 +811,11 @@ class DisBackTrainer:
         return res
 
     def export(self, output, extra_facts: Optional[dict] = None) -> Path:
-        """Save the EMA generator as a diffusers ``OneStepPipeline`` folder."""
+        """Save the EMA generator as a diffusers ``OneStepPipeline`` folder (never the run folder
+        or a folder holding it: the export replaces ``output`` as a whole)."""
         from diffusers import DDIMScheduler
 
+        resolve_run_dir(output, self.run_dir)  # raises if the run folder is output or inside it
         cfg = self.config
         facts = {"method": f"DisBack score distillation (mode {cfg.mode!r})", "generator_steps": self.step,
                  "generator_timestep": self.generator_timestep,
@@ -876,7 +892,7 @@ class DisBackTrainer:
         load_strict(self.fake_unwrapped, path / "fake.safetensors", "checkpoint fake score")
         self.ema.load_state_dict({"shadow": load_file(str(path / "generator_ema.safetensors")),
                                   "num_updates": state["ema_num_updates"], "decay": self.config.ema_decay})
-        opt = torch.load(path / "optimizer.pt", map_location=acc.device, weights_only=True)
+        opt = torch.load(path / "optimizer.pt", map_location=load_device(acc), weights_only=True)
         self.opt_g.load_state_dict(opt["opt_g"])
         self.opt_f.load_state_dict(opt["opt_f"])
         rng = path / f"rng-rank{acc.process_index}.pt"

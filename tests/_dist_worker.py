@@ -5,7 +5,9 @@ Each rank is a fresh interpreter: forking the pytest process (accelerate's debug
 after torch has started its OpenMP thread pool can deadlock the children, and did so in CI.
 """
 
+import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -26,9 +28,32 @@ def train(out_dir):
     acc = make_accelerator(cpu=True)
     tr = _setup(Path(out_dir) / "run2", max_steps=3, batch_size=8, checkpoint_every=0, accelerator=acc)
     res = tr.fit()
+
+    # SIGTERM to rank 1 alone during step 2: every rank finishes that step, one checkpoint is
+    # written, every rank stops; resuming gives the uninterrupted run's weights.
+    def sigterm_on_rank1(loss):
+        def f(model, batch, indices, step):
+            if step == 1 and acc.process_index == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return loss(model, batch, indices, step)
+
+        return f
+
+    run = Path(out_dir) / "run2-interrupted"
+    stopped = None
+    try:
+        _setup(run, max_steps=3, batch_size=8, checkpoint_every=0, accelerator=acc, loss_wrap=sigterm_on_rank1).fit()
+    except KeyboardInterrupt as e:  # diffkit.train.TrainingInterrupted
+        stopped = [getattr(e, "signum", None), getattr(e, "step", None)]
+    listing = sorted(p.name for p in (run / "checkpoints").iterdir())
+    files = sorted(p.name for p in (run / "checkpoints" / "step-0000002").iterdir())
+    (Path(out_dir) / f"stopped-rank{acc.process_index}.json").write_text(json.dumps(stopped))
+    resumed = _setup(run, max_steps=3, batch_size=8, checkpoint_every=0, accelerator=acc, init_seed=99)
+    resumed.fit(resume="latest")
     if acc.is_main_process:
         torch.save({"state": _state(tr), "log": [r["loss"] for r in res.log], "world": acc.num_processes,
-                    "indices": [tr.local_indices(0).tolist()]}, Path(out_dir) / "two.pt")
+                    "indices": [tr.local_indices(0).tolist()], "resumed": _state(resumed), "listing": listing,
+                    "files": files}, Path(out_dir) / "two.pt")
 
 
 def fid(out_dir, folder):

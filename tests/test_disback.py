@@ -9,7 +9,9 @@ import copy
 import csv
 import json
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +31,7 @@ from diffkit.distill.generator import OneStepGenerator
 from diffkit.distill.losses import score_loss
 from diffkit.seeding import randn_for_indices
 from diffkit.testing import tiny_unet2d
+from diffkit.train import latest_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = dict(batch_size=4, stage1_steps=6, path_nodes=3, steps_per_node=2, max_steps=6, checkpoint_every=0,
@@ -190,6 +193,81 @@ def test_kill_and_resume_equals_uninterrupted_run(teacher, shared_path, tmp_path
         assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, 5))
 
 
+class _Unhandled(Exception):
+    pass
+
+
+@pytest.fixture
+def guard_sigterm():
+    """SIGTERM raises _Unhandled unless the code under test installs its own handler (the test
+    process must never die of it); the test checks that this handler comes back."""
+    def handler(signum, frame):
+        raise _Unhandled(f"signal {signum} reached the previous handler")
+
+    old = signal.signal(signal.SIGTERM, handler)
+    yield handler
+    signal.signal(signal.SIGTERM, old)
+
+
+def test_sigint_in_stage2_checkpoints_that_step_and_resume_equals_uninterrupted_run(teacher, shared_path, tmp_path,
+                                                                                   monkeypatch, one_thread):
+    kw = dict(max_steps=4, checkpoint_every=0, fake_updates=2, sample_every=2)
+    a = trainer(teacher, tmp_path / "a", shared_path, **kw)
+    a.fit()
+    real = DisBackTrainer.train_step
+
+    def interrupted(self):
+        if self.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during step 2: it finishes, then the run stops
+        return real(self)
+
+    previous = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(DisBackTrainer, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt) as e:
+        trainer(teacher, tmp_path / "b", shared_path, **kw).fit()
+    assert (getattr(e.value, "signum", None), getattr(e.value, "step", None)) == (signal.SIGINT, 2)
+    assert signal.getsignal(signal.SIGINT) is previous
+    assert latest_checkpoint(tmp_path / "b").name == "step-0000002"
+    assert (tmp_path / "b" / "samples" / "step-0000002.png").exists()   # the step's own work was done
+    monkeypatch.setattr(DisBackTrainer, "train_step", real)
+    b = trainer(teacher, tmp_path / "b", shared_path, **kw)
+    b.fit()
+    assert b.step == a.step == 4
+    assert _equal_states(b.gen_unwrapped.unet.state_dict(), a.gen_unwrapped.unet.state_dict())
+    assert _equal_states(b.ema.shadow, a.ema.shadow)
+    assert _equal_states(b.fake_unwrapped.state_dict(), a.fake_unwrapped.state_dict())
+    strip = lambda log: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in log]  # noqa: E731
+    assert strip(b.log) == strip(a.log)
+
+
+def test_sigterm_in_stage1_checkpoints_and_the_resumed_path_is_identical(teacher, tmp_path, monkeypatch, guard_sigterm,
+                                                                        one_thread):
+    real = DisBackTrainer._score_loss
+
+    def score_loss_with_sigterm(self, name):
+        loss_fn = real(self, name)
+        if name != "stage1-loss":
+            return loss_fn
+
+        def loss(model, batch, indices, step):
+            if step == 2:
+                os.kill(os.getpid(), signal.SIGTERM)  # during Stage-1 step 3 (between the snapshots at 2 and 4)
+            return loss_fn(model, batch, indices, step)
+
+        return loss
+
+    monkeypatch.setattr(DisBackTrainer, "_score_loss", score_loss_with_sigterm)
+    with pytest.raises(KeyboardInterrupt) as e:
+        trainer(teacher, tmp_path / "run").run_stage1()
+    assert (getattr(e.value, "signum", None), getattr(e.value, "step", None)) == (signal.SIGTERM, 3)
+    assert signal.getsignal(signal.SIGTERM) is guard_sigterm
+    assert latest_checkpoint(tmp_path / "run" / "stage1").name == "step-0000003"
+    monkeypatch.setattr(DisBackTrainer, "_score_loss", real)
+    m = trainer(teacher, tmp_path / "run").run_stage1()
+    ref = trainer(teacher, tmp_path / "ref").run_stage1()     # uninterrupted, same thread count
+    assert [n["sha256"] for n in m.nodes] == [n["sha256"] for n in ref.nodes]  # bit-identical path
+
+
 def _read_csv(path, cols):
     with open(path) as f:
         return [[float(r[c]) for c in cols] for r in csv.DictReader(f)]
@@ -268,6 +346,41 @@ def test_export_loads_as_one_step_pipeline_and_samples_with_one_evaluation(teach
     assert facts["generator_steps"] == 1 and facts["config"]["mode"] == "vanilla"
     assert (tmp_path / "run" / "samples" / "step-0000001.png").exists()
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["step"] == 1
+
+
+def _readme_block(section: str) -> list[list[str]]:
+    text = (ROOT / "README.md").read_text()
+    body = text[text.index(f"<!-- section:{section} -->"):text.index(f"<!-- /section:{section} -->")]
+    block = body[body.index("```bash") + len("```bash"):]
+    block = block[:block.index("```")]
+    return [shlex.split(line.split("#")[0]) for line in block.splitlines() if line.strip()]
+
+
+def test_readme_distill_then_sample_commands_run_as_written(tmp_path, monkeypatch, capsys, one_thread):
+    """The README's two DisBack commands, in an empty folder, at a tiny size (size flags appended):
+    the export is a folder of its own that `diffkit sample --model` loads, and --resume continues."""
+    distill, sample = _readme_block("disback")
+    assert distill[:2] == ["diffkit", "distill"] and sample[:2] == ["diffkit", "sample"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "assets").symlink_to(ROOT / "assets")  # as in the repository root (the teacher is only read)
+    tiny = ["--batch-size", "4", "--stage1-steps", "2", "--path-nodes", "2", "--steps-per-node", "1",
+            "--stage1-eval-samples", "8", "--sample-every", "0", "--cpu", "--no-progress"]
+    assert main(distill[1:] + tiny + ["--max-steps", "1"]) == 0
+    assert main(sample[1:]) == 0, capsys.readouterr().err
+    assert "NFE 1" in capsys.readouterr().out
+    out = Path(distill[distill.index("--output") + 1])
+    assert sorted(p.name for p in out.iterdir()) == ["SHA256SUMS", "distill.json", "model_index.json", "scheduler",
+                                                     "unet"]                      # only the pipeline
+    run_dir = Path(json.loads((out / "distill.json").read_text())["run_dir"])
+    assert (run_dir / "stage1" / "path.json").exists() and latest_checkpoint(run_dir).name == "step-0000001"
+    assert main(distill[1:] + tiny + ["--max-steps", "2", "--resume"]) == 0
+    assert json.loads((out / "distill.json").read_text())["generator_steps"] == 2
+    assert [r["step"] for r in _read_csv_rows(run_dir / "log.csv")] == ["1", "2"]
+
+
+def _read_csv_rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
 
 
 # ---------------------------------------------------------------------------- bad input

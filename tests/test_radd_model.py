@@ -183,7 +183,8 @@ def test_damaged_weights_file_is_named(tmp_path):
                                          CharTokenizer("abcd")).save_pretrained(asset)
     w = asset / "transformer" / "diffusion_pytorch_model.safetensors"
     w.write_bytes(w.read_bytes()[:100])
-    rebuild = "rebuild the character-level RADD text model with `diffkit text train --output assets/text-radd`"
+    rebuild = ("rebuild the character-level RADD text model with "
+               "`diffkit text train --output assets/text-radd --replace-asset`")
     with pytest.raises(CheckpointError, match=re.escape(rebuild)) as e:
         load_text_pipeline(asset)
     assert str(w) in str(e.value)

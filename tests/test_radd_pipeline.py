@@ -367,7 +367,8 @@ def test_shortened_tokenizer_alphabet_is_refused(pipe, tmp_path):
         load_text_pipeline(folder)
     msg = str(e.value)
     assert str(f) in msg and "tokenizer has 21 tokens but the model has vocab_size 24" in msg
-    assert "rebuild the character-level RADD text model with `diffkit text train --output assets/text-radd`" in msg
+    assert ("rebuild the character-level RADD text model with "
+            "`diffkit text train --output assets/text-radd --replace-asset`") in msg
     with pytest.raises(AssetError, match="tokenizer has 21 tokens"):
         load_pipeline(folder)
 

@@ -2,8 +2,11 @@
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -132,6 +135,109 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
     assert torch.equal(a.source.gen.get_state(), c.source.gen.get_state())
 
 
+def _signal_at(step_to_signal, signum):
+    def wrap(loss):
+        def f(model, batch, indices, step):
+            if step == step_to_signal:
+                os.kill(os.getpid(), signum)  # arrives mid-step, as from a terminal or a job scheduler
+            return loss(model, batch, indices, step)
+
+        return f
+
+    return wrap
+
+
+class _Unhandled(Exception):
+    pass
+
+
+def _raise_unhandled(signum, frame):
+    raise _Unhandled(f"signal {signum} reached the previous handler")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_mid_run_checkpoints_that_step_and_resume_is_bit_identical(tmp_path, signum):
+    a = _setup(tmp_path / "a", max_steps=7, checkpoint_every=0)
+    res_a = a.fit()
+    b = _setup(tmp_path / "b", max_steps=7, checkpoint_every=0, loss_wrap=_signal_at(3, signum))
+    old = signal.signal(signum, _raise_unhandled)  # the handler before fit(): must come back after it
+    try:
+        with pytest.raises(KeyboardInterrupt) as e:
+            b.fit()
+        assert signal.getsignal(signum) is _raise_unhandled
+    finally:
+        signal.signal(signum, old)
+    assert (getattr(e.value, "signum", None), getattr(e.value, "step", None)) == (signum, 4)  # step 4 finished
+    assert getattr(e.value, "exit_code", None) == 128 + signum
+    assert latest_checkpoint(tmp_path / "b").name == "step-0000004" == Path(e.value.checkpoint).name
+    c = _setup(tmp_path / "b", max_steps=7, init_seed=99)
+    res_c = c.fit(resume="latest")
+    assert res_c.step == 7
+    sa, sc = _state(a), _state(c)
+    assert all(torch.equal(sa[k], sc[k]) for k in sa)
+    assert all(torch.equal(a.ema.shadow[k], c.ema.shadow[k]) for k in a.ema.shadow)
+    assert [r["loss"] for r in res_a.log] == [r["loss"] for r in res_c.log]
+
+
+def test_ctrl_c_on_the_command_line_checkpoints_prints_one_line_and_resumes_exactly(tmp_path):
+    """A real SIGINT to a `diffkit train-teacher` process: exit 130, one line naming the
+    checkpoint, no traceback; resuming from it equals a run straight to the same step."""
+    from safetensors.torch import load_file
+
+    from diffkit.commands.train_teacher import train_teacher
+
+    run, out = tmp_path / "run", tmp_path / "teacher"
+    kw = dict(batch_size=8, preset="tiny", checkpoint_every=2, progress=False)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    p = subprocess.Popen([sys.executable, "-m", "diffkit.cli", "train-teacher", "--preset", "tiny", "--batch-size", "8",
+                          "--checkpoint-every", "2", "--max-steps", "1000000", "--threads", "1", "--no-progress",
+                          "--output", str(out), "--run-dir", str(run)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "checkpoints" / "latest").exists():  # mid-way: training is under way
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()[1][-2000:]
+            time.sleep(0.05)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=240)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    m = re.fullmatch(r"diffkit train-teacher: interrupted by SIGINT after step (\d+); checkpoint (\S+) written "
+                     r"\(rerun with --resume to continue\)", last)
+    assert m, err[-2000:]
+    step = int(m.group(1))
+    assert latest_checkpoint(run).name == f"step-{step:07d}" and Path(m.group(2)) == latest_checkpoint(run)
+    assert not out.exists()                              # an unfinished run exports nothing
+    train_teacher(out, max_steps=step + 2, resume="latest", run_dir=run, **kw)
+    train_teacher(tmp_path / "ref", max_steps=step + 2, run_dir=tmp_path / "ref-run", **kw)
+    w = "unet/diffusion_pytorch_model.safetensors"
+    ra, rb = load_file(str(out / w)), load_file(str(tmp_path / "ref" / w))
+    assert set(ra) == set(rb) and all(torch.equal(ra[k], rb[k]) for k in ra)
+    logs = [[ln.split(",")[:4] for ln in (d / "loss_log.csv").read_text().splitlines()]
+            for d in (run, tmp_path / "ref-run")]
+    assert logs[0] == logs[1] and len(logs[0]) == step + 3
+
+
+def test_ctrl_c_in_any_command_is_one_line_and_status_130(monkeypatch, capsys):
+    import diffkit.commands.sample as sample
+    from diffkit.cli import main
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sample, "run", interrupted)
+    try:
+        code = main(["sample", "--model", "digits-unet"])
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped diffkit.cli.main (a traceback for the user)")
+    assert code == 130
+    assert capsys.readouterr().err == "diffkit sample: interrupted\n"
+
+
 def test_resume_errors_name_the_folder(tmp_path):
     tr = _setup(tmp_path / "none", max_steps=1)
     with pytest.raises(FileNotFoundError, match="no checkpoint found under"):
@@ -176,6 +282,13 @@ def test_two_processes_match_one_process(tmp_path):
     assert rel <= TWO_PROCESS_UPDATE_RTOL
     assert float((d1 - d2).abs().max()) <= TWO_PROCESS_MAX_ABS
     assert two["log"] == pytest.approx([r["loss"] for r in res1.log], rel=1e-5)
+    # SIGTERM to rank 1 only, during step 2: both ranks stop after it, one checkpoint (the main
+    # process's weights and every rank's RNG state), and resuming gives the uninterrupted weights
+    assert [json.loads((tmp_path / f"stopped-rank{r}.json").read_text()) for r in (0, 1)] == [[15, 2], [15, 2]]
+    assert two["listing"] == ["latest", "step-0000002"]
+    assert two["files"] == ["ema.safetensors", "model.safetensors", "optimizer.pt", "rng-rank0.pt", "rng-rank1.pt",
+                            "trainer_state.json"]
+    assert all(torch.equal(two["resumed"][k], s2[k]) for k in s2)
 
 
 # ---------------------------------------------------------------------------- example

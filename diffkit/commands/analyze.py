@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from ._outputs import check_output_dir
+
 NAME = "analyze"
 HELP = "gauge / conservativity / intrinsic-dimension report of a digits UNet (--model DIR --output DIR)"
 DEMO_ORDER = 60
@@ -62,7 +64,9 @@ def config_from_args(args):
 def run(args):
     from diffkit.analysis.report import analyze_digits
 
-    analyze_digits(args.model, args.output, config_from_args(args))
+    cfg = config_from_args(args)
+    check_output_dir(args.output, "--output")
+    analyze_digits(args.model, args.output, cfg)
 
 
 def demo_step(ctx):

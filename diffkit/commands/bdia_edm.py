@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from diffkit.checks import IMAGE_OUTPUT_HELP, check_count, count_arg, image_path_arg
 
+from ._outputs import check_output_file
+
 NAME = "sample-edm"
 HELP = "sample a model folder with EDM Euler/Heun or BDIA-Euler/Heun (--sampler, --nfe, --gamma)"
 DEMO_ORDER = 30
@@ -90,6 +92,7 @@ def run(args):
     from diffkit.pipelines import load_pipeline
     from diffkit.pipelines.prompted import check_condition_args
 
+    check_output_file(args.output, "--output")
     pipe = load_pipeline(args.model)
     check_condition_args(pipe, labels=args.labels, prompt=args.prompt)
     labels = None

@@ -10,6 +10,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from ._outputs import check_output_dir
+
 NAME = "demo"
 HELP = "run every capability on the shipped models (offline, CPU) and write PNGs + report.md"
 DEMO_ORDER = 0
@@ -70,6 +72,7 @@ def demo_step(ctx: DemoContext):
 def run(args):
     from diffkit.cli import PLANNED, command_modules
 
+    check_output_dir(args.output, "--output")
     os.makedirs(args.output, exist_ok=True)
     ctx = DemoContext(args.output, quick=args.quick)
     only = set(args.only.split(",")) if args.only else None

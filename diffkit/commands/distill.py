@@ -4,7 +4,12 @@
 Stage-1 path into ``<run-dir>/stage1`` (modes disback / warm-critic), trains the generator
 (Stage 2) with checkpoints in ``<run-dir>/checkpoints`` and exports the EMA generator to
 ``DIR`` as a ``OneStepPipeline`` (``diffkit sample --model DIR`` then uses 1 evaluation).
-``--resume`` continues a killed run exactly; ``--stage1-dir`` reuses a recorded path (e.g.
+``DIR`` holds only the pipeline (default ``runs/distill``); the run folder ``--run-dir``
+defaults to ``runs/<DIR name>``, or ``runs/<DIR name>-run`` when ``DIR`` is itself in
+``runs/`` (``--output runs/onestep`` → ``runs/onestep-run``). Replacing the shipped
+``assets/digits-onestep`` needs ``--replace-asset``.
+``--resume`` continues a killed run exactly (Ctrl-C/SIGTERM first checkpoint the step in
+progress); ``--stage1-dir`` reuses a recorded path (e.g.
 one shared by the warm-critic and disback arms of an experiment); ``--stage 1`` only
 records the path. Multi-process: ``accelerate launch [--cpu] --num_processes P -m
 diffkit.cli distill ...`` or torchrun (add ``--cpu`` on GPU-less machines).
@@ -19,6 +24,9 @@ from pathlib import Path
 
 from diffkit.checks import count_arg
 
+from ._outputs import check_output_dir
+from ._training import add_output_arguments, prepare_outputs
+
 NAME = "distill"
 HELP = "DisBack one-step distillation of a teacher (--teacher DIR --mode disback|vanilla|warm-critic --output DIR)"
 DEMO_ORDER = 35
@@ -30,11 +38,11 @@ def add_arguments(p):
 
     d = DisBackConfig()
     p.add_argument("--teacher", required=True, help="teacher pipeline folder or asset name (e.g. assets/digits-unet)")
-    p.add_argument("--output", required=True, help="folder for the exported one-step generator (OneStepPipeline)")
     p.add_argument("--mode", choices=MODES, default=d.mode,
                    help="disback: path targets; vanilla: fake from teacher, target teacher; warm-critic: fake from the "
                         "last Stage-1 node, target teacher (default %(default)s)")
-    p.add_argument("--run-dir", default=None, help="checkpoints, logs, samples (default runs/<output name>)")
+    add_output_arguments(p, command=NAME, what="folder of the exported one-step generator (a OneStepPipeline)",
+                         run_what="checkpoints, Stage-1 path, logs, samples")
     p.add_argument("--stage1-dir", default=None,
                    help="use this recorded Stage-1 path (must exist) instead of recording <run-dir>/stage1")
     p.add_argument("--stage", choices=("1", "2", "all"), default="all",
@@ -114,9 +122,11 @@ def run(args):
 
     command = "diffkit distill " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else None
     cfg = config_from_args(args)
+    output, run_dir = prepare_outputs(args, NAME)
+    if args.stage == "1" and args.stage1_dir:
+        check_output_dir(args.stage1_dir, "--stage1-dir")  # recorded there
     pipe = load_pipeline(args.teacher)
     require_diffusion_model(pipe, "distill (its teacher)")
-    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.output).name
     if args.stage == "2" and cfg.needs_path and not args.stage1_dir:
         args.stage1_dir = str(run_dir / "stage1")  # must already exist
     evaluator = fid_digits_evaluator(n=args.eval_n) if args.eval_every else None
@@ -132,11 +142,11 @@ def run(args):
         return 0
     trainer.fit(resume=args.resume if args.resume else False)
     if trainer.accelerator.is_main_process:
-        trainer.export(args.output, {"command": command, "teacher": str(args.teacher), "run_dir": str(run_dir)})
+        trainer.export(output, {"command": command, "teacher": str(args.teacher), "run_dir": str(run_dir)})
         last = trainer.log[-1] if trainer.log else {}
         print(f"distilled {trainer.step} generator steps ({cfg.mode}; fake loss {last.get('loss_fake', float('nan')):.4f}, "
               f"mismatch {last.get('mismatch', float('nan')):.4f}; {time.perf_counter() - t0:.0f} s this session); "
-              f"wrote {args.output}; checkpoints in {run_dir}")
+              f"wrote {output}; checkpoints in {run_dir}")
     trainer.accelerator.wait_for_everyone()
     return 0
 

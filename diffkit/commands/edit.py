@@ -13,6 +13,8 @@ import time
 
 from diffkit.checks import IMAGE_OUTPUT_HELP, count_arg, image_path_arg
 
+from ._outputs import check_output_file
+
 NAME = "edit"
 HELP = "edit an image by exact inversion (--model --image/--digit --source --target; BDIA, EDICT or DDIM inversion)"
 DEMO_ORDER = 25
@@ -58,6 +60,7 @@ def run(args):
     from diffkit.pipelines import load_pipeline
     from diffkit.pipelines.editing import edit, image_size
 
+    check_output_file(args.output, "--output")
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     source = _condition(pipe, args.source)

@@ -13,6 +13,8 @@ import os
 
 from diffkit.checks import count_arg
 
+from ._outputs import check_output_file
+
 NAME = "fid"
 HELP = "FID/KID of image folders, a model + sampler, or cached stats (clean-fid, torchmetrics or diffkit backend)"
 DEMO_ORDER = 80
@@ -79,6 +81,8 @@ def run(args):
         print("\n".join(describe_samplers()))
         return 0
     gen = _gen_source(args)
+    check_output_file(args.json, "--json")
+    check_output_file(args.save_stats, "--save-stats")
     main = shard_info().is_main
     common = dict(backend=args.backend, features=args.features, batch_size=args.batch_size, seed=args.seed,
                   inception_weights=args.inception_weights, antialias=not args.no_antialias, device=args.device,

@@ -14,6 +14,8 @@ import time
 
 from diffkit.checks import count_arg
 
+from ._outputs import check_output_file
+
 NAME = "invert"
 HELP = "exactly invert an image with BDIA-DDIM and save the latent pair (--model DIR --output FILE)"
 DEMO_ORDER = 20
@@ -114,6 +116,7 @@ def run(args):
     from diffkit.pipelines.prompted import check_condition_args, require_latent_unet
     from diffkit.samplers.inversion import invert, regenerate, relative_error
 
+    check_output_file(args.output, "--output")
     pipe = load_pipeline(args.model)
     require_diffusion_model(pipe, "invert (BDIA-DDIM inversion)")
     kind = check_condition_args(pipe, labels=args.label, prompt=args.prompt, label_flag="--label")

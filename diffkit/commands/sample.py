@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from diffkit.checks import IMAGE_OUTPUT_HELP, count_arg, image_path_arg
 
+from ._outputs import check_output_file
+
 NAME = "sample"
 HELP = "sample images from a model folder (--model DIR --sampler NAME --steps N)"
 
@@ -52,6 +54,7 @@ def run(args):
 
         print("\n".join(describe_samplers()))
         return 0
+    check_output_file(args.output, "--output")
     if args.from_inversion:
         return run_from_inversion(args)
     if not args.model:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._training import add_training_arguments
+from ._outputs import check_output_file
+from ._training import add_training_arguments, prepare_outputs
 
 NAME = "text"
 HELP = "discrete text diffusion (RADD): sample | nll | train | card"
@@ -56,8 +57,9 @@ def add_arguments(p):
     n.add_argument("--draws", type=_positive_int, default=64, help="Monte Carlo draws per block (bounds)")
     n.add_argument("--batch-size", type=_positive_int, default=16)
 
-    t = sub.add_parser("train", help="train the character-level RADD model with λ-DCE (rebuilds assets/text-radd)")
-    add_training_arguments(t, output="assets/text-radd", what="pipeline folder", max_steps=20000, batch_size=32,
+    t = sub.add_parser("train", help="train the character-level RADD model with λ-DCE (rebuild assets/text-radd "
+                                     "with --replace-asset)")
+    add_training_arguments(t, command="text-train", what="pipeline folder", max_steps=20000, batch_size=32,
                            lr=1.5e-3, checkpoint_every=250, threads_default=1)
     t.add_argument("--max-minutes", type=float, default=None,
                    help="stop at the first checkpoint after this much wall time (the step reached is recorded)")
@@ -121,6 +123,7 @@ def _pipeline(args, **sched):
 def _sample(args):
     import time
 
+    check_output_file(args.output, "--output")
     pipe = _pipeline(args, final=args.final, precision=args.precision, method=args.method)
     bs = args.n if args.batch_size is None else args.batch_size
     progress = not args.no_progress and sys.stderr.isatty()
@@ -188,15 +191,16 @@ def _train(args):
     from diffkit.text_train import train_text_model
 
     command = "diffkit text train " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+    output, run_dir = prepare_outputs(args, "text-train")
     t0 = time.perf_counter()
-    res = train_text_model(args.output, max_steps=args.max_steps, max_minutes=args.max_minutes, seed=args.seed,
-                           resume=args.resume, run_dir=args.run_dir, batch_size=args.batch_size, lr=args.lr,
+    res = train_text_model(output, max_steps=args.max_steps, max_minutes=args.max_minutes, seed=args.seed,
+                           resume=args.resume, run_dir=run_dir, batch_size=args.batch_size, lr=args.lr,
                            warmup_steps=args.warmup_steps, preset=args.preset, checkpoint_every=args.checkpoint_every,
                            keep_checkpoints=args.keep_checkpoints, progress=not args.no_progress,
                            corpus_path=args.corpus, command=command)
     loss = "n/a" if res.final_loss is None else f"{res.final_loss:.4f}"
     print(f"trained {res.step} steps (final λ-DCE loss {loss} nats/char, {res.wall_time_s:.0f} s of training, "
-          f"{time.perf_counter() - t0:.0f} s this session); wrote {args.output}; checkpoints in {res.run_dir}")
+          f"{time.perf_counter() - t0:.0f} s this session); wrote {output}; checkpoints in {res.run_dir}")
 
 
 def demo_step(ctx):

@@ -4,7 +4,9 @@ A small CNN classifier (``diffkit.models.digits_features``) trained with cross-e
 the train split of ``diffkit.data`` through the same loop as the teacher
 (``diffkit.train.Trainer``: EMA weights, atomic checkpoints, exact resume). Writes
 ``config.json`` (architecture + recorded accuracies), ``model.safetensors`` (EMA weights),
-``train_stats.npz`` (the FID-digits reference statistics of the train split) and a README.
+``train_stats.npz`` (the FID-digits reference statistics of the train split) and a README
+to ``--output`` (default ``runs/train-features``; rebuilding the shipped network needs
+``--output assets/digits-features --replace-asset``).
 """
 
 from __future__ import annotations
@@ -16,15 +18,16 @@ import sys
 import time
 from pathlib import Path
 
-from ._training import add_training_arguments
+from ._training import add_training_arguments, prepare_outputs
 
 NAME = "train-features"
-HELP = "train the digits feature network and its FID reference statistics (rebuilds assets/digits-features)"
+HELP = ("train the digits feature network and its FID reference statistics (rebuild assets/digits-features with "
+        "--replace-asset)")
 
 
 def add_arguments(p):
-    add_training_arguments(p, output="assets/digits-features", what="folder", max_steps=1500, batch_size=128,
-                           lr=2e-3, checkpoint_every=500)
+    add_training_arguments(p, command=NAME, what="folder", max_steps=1500, batch_size=128, lr=2e-3,
+                           checkpoint_every=500)
 
 
 class ClassifierLoss:
@@ -58,11 +61,11 @@ def train_features(output, max_steps: int = 1500, seed: int = 0, resume=None, ru
     from diffkit.data import TEST_EVERY, digits_tensors
     from diffkit.metrics.digits import compute_reference_stats, save_reference_stats
     from diffkit.models.digits_features import DigitsFeatureNet
-    from diffkit.train import IndexedDataSource, Trainer, TrainConfig
+    from diffkit.train import IndexedDataSource, Trainer, TrainConfig, resolve_run_dir
     from diffkit.weights import write_manifest
 
     output = Path(output)
-    run_dir = Path(run_dir) if run_dir else Path("runs") / output.name
+    run_dir = resolve_run_dir(output, run_dir)
     x, y = digits_tensors("train")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -134,13 +137,14 @@ images clamped to [-1, 1] and quantised to 17 grey levels before the network;
 
 def run(args):
     command = "diffkit train-features " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else None
+    output, run_dir = prepare_outputs(args, NAME)
     t0 = time.perf_counter()
-    res = train_features(args.output, max_steps=args.max_steps, seed=args.seed, resume=args.resume,
-                         run_dir=args.run_dir, batch_size=args.batch_size, lr=args.lr,
+    res = train_features(output, max_steps=args.max_steps, seed=args.seed, resume=args.resume,
+                         run_dir=run_dir, batch_size=args.batch_size, lr=args.lr,
                          checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
                          progress=not args.no_progress, command=command)
     f = getattr(res, "facts", None)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     acc = f"test accuracy {f['test_accuracy']:.4f} ({f['test_correct']}/{f['test_n']}); " if f else ""
-    print(f"trained {res.step} steps ({acc}{time.perf_counter() - t0:.0f} s); wrote {args.output}")
+    print(f"trained {res.step} steps ({acc}{time.perf_counter() - t0:.0f} s); wrote {output}")

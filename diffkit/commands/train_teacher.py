@@ -8,8 +8,11 @@ digits + the null class 10), the ε-prediction DDPM loss on a linear-β DDPM sch
 ``DDIMScheduler`` config of the training schedule, ``model_index.json``), plus
 ``training.json`` (the facts the model card quotes).
 
-Checkpoints go to ``--run-dir`` (default ``runs/<output folder name>``); ``--resume``
-continues from its latest checkpoint (or a given one) exactly. Because the learning rate is
+``--output`` defaults to ``runs/train-teacher``; rebuilding the shipped teacher needs
+``--output assets/digits-unet --replace-asset``. Checkpoints go to ``--run-dir`` (default
+``runs/<output folder name>``, or ``runs/<name>-run`` when the output is itself in ``runs/``:
+``diffkit.train.default_run_dir``); ``--resume`` continues from its latest checkpoint (or a
+given one) exactly; Ctrl-C/SIGTERM first checkpoints the step in progress. Because the learning rate is
 constant after warm-up, a run stopped at step N equals a ``--max-steps N`` run.
 """
 
@@ -23,10 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-from ._training import add_training_arguments
+from ._training import add_training_arguments, prepare_outputs
 
 NAME = "train-teacher"
-HELP = "train the class-conditional digits teacher (rebuilds assets/digits-unet)"
+HELP = "train the class-conditional digits teacher (rebuild assets/digits-unet with --replace-asset)"
 DEMO_ORDER = 10
 
 #: UNet2DModel presets: "digits" is the shipped teacher; "tiny" is for tests and examples.
@@ -46,8 +49,8 @@ LABEL_DROPOUT = 0.1
 
 
 def add_arguments(p):
-    add_training_arguments(p, output="assets/digits-unet", what="pipeline folder", max_steps=4000, batch_size=128,
-                           lr=1e-3, checkpoint_every=500)
+    add_training_arguments(p, command=NAME, what="pipeline folder", max_steps=4000, batch_size=128, lr=1e-3,
+                           checkpoint_every=500)
     p.add_argument("--preset", choices=sorted(PRESETS), default="digits", help="UNet size (tiny: tests)")
 
 
@@ -80,10 +83,10 @@ def train_teacher(output, max_steps: int = 4000, seed: int = 0, resume=None, run
                   progress: bool = True, accelerator=None, command: str | None = None):
     """Train (or resume) the teacher and export its EMA weights to ``output``; returns the TrainResult."""
     from diffkit.data import NUM_CLASSES, TEST_EVERY, digits_tensors
-    from diffkit.train import DDPMEpsLoss, IndexedDataSource, Trainer, TrainConfig
+    from diffkit.train import DDPMEpsLoss, IndexedDataSource, Trainer, TrainConfig, resolve_run_dir
 
     output = Path(output)
-    run_dir = Path(run_dir) if run_dir else Path("runs") / output.name
+    run_dir = resolve_run_dir(output, run_dir)
     x, y = digits_tensors("train")
     scheduler = build_scheduler()
     cfg = TrainConfig(max_steps=max_steps, batch_size=batch_size, lr=lr, warmup_steps=200, grad_clip=1.0,
@@ -165,12 +168,13 @@ def demo_step(ctx):
 
 def run(args):
     command = "diffkit train-teacher " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else None
+    output, run_dir = prepare_outputs(args, NAME)
     t0 = time.perf_counter()
-    res = train_teacher(args.output, max_steps=args.max_steps, seed=args.seed, resume=args.resume,
-                        run_dir=args.run_dir, batch_size=args.batch_size, lr=args.lr, preset=args.preset,
+    res = train_teacher(output, max_steps=args.max_steps, seed=args.seed, resume=args.resume,
+                        run_dir=run_dir, batch_size=args.batch_size, lr=args.lr, preset=args.preset,
                         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
                         progress=not args.no_progress, command=command)
     loss = "n/a" if res.final_loss is None else f"{res.final_loss:.4f}"
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained {res.step} steps (final loss {loss}, {res.wall_time_s:.0f} s of training, "
-              f"{time.perf_counter() - t0:.0f} s this session); wrote {args.output}; checkpoints in {res.run_dir}")
+              f"{time.perf_counter() - t0:.0f} s this session); wrote {output}; checkpoints in {res.run_dir}")

@@ -33,11 +33,10 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Mapping, Optional
 
-import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
-
 from .atomic import write_text_atomically
+
+# torch and safetensors are imported inside the functions that use them, so that `diffkit --help`
+# and `import diffkit.pipelines` (which check manifests through this module) stay light.
 
 __all__ = ["WeightsError", "MANIFEST", "file_sha256", "manifest_files", "manifest_text", "write_manifest",
            "check_manifest", "state_shapes", "file_shapes", "state_dict_mismatch", "check_keys",
@@ -151,8 +150,12 @@ def file_shapes(path) -> dict[str, tuple]:
             out.update(file_shapes(path.parent / s))
         return out
     if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
         with safe_open(str(path), framework="pt", device="cpu") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    import torch
+
     return state_shapes(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
 
 
@@ -186,6 +189,8 @@ def check_keys(expected: Mapping[str, tuple], found: Mapping[str, tuple], source
 
 def load_state_dict_strict(module: torch.nn.Module, path, device="cpu") -> None:
     """Load a safetensors file into ``module``: every key present, none extra, every shape equal."""
+    from safetensors.torch import load_file
+
     state = load_file(str(path), device=str(device))
     check_keys(state_shapes(module.state_dict()), state_shapes(state), path, what=type(module).__name__)
     module.load_state_dict(state, strict=True)
@@ -210,6 +215,8 @@ def check_model_folder(cls, folder, variant: Optional[str] = None) -> None:
     f = find_weights_file(folder, variant)
     if f is None:
         return
+    import torch
+
     config = cls.load_config(str(folder))
     try:
         with torch.device("meta"):

@@ -181,16 +181,16 @@ def _cases(block: str, folder: str):
 def test_unwritable_outputs_are_refused_before_any_work_in_one_line(tmp_path, monkeypatch, capsys, no_work):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "blocker").write_text("a file where a folder is needed")
-    (tmp_path / "folder").mkdir()
-    for line, arg, why in _cases("blocker", "folder"):
+    (tmp_path / "folder.png").mkdir()  # a folder named like an image: past the suffix check, refused as a folder
+    for line, arg, why in _cases("blocker", "folder.png"):
         argv = shlex.split(line)
         assert main(argv) == 1, line
         err = capsys.readouterr().err
         cmd = argv[0] if argv[0] != "text" else "text"
         assert err.count("\n") == 1 and err.startswith(f"diffkit {cmd}: error: {arg} "), (line, err)
         assert why in err, (line, err)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "folder"]  # nothing created
-    assert not list((tmp_path / "folder").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "folder.png"]  # nothing created
+    assert not list((tmp_path / "folder.png").iterdir())
 
 
 def test_output_checks_name_an_unwritable_folder(tmp_path, monkeypatch):

@@ -8,8 +8,9 @@ a RADDTransformer folder, or ``tiny`` (a random byte-level model: smoke tests on
 
 from __future__ import annotations
 
-import argparse
 import sys
+
+from diffkit.checks import count_arg
 
 from ._outputs import check_output_file
 from ._training import add_training_arguments, prepare_outputs
@@ -24,8 +25,8 @@ def add_arguments(p):
 
     s = sub.add_parser("sample", help="sample text (per-row cached RADD sampler)")
     _model_args(s)
-    s.add_argument("--steps", type=_positive_int, default=128, help="number of sampling steps n")
-    s.add_argument("--n", type=_positive_int, default=4, help="number of samples")
+    s.add_argument("--steps", type=count_arg(), default=128, help="number of sampling steps n")
+    s.add_argument("--n", type=count_arg(), default=4, help="number of samples")
     s.add_argument("--length", type=int, default=None, help="sequence length in tokens (default: the model's)")
     s.add_argument("--prompt", default=None, help="text placed at the start (never resampled)")
     s.add_argument("--suffix", default=None, help="text placed at the end (infilling)")
@@ -38,7 +39,7 @@ def add_arguments(p):
     s.add_argument("--method", default="tweedie", choices=["tweedie", "euler"])
     s.add_argument("--order", default=None, help="any-order AR sampling: forward | backward | random")
     s.add_argument("--no-cache", action="store_true", help="re-run every row at every step (baseline)")
-    s.add_argument("--batch-size", type=_positive_int, default=None,
+    s.add_argument("--batch-size", type=count_arg(), default=None,
                    help="rows per sampling batch, >= 1 (default: all); the samples do not depend on it")
     s.add_argument("--output", default=None, help="also write the samples to this text file")
     s.add_argument("--no-progress", action="store_true",
@@ -54,8 +55,8 @@ def add_arguments(p):
                                                              "ar-random"],
                    help="k-dce (default: the bound with a finite-variance, honest error bar), lambda-dce (the "
                         "same bound, infinite variance: its ± is unreliable), or the exact NLL of one AR order")
-    n.add_argument("--draws", type=_positive_int, default=64, help="Monte Carlo draws per block (bounds)")
-    n.add_argument("--batch-size", type=_positive_int, default=16)
+    n.add_argument("--draws", type=count_arg(), default=64, help="Monte Carlo draws per block (bounds)")
+    n.add_argument("--batch-size", type=count_arg(), default=16)
 
     t = sub.add_parser("train", help="train the character-level RADD model with λ-DCE (rebuild assets/text-radd "
                                      "with --replace-asset)")
@@ -73,17 +74,6 @@ def add_arguments(p):
     c.add_argument("--steps", type=int, nargs="+", default=[16, 64, 256, 1024], help="step counts of the samples")
     c.add_argument("--prompt", default="A list ")
     c.add_argument("--threads", type=int, default=1)
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (argparse reports "argument --X: <this message>")."""
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return v
 
 
 def _model_args(p):

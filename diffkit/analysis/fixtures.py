@@ -20,8 +20,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .processes import as_times
-from .score import check_score_output
+from diffkit.analysis.processes import as_times
+from diffkit.analysis.score import check_score_output
 
 __all__ = ["LinearGaussianManifold", "SphereManifold", "ExactScore", "gauge_field", "rotation_field",
            "scaled_field", "random_antisymmetric"]

@@ -25,8 +25,8 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from .processes import as_times
-from .score import flat
+from diffkit.analysis.processes import as_times
+from diffkit.analysis.score import flat
 
 __all__ = ["QuadraticPotential", "PotentialMLP", "PotentialScore", "ScoreBank", "make_bank", "PotentialFit",
            "fit_potential", "GaugeSplit", "gauge_split", "GaugeResidual", "gauge_residual", "DSMDecomposition",

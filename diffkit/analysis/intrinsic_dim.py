@@ -29,9 +29,9 @@ from typing import Callable, Optional
 
 import torch
 
-from .jacobian import _grad, jacobian
-from .processes import pf_step
-from .score import flat
+from diffkit.analysis.jacobian import _grad, jacobian
+from diffkit.analysis.processes import pf_step
+from diffkit.analysis.score import flat
 
 __all__ = ["GAP_RULES", "spectral_gap", "NBResult", "nb_spectrum", "nb_id", "IDResult", "jacobian_id", "FlowJacobian",
            "flow_jacobian", "twonn_id", "mle_id", "principal_angles"]

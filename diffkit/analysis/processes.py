@@ -22,6 +22,8 @@ from typing import Callable, Optional
 
 import torch
 
+from diffkit.schedules import VPSchedule
+
 __all__ = ["VEProcess", "VPLinearProcess", "DiscreteVPProcess", "as_times", "noise",
            "log_sigma_grid", "pf_step", "probability_flow"]
 
@@ -134,8 +136,6 @@ class DiscreteVPProcess(_Process):
     kind = "vp"
 
     def __init__(self, schedule):
-        from ..schedules import VPSchedule
-
         self.schedule = schedule if isinstance(schedule, VPSchedule) else VPSchedule.from_config(schedule)
         if self.schedule.zero_terminal_snr:
             raise ValueError("zero-terminal-SNR schedules have σ_ve = ∞ at t = T-1; "

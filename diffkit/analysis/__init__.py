@@ -18,8 +18,8 @@ from diffkit.analysis.fixtures import (LinearGaussianManifold, SphereManifold, g
                                       rotation_field, scaled_field)
 from diffkit.analysis.gauge import (DSMDecomposition, GaugeResidual, GaugeSplit, LocalQuadratic, PotentialFit,
                                     PotentialMLP, PotentialScore, QuadraticPotential, ScoreBank,
-                                    conservative_part_linear, dsm_decomposition, fit_local_quadratic, fit_potential, gauge_residual, gauge_split,
-                                    local_conservative_part, make_bank)
+                                    conservative_part_linear, dsm_decomposition, fit_local_quadratic, fit_potential,
+                                    gauge_residual, gauge_split, local_conservative_part, make_bank)
 from diffkit.analysis.intrinsic_dim import (FlowJacobian, IDResult, NBResult, flow_jacobian, jacobian_id, mle_id, nb_id,
                                             nb_spectrum, principal_angles, spectral_gap, twonn_id)
 from diffkit.analysis.jacobian import Asymmetry, asymmetry, jacobian

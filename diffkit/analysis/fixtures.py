@@ -30,7 +30,7 @@ __all__ = ["LinearGaussianManifold", "SphereManifold", "ExactScore", "gauge_fiel
 def _levels(process, t, B, like):
     t = process.check_t(as_times(t, B))
     a = process.alpha(t).to(like).reshape(B, 1)
-    s = process.sigma(t).to(like).reshape(B, 1)
+    s = process.std(t).to(like).reshape(B, 1)
     return a, s
 
 

@@ -193,8 +193,8 @@ def _analyze(model, output, cfg, log):
     proc = UNetScore(unet, sched_cfg, class_label=0 if conditional else None, math_attention=False).process
 
     def t_of(sig):  # nearest integer training timestep, and its σ
-        t = float(torch.round(proc.t_at_sigma(torch.tensor(float(sig), dtype=torch.float64))))
-        return t, float(proc.sigma(torch.tensor(t)))
+        t = float(torch.round(proc.t_at_std(torch.tensor(float(sig), dtype=torch.float64))))
+        return t, float(proc.std(torch.tensor(t)))
 
     t0, sig0 = t_of(cfg.sigma0)
     res["t0"], res["sigma_t0"] = t0, sig0

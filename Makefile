@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(VENV)/bin/diffkit demo --output demo-output
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15 tests
 
 clean:

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from .weights import WeightsError, check_manifest
+from diffkit.weights import WeightsError, check_manifest
 
 __all__ = ["REBUILD", "assets_root", "asset_path", "rebuild_hint", "verify_asset", "corrupt_asset", "AssetError",
            "CorruptAssetError", "shipped_asset_target"]

@@ -17,12 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-__all__ = ["write_text_atomically", "write_bytes_atomically", "write_json_atomically", "save_safetensors",
-           "staging_dir", "replace_dir", "current_umask", "umask_permissions", "UmaskSaveMixin"]
-
-
-def _tmp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+__all__ = ["atomic_path", "write_text_atomically", "write_bytes_atomically", "write_json_atomically",
+           "save_safetensors", "staging_dir", "replace_dir", "current_umask", "umask_permissions", "UmaskSaveMixin"]
 
 
 def _replace(tmp: Path, path: Path) -> None:
@@ -34,18 +30,38 @@ def _replace(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_text_atomically(path, text: str) -> None:
+@contextmanager
+def atomic_path(path) -> Iterator[Path]:
+    """A temporary path beside ``path`` for any writer to write to: when the block ends without
+    an exception it is renamed to ``path`` (``os.replace``, keeping an existing file's mode);
+    when it raises (Ctrl-C included) the temporary file is removed and ``path`` is untouched.
+    The temporary name is hidden and keeps ``path``'s suffix, so writers that pick a format from
+    the suffix (PIL, matplotlib) see the same one::
+
+        with atomic_path("figure.png") as tmp:
+            fig.savefig(tmp)
+    """
     path = Path(path)
-    tmp = _tmp_sibling(path)
-    tmp.write_text(text)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
     _replace(tmp, path)
+
+
+def write_text_atomically(path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_bytes_atomically(path, data: bytes) -> None:
-    path = Path(path)
-    tmp = _tmp_sibling(path)
-    tmp.write_bytes(data)
-    _replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def save_safetensors(tensors: dict, path, metadata: Optional[dict] = None) -> Path:

@@ -37,7 +37,8 @@ class Condition:
     added_cond_kwargs: Optional[dict] = None  # SDXL: {"text_embeds": ..., "time_ids": ...}
 
     def expand(self, n: int) -> "Condition":
-        added = None if self.added_cond_kwargs is None else {k: _expand(v, n) for k, v in self.added_cond_kwargs.items()}
+        added = (None if self.added_cond_kwargs is None
+                 else {k: _expand(v, n) for k, v in self.added_cond_kwargs.items()})
         return Condition(_expand(self.class_labels, n), _expand(self.encoder_hidden_states, n), added)
 
     def to(self, device=None, dtype=None) -> "Condition":
@@ -151,7 +152,8 @@ def prompt_guidance(pipe, prompt: str | Sequence[str], negative_prompt: str | Se
         scale = pipe.vae_scale_factor
         h = height or pipe.unet.config.sample_size * scale
         w = width or pipe.unet.config.sample_size * scale
-        proj_dim = pipe.text_encoder_2.config.projection_dim if pipe.text_encoder_2 is not None else int(pooled.shape[-1])
+        proj_dim = (pipe.text_encoder_2.config.projection_dim if pipe.text_encoder_2 is not None
+                    else int(pooled.shape[-1]))
         call = inspect.signature(type(pipe).__call__).parameters
         if "aesthetic_score" in call:  # SDXL img2img / inpainting: their call's aesthetic-score defaults
             time_ids, neg_time_ids = pipe._get_add_time_ids(
@@ -163,8 +165,8 @@ def prompt_guidance(pipe, prompt: str | Sequence[str], negative_prompt: str | Se
         time_ids, neg_time_ids = time_ids.to(device), neg_time_ids.to(device)
         cond = Condition(encoder_hidden_states=pe,
                          added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids.expand(pe.shape[0], -1)})
-        uncond = Condition(encoder_hidden_states=npe,
-                           added_cond_kwargs={"text_embeds": npooled, "time_ids": neg_time_ids.expand(npe.shape[0], -1)})
+        neg_added = {"text_embeds": npooled, "time_ids": neg_time_ids.expand(npe.shape[0], -1)}
+        uncond = Condition(encoder_hidden_states=npe, added_cond_kwargs=neg_added)
     else:
         pe, npe = pipe.encode_prompt(prompts, device, 1, True, neg)
         cond, uncond = Condition(encoder_hidden_states=pe), Condition(encoder_hidden_states=npe)

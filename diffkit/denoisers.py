@@ -17,8 +17,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .conditioning import Condition, Guidance
-from .schedules import VPSchedule
+from diffkit.conditioning import Condition, Guidance
+from diffkit.schedules import VPSchedule
 
 __all__ = [
     "PREDICTION_TYPES",
@@ -163,7 +163,8 @@ class Denoiser(nn.Module):
     def __init__(self, model: EpsModel, t_mode: str = "interpolate"):
         super().__init__()
         if not isinstance(model, EpsModel):
-            raise TypeError(f"model: expected an EpsModel (EpsModel(unet, scheduler_config)), got {type(model).__name__}")
+            raise TypeError("model: expected an EpsModel (EpsModel(unet, scheduler_config)), "
+                            f"got {type(model).__name__}")
         if t_mode not in ("interpolate", "nearest"):
             raise ValueError(f"t_mode must be 'interpolate' or 'nearest', got {t_mode!r}")
         self.model = model

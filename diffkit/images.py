@@ -11,7 +11,8 @@ import os
 import numpy as np
 import torch
 
-from .checks import IMAGE_FORMATS, image_format, image_path_arg
+from diffkit.atomic import atomic_path
+from diffkit.checks import IMAGE_FORMATS, image_format, image_path_arg
 
 __all__ = ["to_uint8", "make_grid", "save_grid", "save_image_atomic", "save_png_atomic", "IMAGE_FORMATS",
            "image_format", "image_path_arg"]
@@ -50,9 +51,8 @@ def save_image_atomic(array: np.ndarray, path: str) -> str:
 
     fmt = image_format(path, "path")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    Image.fromarray(array).save(tmp, format=fmt, **({"quality": LOSSY_QUALITY} if fmt in ("JPEG", "WEBP") else {}))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format=fmt, **({"quality": LOSSY_QUALITY} if fmt in ("JPEG", "WEBP") else {}))
     return path
 
 

@@ -134,7 +134,8 @@ def check_diffusion_config(config: Any, who: str = "diffkit", *, require_betas: 
                                                           else "")
     raise ValueError(
         f"{scheduler_class_name(cfg)} config {' and '.join(what)}; {who} needs a discrete VP/DDPM noise schedule "
-        f"({levels}) for an epsilon, v_prediction or sample model. Flow-matching pipelines (SD3, Flux) are out of scope."
+        f"({levels}) for an epsilon, v_prediction or sample model. "
+        "Flow-matching pipelines (SD3, Flux) are out of scope."
     )
 
 

@@ -68,9 +68,10 @@ def _text_encoder(hidden: int, projection: int | None, seed: int):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    cfg = CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=hidden, intermediate_size=2 * hidden,
-                         layer_norm_eps=1e-5, num_attention_heads=2, num_hidden_layers=2, vocab_size=100,
-                         hidden_act="gelu", projection_dim=projection or hidden, max_position_embeddings=77)
+    cfg = CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=hidden,
+                         intermediate_size=2 * hidden, layer_norm_eps=1e-5, num_attention_heads=2,
+                         num_hidden_layers=2, vocab_size=100, hidden_act="gelu", projection_dim=projection or hidden,
+                         max_position_embeddings=77)
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg).eval()
 
 

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import lzma
-import os
 import sys
 from functools import lru_cache
 from pathlib import Path
+
+from diffkit.assets import assets_root
+from diffkit.atomic import atomic_path
 
 __all__ = ["CORPUS_SHA256", "CORPUS_PYTHON", "CORPUS_FILE", "SPLIT_BLOCK", "HELDOUT_EVERY", "HELDOUT_OFFSET",
            "CorpusError", "live_topics_text", "corpus_text", "corpus_split", "corpus_alphabet", "write_snapshot",
@@ -71,8 +73,6 @@ def live_topics_text() -> str:
 
 def snapshot_path(root=None) -> Path:
     if root is None:
-        from .assets import assets_root
-
         root = assets_root() / "text-radd"
     return Path(root) / "corpus" / CORPUS_FILE
 
@@ -128,9 +128,8 @@ def write_snapshot(root=None, *, text: str | None = None) -> Path:
                           "the shipped model's corpus cannot be rebuilt from it")
     p = snapshot_path(root)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(lzma.compress(text.encode("utf-8"), preset=9 | lzma.PRESET_EXTREME))
-    os.replace(tmp, p)
+    with atomic_path(p) as tmp:
+        tmp.write_bytes(lzma.compress(text.encode("utf-8"), preset=9 | lzma.PRESET_EXTREME))
     from pydoc_data.topics import topics
 
     (p.parent / "SOURCE.md").write_text(SOURCE_MD.format(version=CORPUS_PYTHON, file=CORPUS_FILE, n=len(topics),

@@ -31,9 +31,12 @@ import json
 import os
 import time
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable, Mapping, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Optional
 
-from .atomic import write_text_atomically
+from diffkit.atomic import write_text_atomically
+
+if TYPE_CHECKING:  # annotations only
+    import torch
 
 # torch and safetensors are imported inside the functions that use them, so that `diffkit --help`
 # and `import diffkit.pipelines` (which check manifests through this module) stay light.

@@ -29,7 +29,7 @@ def gauge_demo(n: int, steps: int):
     data = LinearGaussianManifold(D, d, seed=0)
     score = data.score_fn(proc)  # exact ∇log p_t (VE coordinates: x_t = x0 + σ·ε)
     A = random_antisymmetric(D, torch.Generator().manual_seed(0))
-    t1, t0 = proc.t_max, proc.t_at_sigma(0.05)
+    t1, t0 = proc.t_max, proc.t_at_std(0.05)
     C = data.cov(proc, t0)
     floor = math.sqrt(((C ** 2).sum() + torch.trace(C) ** 2) / n) / C.norm()
     x1 = data.sample_t(n, proc, t1, torch.Generator().manual_seed(1))
@@ -45,7 +45,7 @@ def gauge_demo(n: int, steps: int):
         x = probability_flow(f, proc, x1, grid)
         err = float(((x.T @ x / n) - C).norm() / C.norm())
         nasym = float(asymmetry(f, x_probe, t0).nasym.mean())
-        nb = nb_id(f, proc, x0, proc.t_at_sigma(1e-2), generator=torch.Generator().manual_seed(4))
+        nb = nb_id(f, proc, x0, proc.t_at_std(1e-2), generator=torch.Generator().manual_seed(4))
         tilt = max(math.degrees(float(principal_angles(nb.tangent_basis(b, d), data.U).max())) for b in range(4))
         print(f"{name:<22} {nasym:7.3f} {err:10.3f} {int(nb.id.median()):6d} {tilt:12.1f}°")
 
@@ -57,7 +57,7 @@ def sphere_demo():
     for d in (1, 2):
         sp = SphereManifold(10, d, seed=3)
         s = sp.score_fn(proc)
-        t0 = proc.t_at_sigma(1e-2)
+        t0 = proc.t_at_std(1e-2)
         x0 = sp.sample(4, torch.Generator().manual_seed(0))
         nb = nb_id(s, proc, x0, t0, generator=torch.Generator().manual_seed(1))
         nba = nb_id(s, proc, x0, t0, gap="abs", generator=torch.Generator().manual_seed(1))

@@ -38,8 +38,10 @@ def test_t_outside_the_schedule():
     vp = VPLinearProcess()
     with pytest.raises(ValueError, match=r"outside the schedule: accepted 1e-07 <= t <= 1"):
         FX.score_fn(vp)(X0, 1.5)
-    with pytest.raises(ValueError, match="sigma: a VP noise std must be in"):
-        vp.t_at_sigma(1.2)
+    with pytest.raises(ValueError, match="std: a VP noise std must be in"):
+        vp.t_at_std(1.2)
+    with pytest.raises(ValueError, match="a VP noise std must be in"):
+        vp.t_at_sigma(1.2)  # the former name
     with pytest.raises(ValueError, match="t_grid"):
         flow_jacobian(s, PROC, X0, [5.0, 1e-6])
     with pytest.raises(ValueError, match=r"t: expected a scalar or 2 times"):

@@ -27,8 +27,9 @@ def test_linear_subspace_grid(kind, D, d):
     score = fx.score_fn(proc)
     for i, sigma0 in enumerate([1e-3, 1e-2]):
         g = torch.Generator().manual_seed(i)
-        t0 = proc.t_at_sigma(sigma0)
-        assert float(proc.sigma(t0)) == pytest.approx(sigma0, rel=1e-12)
+        t0 = proc.t_at_std(sigma0)
+        assert float(proc.std(t0)) == pytest.approx(sigma0, rel=1e-12)
+        assert proc.t_at_sigma(sigma0) == t0 and proc.sigma(t0) == proc.std(t0)  # the former names
         # exact Jacobian == -C_t^{-1}
         x = fx.sample_t(3, proc, t0, g)
         J = jacobian(score, x, t0)

@@ -1,6 +1,10 @@
 """diffkit.atomic: folder swaps keep what they should and leave no temporary siblings."""
 
-from diffkit.atomic import replace_dir, staging_dir, write_text_atomically
+import os
+
+import pytest
+
+from diffkit.atomic import atomic_path, replace_dir, staging_dir, write_text_atomically
 
 
 def _tree(root):
@@ -48,3 +52,34 @@ def test_write_text_atomically_overwrites_in_place(tmp_path):
     write_text_atomically(p, "step-1\n")
     write_text_atomically(p, "step-2\n")
     assert p.read_text() == "step-2\n" and [q.name for q in tmp_path.iterdir()] == ["latest"]
+
+
+def test_atomic_path_renames_a_temporary_sibling_with_the_same_suffix(tmp_path):
+    p = tmp_path / "figure.png"
+    p.write_bytes(b"old")
+    os.chmod(p, 0o640)
+    with atomic_path(p) as tmp:
+        assert tmp.parent == tmp_path and tmp.suffix == ".png" and tmp.name.startswith(".")
+        assert p.read_bytes() == b"old"  # nothing visible until the block ends
+        tmp.write_bytes(b"new")
+    assert p.read_bytes() == b"new" and [q.name for q in tmp_path.iterdir()] == ["figure.png"]
+    assert os.stat(p).st_mode & 0o777 == 0o640  # a rewrite keeps the file's mode
+
+
+@pytest.mark.parametrize("error", [RuntimeError("writer failed"), KeyboardInterrupt()])
+def test_atomic_path_failure_leaves_the_old_file_and_no_temporary(tmp_path, error):
+    p = tmp_path / "report.json"
+    p.write_text("complete old report")
+    with pytest.raises(type(error)):
+        with atomic_path(p) as tmp:
+            tmp.write_text("half a new rep")
+            raise error
+    assert p.read_text() == "complete old report"
+    assert [q.name for q in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_write_text_atomically_failure_leaves_no_temporary(tmp_path):
+    p = tmp_path / "x.txt"
+    with pytest.raises(TypeError):
+        write_text_atomically(p, b"bytes are not text")
+    assert list(tmp_path.iterdir()) == []

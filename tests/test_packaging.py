@@ -41,7 +41,8 @@ def test_install_exposes_only_namespaced_packages(tmp_path, editable):
 
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "assets", "demo-output", "build",
                                                              "*.egg-info", "__pycache__", "benchmarks"))
-    cmd = [sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
+    cmd = [sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", "--no-build-isolation",
+           "--no-index"]
     cmd += ["-e", str(src)] if editable else [str(src)]
     env = {**os.environ, "PIP_CONSTRAINT": "", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     r = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True)

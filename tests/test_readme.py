@@ -332,7 +332,8 @@ def test_digit_examples_name_the_digits_true_labels(monkeypatch):
     cmds = _parsed_commands(monkeypatch)
     problems = []
     for where, ns in cmds:
-        if ns.command == "edit" and ns.digit is not None and ns.source is not None and int(ns.source) != label(ns.digit):
+        if (ns.command == "edit" and ns.digit is not None and ns.source is not None
+                and int(ns.source) != label(ns.digit)):
             problems.append(f"{where}: --digit {ns.digit} is a {label(ns.digit)}, not --source {ns.source}")
     inverted = {ns.output: (where, ns.digit) for where, ns in cmds
                 if ns.command == "invert" and getattr(ns, "digit", None) is not None}

@@ -130,7 +130,8 @@ def test_the_manifest_of_every_shipped_asset_is_current(name):
     # every weights/config file that a loader reads is listed, and nothing else
     assert sorted(listed) == weights.manifest_files(d)
     for rel, digest in listed.items():
-        assert hashlib.sha256((d / rel).read_bytes()).hexdigest() == digest, f"{d / rel} changed: {weights.MANIFEST} is stale"
+        assert hashlib.sha256((d / rel).read_bytes()).hexdigest() == digest, \
+            f"{d / rel} changed: {weights.MANIFEST} is stale"
 
 
 def test_exporters_write_a_manifest_that_loads(tmp_path):

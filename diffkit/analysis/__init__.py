@@ -13,18 +13,19 @@ adapter), ``jacobian`` (J, NAsym), ``circulation`` (loop circulation, path depen
 ``report`` (the digits report behind ``diffkit analyze``).
 """
 
-from .circulation import LoopCirculation, line_integral, loop_circulation, path_dependence
-from .fixtures import (LinearGaussianManifold, SphereManifold, gauge_field, random_antisymmetric, rotation_field,
-                       scaled_field)
-from .gauge import (DSMDecomposition, GaugeResidual, GaugeSplit, LocalQuadratic, PotentialFit, PotentialMLP,
-                    PotentialScore, QuadraticPotential, ScoreBank, conservative_part_linear, dsm_decomposition,
-                    fit_local_quadratic, fit_potential, gauge_residual, gauge_split, local_conservative_part, make_bank)
-from .intrinsic_dim import (FlowJacobian, IDResult, NBResult, flow_jacobian, jacobian_id, mle_id, nb_id, nb_spectrum,
-                            principal_angles, spectral_gap, twonn_id)
-from .jacobian import Asymmetry, asymmetry, jacobian
-from .processes import (DiscreteVPProcess, VEProcess, VPLinearProcess, log_sigma_grid, noise, pf_step,
-                        probability_flow)
-from .score import UNetScore, math_attention
+from diffkit.analysis.circulation import LoopCirculation, line_integral, loop_circulation, path_dependence
+from diffkit.analysis.fixtures import (LinearGaussianManifold, SphereManifold, gauge_field, random_antisymmetric,
+                                      rotation_field, scaled_field)
+from diffkit.analysis.gauge import (DSMDecomposition, GaugeResidual, GaugeSplit, LocalQuadratic, PotentialFit,
+                                    PotentialMLP, PotentialScore, QuadraticPotential, ScoreBank,
+                                    conservative_part_linear, dsm_decomposition, fit_local_quadratic, fit_potential,
+                                    gauge_residual, gauge_split, local_conservative_part, make_bank)
+from diffkit.analysis.intrinsic_dim import (FlowJacobian, IDResult, NBResult, flow_jacobian, jacobian_id, mle_id, nb_id,
+                                            nb_spectrum, principal_angles, spectral_gap, twonn_id)
+from diffkit.analysis.jacobian import Asymmetry, asymmetry, jacobian
+from diffkit.analysis.processes import (DiscreteVPProcess, VEProcess, VPLinearProcess, log_sigma_grid, noise,
+                                       pf_step, probability_flow)
+from diffkit.analysis.score import UNetScore, math_attention
 
 __all__ = [
     "VEProcess", "VPLinearProcess", "DiscreteVPProcess", "noise", "log_sigma_grid", "pf_step", "probability_flow",

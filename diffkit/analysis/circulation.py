@@ -16,8 +16,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .processes import as_times
-from .score import flat
+from diffkit.analysis.processes import as_times
+from diffkit.analysis.score import flat
 
 __all__ = ["LoopCirculation", "random_planes", "loop_circulation", "line_integral", "path_dependence"]
 

@@ -20,8 +20,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .processes import as_times
-from .score import check_score_output
+from diffkit.analysis.processes import as_times
+from diffkit.analysis.score import check_score_output
 
 __all__ = ["LinearGaussianManifold", "SphereManifold", "ExactScore", "gauge_field", "rotation_field",
            "scaled_field", "random_antisymmetric"]
@@ -30,7 +30,7 @@ __all__ = ["LinearGaussianManifold", "SphereManifold", "ExactScore", "gauge_fiel
 def _levels(process, t, B, like):
     t = process.check_t(as_times(t, B))
     a = process.alpha(t).to(like).reshape(B, 1)
-    s = process.sigma(t).to(like).reshape(B, 1)
+    s = process.std(t).to(like).reshape(B, 1)
     return a, s
 
 

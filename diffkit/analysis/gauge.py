@@ -25,8 +25,8 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from .processes import as_times
-from .score import flat
+from diffkit.analysis.processes import as_times
+from diffkit.analysis.score import flat
 
 __all__ = ["QuadraticPotential", "PotentialMLP", "PotentialScore", "ScoreBank", "make_bank", "PotentialFit",
            "fit_potential", "GaugeSplit", "gauge_split", "GaugeResidual", "gauge_residual", "DSMDecomposition",
@@ -139,8 +139,13 @@ class ScoreBank:
         return self.x.shape[0]
 
     @property
-    def sigma(self) -> torch.Tensor:
-        return self.process.sigma(self.t).to(self.x)
+    def std(self) -> torch.Tensor:
+        """The noise std σ_t of each sample."""
+        return self.process.std(self.t).to(self.x)
+
+    @property
+    def sigma(self) -> torch.Tensor:  # the former name of std
+        return self.std
 
     def subset(self, idx) -> "ScoreBank":
         return ScoreBank(self.x[idx], self.t[idx], self.score[idx], self.eps[idx], self.process,
@@ -173,7 +178,7 @@ def make_bank(score_fn: Callable, process, x0: torch.Tensor, t_values, n_noise: 
     n = xf.shape[0]
     t = t_values[torch.randint(0, t_values.numel(), (n,), generator=generator)]
     eps = torch.randn(n, D, generator=generator, dtype=torch.float64).to(xf)
-    a, s = process.alpha(t).to(xf).reshape(n, 1), process.sigma(t).to(xf).reshape(n, 1)
+    a, s = process.alpha(t).to(xf).reshape(n, 1), process.std(t).to(xf).reshape(n, 1)
     x = a * xf + s * eps
     scores = torch.cat([f(x[i:i + max_batch], t[i:i + max_batch]) for i in range(0, n, max_batch)])
     labels = None if label is None else torch.full((n,), int(label), dtype=torch.long)
@@ -194,7 +199,7 @@ class PotentialFit:
 def _weighted_loss(potential, bank: ScoreBank, idx=None) -> torch.Tensor:
     b = bank if idx is None else bank.subset(idx)
     g = _grad_phi(potential, b.x, b.t, b.labels, create_graph=True)
-    return (b.sigma[:, None] ** 2 * (g - b.score) ** 2).sum(1).mean()
+    return (b.std[:, None] ** 2 * (g - b.score) ** 2).sum(1).mean()
 
 
 def fit_potential(bank: ScoreBank, potential: nn.Module, steps: int = 2000, batch_size: int = 256, lr: float = 1e-3,
@@ -303,7 +308,7 @@ def dsm_decomposition(bank: ScoreBank, potential: nn.Module, max_batch: int = 40
     g = torch.cat([_grad_phi(potential, bank.x[i:i + max_batch], bank.t[i:i + max_batch],
                              None if bank.labels is None else bank.labels[i:i + max_batch], False)
                    for i in range(0, len(bank), max_batch)]).detach()
-    s = bank.sigma[:, None].to(torch.float64)
+    s = bank.std[:, None].to(torch.float64)
     eps, sc, g = bank.eps.to(torch.float64), bank.score.to(torch.float64), g.to(torch.float64)
     r = sc - g
     return DSMDecomposition(float(((s * sc + eps) ** 2).sum(1).mean()), float(((s * g + eps) ** 2).sum(1).mean()),

@@ -29,9 +29,9 @@ from typing import Callable, Optional
 
 import torch
 
-from .jacobian import _grad, jacobian
-from .processes import pf_step
-from .score import flat
+from diffkit.analysis.jacobian import _grad, jacobian
+from diffkit.analysis.processes import pf_step
+from diffkit.analysis.score import flat
 
 __all__ = ["GAP_RULES", "spectral_gap", "NBResult", "nb_spectrum", "nb_id", "IDResult", "jacobian_id", "FlowJacobian",
            "flow_jacobian", "twonn_id", "mle_id", "principal_angles"]
@@ -98,7 +98,7 @@ def nb_id(score_fn: Callable, process, x0: torch.Tensor, t0, n_perturb: Optional
     """Normal-bundle ID estimate at each datum x0 (B, *S).
 
     ``t0``: a time of ``process`` (e.g. σ_t0 ∈ {1e-3, 1e-2} for exact scores; use
-    ``process.t_at_sigma(σ)``). ``n_perturb`` K: default 4·D (as layer6ai's estimator); at
+    ``process.t_at_std(σ)``). ``n_perturb`` K: default 4·D (as layer6ai's estimator); at
     least D + 1 with ``center`` (D without), so the score matrix can have rank D. ``center``
     subtracts the mean score before the SVD (as the official code). VP perturbations are
     α_t0·x0 + σ_t0·z (not x0 + σ·z). ``keep_samples`` keeps the points and their scores (e.g. for
@@ -114,7 +114,7 @@ def nb_id(score_fn: Callable, process, x0: torch.Tensor, t0, n_perturb: Optional
     t = process.check_t(torch.as_tensor(t0, dtype=torch.float64), "t0")
     if t.ndim:
         raise ValueError(f"t0 must be a single time, got shape {tuple(t.shape)}")
-    a, s = float(process.alpha(t)), float(process.sigma(t))
+    a, s = float(process.alpha(t)), float(process.std(t))
     f = flat(score_fn, x0.shape[1:])
     xf = x0.reshape(B, D)
     per = max(1, max_batch // K)

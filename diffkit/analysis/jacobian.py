@@ -17,8 +17,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .processes import as_times
-from .score import flat
+from diffkit.analysis.processes import as_times
+from diffkit.analysis.score import flat
 
 __all__ = ["jacobian", "Asymmetry", "asymmetry", "rademacher"]
 

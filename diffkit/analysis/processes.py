@@ -1,7 +1,8 @@
 """Forward noising processes x_t = α_t·x0 + σ_t·ε, and the probability-flow ODE.
 
-Three processes share one small interface (``alpha(t)``, ``sigma(t)``, ``sigma_ve(t)``,
-``t_at_sigma_ve``, ``check_t``), so every analysis tool works on VP and VE alike:
+Three processes share one small interface (``alpha(t)``, ``std(t)`` -- the noise std σ_t,
+also reachable under its former name ``sigma(t)`` --, ``sigma_ve(t)``, ``t_at_std``, ``t_at_sigma_ve``,
+``check_t``), so every analysis tool works on VP and VE alike:
 
 * :class:`VEProcess` -- variance exploding, α = 1, and t *is* σ (EDM convention).
 * :class:`VPLinearProcess` -- continuous VP with β(t) = β_min + (β_max-β_min)·t, t ∈ (0, 1]
@@ -21,6 +22,8 @@ import math
 from typing import Callable, Optional
 
 import torch
+
+from diffkit.schedules import VPSchedule
 
 __all__ = ["VEProcess", "VPLinearProcess", "DiscreteVPProcess", "as_times", "noise",
            "log_sigma_grid", "pf_step", "probability_flow"]
@@ -52,17 +55,29 @@ class _Process:
                              f"{self.t_min:.6g} <= {name} <= {self.t_max:.6g} ({self!r})")
         return t
 
-    def sigma_ve(self, t) -> torch.Tensor:
-        return self.sigma(t) / self.alpha(t)
+    def std(self, t) -> torch.Tensor:
+        """σ_t: the standard deviation of the noise in this process's own coordinates."""
+        raise NotImplementedError
 
-    def t_at_sigma(self, sigma) -> torch.Tensor:
-        """The time at which σ_t (std of the noise in this process's coordinates) equals ``sigma``."""
-        s = torch.as_tensor(sigma, dtype=torch.float64)
+    def sigma_ve(self, t) -> torch.Tensor:
+        """σ_ve = σ_t/α_t: the noise std in VE coordinates x/α (EDM's σ)."""
+        return self.std(t) / self.alpha(t)
+
+    def t_at_std(self, std) -> torch.Tensor:
+        """The time at which the noise std :meth:`std` equals ``std``."""
+        s = torch.as_tensor(std, dtype=torch.float64)
         if self.kind == "vp":
             if ((s <= 0) | (s >= 1)).any():
-                raise ValueError(f"sigma: a VP noise std must be in (0, 1), got {s.flatten()[:4].tolist()}")
+                raise ValueError(f"std: a VP noise std must be in (0, 1), got {s.flatten()[:4].tolist()}")
             s = s / (1 - s * s).sqrt()
         return self.t_at_sigma_ve(s)
+
+    # the former names of std / t_at_std, kept for existing callers
+    def sigma(self, t) -> torch.Tensor:
+        return self.std(t)
+
+    def t_at_sigma(self, sigma) -> torch.Tensor:
+        return self.t_at_std(sigma)
 
 
 class VEProcess(_Process):
@@ -81,7 +96,7 @@ class VEProcess(_Process):
     def alpha(self, t) -> torch.Tensor:
         return torch.ones_like(torch.as_tensor(t, dtype=torch.float64))
 
-    def sigma(self, t) -> torch.Tensor:
+    def std(self, t) -> torch.Tensor:
         return torch.as_tensor(t, dtype=torch.float64).clone()
 
     def t_at_sigma_ve(self, sigma_ve) -> torch.Tensor:
@@ -111,7 +126,7 @@ class VPLinearProcess(_Process):
     def alpha(self, t) -> torch.Tensor:
         return torch.exp(-0.5 * self._int_beta(t))
 
-    def sigma(self, t) -> torch.Tensor:
+    def std(self, t) -> torch.Tensor:
         return (-torch.expm1(-self._int_beta(t))).sqrt()  # expm1: exact at tiny t
 
     def sigma_ve(self, t) -> torch.Tensor:
@@ -134,8 +149,6 @@ class DiscreteVPProcess(_Process):
     kind = "vp"
 
     def __init__(self, schedule):
-        from ..schedules import VPSchedule
-
         self.schedule = schedule if isinstance(schedule, VPSchedule) else VPSchedule.from_config(schedule)
         if self.schedule.zero_terminal_snr:
             raise ValueError("zero-terminal-SNR schedules have σ_ve = ∞ at t = T-1; "
@@ -151,7 +164,7 @@ class DiscreteVPProcess(_Process):
     def alpha(self, t) -> torch.Tensor:
         return 1 / (1 + self.sigma_ve(t) ** 2).sqrt()
 
-    def sigma(self, t) -> torch.Tensor:
+    def std(self, t) -> torch.Tensor:
         s = self.sigma_ve(t)
         return s / (1 + s * s).sqrt()
 
@@ -167,7 +180,7 @@ def noise(process, x0: torch.Tensor, t, generator: Optional[torch.Generator] = N
     """(x_t, ε) with x_t = α_t·x0 + σ_t·ε; ε drawn on the CPU from ``generator``."""
     t = process.check_t(as_times(t, x0.shape[0]))
     eps = torch.randn(x0.shape, generator=generator, dtype=torch.float64).to(device=x0.device, dtype=x0.dtype)
-    return _bc(process.alpha(t), x0) * x0 + _bc(process.sigma(t), x0) * eps, eps
+    return _bc(process.alpha(t), x0) * x0 + _bc(process.std(t), x0) * eps, eps
 
 
 def log_sigma_grid(process, n_steps: int, t_start, t_end) -> torch.Tensor:

@@ -24,20 +24,25 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 import torch
 
-from .circulation import loop_circulation
-from .gauge import (PotentialMLP, PotentialScore, ScoreBank, _grad_phi, dsm_decomposition, fit_local_quadratic,
-                    fit_potential, gauge_residual, make_bank)
-from .intrinsic_dim import (flow_jacobian, jacobian_id, mle_id, nb_id, nb_spectrum, principal_angles, spectral_gap,
-                            twonn_id)
-from ..threads import torch_threads
-from .jacobian import asymmetry
-from .processes import log_sigma_grid, noise
-from .score import UNetScore, math_attention
+from diffkit.analysis.circulation import loop_circulation
+from diffkit.analysis.gauge import (PotentialMLP, PotentialScore, ScoreBank, _grad_phi, dsm_decomposition,
+                                    fit_local_quadratic, fit_potential, gauge_residual, make_bank)
+from diffkit.analysis.intrinsic_dim import (flow_jacobian, jacobian_id, mle_id, nb_id, nb_spectrum, principal_angles,
+                                            spectral_gap, twonn_id)
+from diffkit.analysis.jacobian import asymmetry
+from diffkit.analysis.processes import log_sigma_grid, noise
+from diffkit.analysis.score import UNetScore, math_attention
+from diffkit.assets import AssetError
+from diffkit.atomic import atomic_path, write_text_atomically
+from diffkit.data import digits_tensors
+from diffkit.pipelines import load_pipeline
+from diffkit.testing import tiny_unet2d
+from diffkit.threads import torch_threads
 
 __all__ = ["AnalysisConfig", "load_digits", "load_model", "analyze_digits"]
 
@@ -86,8 +91,6 @@ class AnalysisConfig:
 def load_digits():
     """(images (N, 1, 8, 8) in [-1, 1], labels (N,), is_test (N,) bool) from ``diffkit.data``
     (sklearn's embedded digits, fixed class-stratified split)."""
-    from ..data import digits_tensors
-
     xtr, ytr = digits_tensors("train")
     xte, yte = digits_tensors("test")
     x = torch.cat([xtr, xte])
@@ -99,17 +102,12 @@ def load_digits():
 def load_model(model=None):
     """(unet, scheduler_config, description) from a pipeline, a folder / asset name, or None
     (the shipped ``digits-unet`` if present, else a tiny random-weight class-conditional UNet)."""
-    from ..assets import AssetError
-    from ..pipelines import load_pipeline
-
     if model is None:
         try:
             pipe = load_pipeline("digits-unet")
             return pipe.unet.eval(), dict(pipe.scheduler.config), "the shipped digits teacher (assets/digits-unet)"
         except AssetError:
             from diffusers import DDIMScheduler
-
-            from ..testing import tiny_unet2d
 
             return (tiny_unet2d(num_classes=10), dict(DDIMScheduler().config),
                     "a tiny random-weight UNet (assets/digits-unet not available): numbers are not meaningful")
@@ -127,19 +125,12 @@ def _check_model(unet):
 
 
 # ----------------------------------------------------------------------- helpers
-def _atomic(path: str, write: Callable[[str], None]) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    root, ext = os.path.splitext(path)
-    tmp = f"{root}.tmp-{os.getpid()}{ext}"
-    write(tmp)
-    os.replace(tmp, path)
-    return path
-
-
 def _savefig(fig, path):
     import matplotlib.pyplot as plt
 
-    _atomic(path, lambda p: fig.savefig(p, dpi=110, bbox_inches="tight"))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -202,8 +193,8 @@ def _analyze(model, output, cfg, log):
     proc = UNetScore(unet, sched_cfg, class_label=0 if conditional else None, math_attention=False).process
 
     def t_of(sig):  # nearest integer training timestep, and its σ
-        t = float(torch.round(proc.t_at_sigma(torch.tensor(float(sig), dtype=torch.float64))))
-        return t, float(proc.sigma(torch.tensor(t)))
+        t = float(torch.round(proc.t_at_std(torch.tensor(float(sig), dtype=torch.float64))))
+        return t, float(proc.std(torch.tensor(t)))
 
     t0, sig0 = t_of(cfg.sigma0)
     res["t0"], res["sigma_t0"] = t0, sig0
@@ -506,10 +497,5 @@ def _write_outputs(res, output, cfg):
     files = _plots(res, output)
     res["files"] = files
     md = _markdown(res, files)
-
-    def w(path, text):
-        with open(path, "w") as fh:
-            fh.write(text)
-
-    _atomic(os.path.join(output, "report.md"), lambda p: w(p, md))
-    _atomic(os.path.join(output, "results.json"), lambda p: w(p, json.dumps(res, indent=1, default=float)))
+    write_text_atomically(os.path.join(output, "report.md"), md)
+    write_text_atomically(os.path.join(output, "results.json"), json.dumps(res, indent=1, default=float))

@@ -17,7 +17,9 @@ from typing import Callable, Optional
 
 import torch
 
-from .processes import DiscreteVPProcess, as_times
+from diffkit.analysis.processes import DiscreteVPProcess, as_times
+from diffkit.conditioning import Condition, Guidance, class_guidance
+from diffkit.denoisers import EpsModel
 
 __all__ = ["check_score_output", "flat", "UNetScore", "math_attention", "use_math_attention", "restore_attention"]
 
@@ -95,9 +97,6 @@ class UNetScore:
 
     def __init__(self, unet, scheduler_config, class_label: Optional[int] = None, guidance_scale: float = 1.0,
                  math_attention: bool = True):
-        from ..conditioning import Guidance, class_guidance
-        from ..denoisers import EpsModel
-
         self.model = EpsModel(unet, scheduler_config)
         self.process = DiscreteVPProcess(self.model.schedule)
         self.unet = unet
@@ -112,8 +111,6 @@ class UNetScore:
             if not 0 <= int(class_label) < n:
                 raise ValueError(f"class_label must be in 0..{n - 1} (null class {n - 1}), got {class_label}")
             if int(class_label) == n - 1:
-                from ..conditioning import Condition
-
                 self.guidance = Guidance(Condition(class_labels=torch.tensor([n - 1])))
             else:
                 self.guidance = class_guidance(unet, [int(class_label)], guidance_scale)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ._outputs import check_output_dir
+from diffkit.commands._outputs import check_output_dir
 
 NAME = "analyze"
 HELP = "gauge / conservativity / intrinsic-dimension report of a digits UNet (--model DIR --output DIR)"

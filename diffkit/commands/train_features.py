@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._training import add_training_arguments, prepare_outputs
+from diffkit.commands._training import add_training_arguments, prepare_outputs
 
 NAME = "train-features"
 HELP = ("train the digits feature network and its FID reference statistics (rebuild assets/digits-features with "
@@ -108,6 +108,9 @@ def train_features(output, max_steps: int = 1500, seed: int = 0, resume=None, ru
 
 def _card(facts: dict, stats) -> str:
     t = facts["training"]
+    test_acc = f"{facts['test_accuracy']:.4f} ({facts['test_correct']}/{facts['test_n']})"
+    feature_dim = (f"{stats.mu.shape[0]} (penultimate SiLU activations ÷ feature_scale {facts['feature_scale']:.4f}, "
+                   "the RMS of the train split's activations)")
     return f"""# digits-features: the FID-digits feature network
 
 A small CNN classifier (3×3 convolutions with SiLU, two max-pools, a 64-unit SiLU layer
@@ -117,10 +120,10 @@ Load it with `diffkit.models.digits_features.load_feature_net("digits-features")
 
 | | |
 |---|---|
-| test accuracy (held-out split, n = {facts['test_n']}) | {facts['test_accuracy']:.4f} ({facts['test_correct']}/{facts['test_n']}) |
+| test accuracy (held-out split, n = {facts['test_n']}) | {test_acc} |
 | train accuracy (n = {facts['train_n']}) | {facts['train_accuracy']:.4f} |
 | parameters | {facts['parameters']:,} |
-| feature dimension | {stats.mu.shape[0]} (penultimate SiLU activations ÷ feature_scale {facts['feature_scale']:.4f}, the RMS of the train split's activations) |
+| feature dimension | {feature_dim} |
 | training command | `{t['command']}` |
 | steps × batch | {t['steps']} × {t['batch_size']} (AdamW lr {t['learning_rate']}, EMA {t['ema_decay']}) |
 | final training loss (mean of the last 100 steps) | {t['final_loss']:.2e} |

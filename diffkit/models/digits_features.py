@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..assets import REBUILD, AssetError, asset_path, corrupt_asset
-from ..atomic import save_safetensors, write_text_atomically
-from ..weights import WeightsError, load_state_dict_strict
+from diffkit.assets import REBUILD, AssetError, asset_path, corrupt_asset
+from diffkit.atomic import save_safetensors, write_text_atomically
+from diffkit.weights import WeightsError, load_state_dict_strict
 
 __all__ = ["DigitsFeatureNet", "load_feature_net", "REQUIRED_FILES"]
 

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Iterable
 
-from ..atomic import write_text_atomically
+from diffkit.atomic import write_text_atomically
 
 __all__ = ["ByteTokenizer", "CharTokenizer", "gpt2_tokenizer", "load_tokenizer", "save_tokenizer",
            "TOKENIZER_FILE"]

@@ -7,8 +7,8 @@ and, for each masked position, unmasks with probability ψ(t, s) to a real token
 p₀(v | unmasked part) -- the network's output (RADD eqs. D.13-D.16). Everything here is a
 small pure function over floats (the schedule, evaluated in float64) or tensors (the draw).
 
-The draw is split in two (RADD App. D.2; the docs' methods/radd.md explains why): a Bernoulli(ψ) per masked position from a float64
-uniform, then a categorical over *real* tokens only where a position unmasks. That is the
+The draw is split in two (docs/methods/radd.md explains why): a Bernoulli(ψ) per masked
+position from a float64 uniform, then a categorical over *real* tokens only where a position unmasks. That is the
 same distribution as the joint (V+1)-way draw, cannot emit [M], costs O(#unmasking · V)
 instead of O(L · V) per step, and makes which step a token is revealed in independent of
 the model -- hence the NFE law E-NFE(n, l) = n (1 - (1 - 1/n)^l) (RADD eq. 3.4 / D.31).
@@ -117,8 +117,8 @@ def psi_euler(schedule, t: float, s: float) -> float:
 
 
 def transition_probs(schedule, times: Sequence[float], method: str = "tweedie") -> list[float]:
-    """ψ_i for each step t_i -> t_{i+1}, clamped to [0, 1] (Euler's ψ exceeds 1 on coarse grids); the last step is forced to 1
-    so that every remaining mask is filled without an extra network call (RADD's final step)."""
+    """ψ_i for each step t_i -> t_{i+1}, clamped to [0, 1] (Euler's ψ exceeds 1 on coarse grids); the
+    last step is forced to 1 so that every remaining mask is filled without an extra network call (RADD's final step)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     fn = psi_tweedie if method == "tweedie" else psi_euler

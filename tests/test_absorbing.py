@@ -220,7 +220,8 @@ def test_nfe_law_uniform_model_gpt2_vocab(one_thread):
 
 
 def test_reference_joint_race_fails_the_law(one_thread):
-    """The official float32 race (float32 buffer: ≈ 578 measured on the official sampler; float16: worse) is far below 906."""
+    """The official float32 race (float32 buffer: ≈ 578 measured on the official sampler; float16: worse)
+    is far below 906."""
     g = torch.Generator().manual_seed(0)
     law = expected_nfe(N_BIG, L_BIG)
     race = simulate_joint_race_nfe(N_BIG, L_BIG, V_GPT2, 2, generator=g, buffer_dtype=torch.float32).double().mean()
@@ -229,8 +230,8 @@ def test_reference_joint_race_fails_the_law(one_thread):
 
 
 def test_race_single_step_suppresses_reveals():
-    """docs/methods/radd.md (float32 race): ψ = 1/4096, uniform p over 50,257 tokens: float32 race unmask probability ≈ 0
-    (intended 2.4e-4); the two-stage draw gives ψ."""
+    """docs/methods/radd.md (float32 race): ψ = 1/4096, uniform p over 50,257 tokens: float32 race unmask
+    probability ≈ 0 (intended 2.4e-4); the two-stage draw gives ψ."""
     g = torch.Generator().manual_seed(0)
     K, psi = 400_000, 1 / 4096
     race = joint_race_unmask_uniform(K, V_GPT2, psi, generator=g, buffer_dtype=torch.float32).sum().item()

@@ -1,6 +1,7 @@
 """The RADD transformer: output contract, an independent functional forward written from the
 paper's description (arXiv:2406.03736 App. J.1), the official checkpoint format (written here by
-hand, the official parameter names), strict loading errors, diffkit's own format, tokenizers and the likelihood estimators."""
+hand, the official parameter names), strict loading errors, diffkit's own format, tokenizers and
+the likelihood estimators."""
 
 import itertools
 import json

@@ -266,7 +266,8 @@ def test_sampled_probs_at_every_position():
 
 
 @pytest.mark.xfail(strict=True, reason="diffusers main's DiscreteSchedulerOutput has six fields (prev_sample, "
-                                       "pred_original_sample, sampled_probs, pred_logits, committed_mask, edited_mask); "
+                                       "pred_original_sample, sampled_probs, pred_logits, committed_mask, "
+                                       "edited_mask); "
                                        "that class is not in the installed diffusers, and RADD has no clean-token "
                                        "prediction at unrevealed positions to fill pred_original_sample with")
 def test_six_field_shared_output():

@@ -313,7 +313,8 @@ def _official_kwargs(cfg: dict) -> dict:
                 n_blocks=int(m["n_blocks"]), dropout=float(m.get("dropout", 0.0)),
                 autocast_dtype=str(m.get("dtype", "float32")), length=int(m.get("length", 1024)),
                 noise_schedule=str(noise.get("type", "loglinear")),
-                total_noise_min=float(noise.get("sigma_min", 1e-4)), total_noise_max=float(noise.get("sigma_max", 20.0)))
+                total_noise_min=float(noise.get("sigma_min", 1e-4)),
+                total_noise_max=float(noise.get("sigma_max", 20.0)))
 
 
 def check_state_dict(model: nn.Module, state: dict, tolerated=OFFICIAL_TOLERATED_KEYS) -> None:

@@ -102,7 +102,8 @@ class RowCache:
         self.changes_per_row = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.forward_calls = 0
 
-    def refresh(self, x: torch.LongTensor, forward: Callable[[torch.LongTensor], torch.Tensor]) -> Optional[torch.Tensor]:
+    def refresh(self, x: torch.LongTensor,
+                forward: Callable[[torch.LongTensor], torch.Tensor]) -> Optional[torch.Tensor]:
         """Bring ``outputs`` up to date for the current ids ``x`` [B, L] with ``forward(ids) -> [b, L, N]``.
         Returns the outputs computed now (None when no row was stale)."""
         if not self.reuse:

@@ -4,7 +4,8 @@ per-row cache speed-up.
 Part 1 -- NFE law with a uniform model over GPT-2's 50,257 tokens (no network: the model's
 log-probs are constant), l = 1024 generated tokens: diffkit's two-stage draw (RADDScheduler)
 against n(1 - (1 - 1/n)^l) and against the reference of the official joint race
-(float32 draw, float16 or float32 probability buffer; spec §9 measured 486-499 / 541-579).
+(float32 draw, float16 or float32 probability buffer; measured on the official sampler, H200:
+486-499 / 541-579 at n = 1024-4096, docs/methods/radd.md).
 
 Part 2 -- cache speed-up with a tiny random RADD on this machine: wall time of the sampler
 without cache (every row, every step) and with the per-row cache (only changed rows are re-run,
@@ -42,9 +43,9 @@ def two_stage_nfe(n: int, length: int, vocab: int, samples: int, seed: int = 0) 
     g = torch.Generator().manual_seed(seed)
     changes = torch.zeros(samples, dtype=torch.long)
     for i in range(n):
-        res = sched.step(out, i, x, generator=g, return_dict=False)
-        x = res[0]
-        changes += res[5]
+        res = sched.step(out, i, x, generator=g)
+        x = res.prev_sample
+        changes += res.changed_rows
     return changes.tolist()
 
 

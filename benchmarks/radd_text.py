@@ -25,18 +25,19 @@ import time
 
 import torch
 
+from diffkit.assets import asset_path
 from diffkit.atomic import write_json_atomically
+from diffkit.pipelines.discrete import load_text_pipeline
 from diffkit.samplers.absorbing import expected_nfe
 from diffkit.samplers.radd import RADDScheduler
 from diffkit.samplers.radd_reference import joint_race_unmask_uniform
+from diffkit.text_corpus import BigramModel, corpus_alphabet, corpus_split, unigram_entropy_bits
+from diffkit.text_train import heldout_nll_bound
 
 V_GPT2 = 50257
 
 
 def _pipe(model):
-    from diffkit.assets import asset_path
-    from diffkit.pipelines.discrete import load_text_pipeline
-
     pipe = load_text_pipeline(str(asset_path(model, required=("model_index.json",))))
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -165,8 +166,6 @@ ESTIMATORS = (("lambda-dce", "λ-DCE"), ("k-dce", "k-DCE"))
 def part_c(pipe, quick: bool) -> list[dict]:
     """The held-out bound of the model card (diffkit.text_train.heldout_nll_bound: block k with
     seed k, the rule of ``diffkit text nll``), both estimators, vs draws per block."""
-    from diffkit.text_train import heldout_nll_bound
-
     draws = [1, 4, 16] if quick else [1, 4, 16, 64]
     max_blocks = 8 if quick else None
     print("\n## (c) Held-out NLL bound vs Monte Carlo draws per block (λ-DCE: stratified λ, the training "
@@ -187,8 +186,6 @@ def part_c(pipe, quick: bool) -> list[dict]:
 
 # ------------------------------------------------------------------ (d)
 def part_d(pipe, quick: bool) -> list[dict]:
-    from diffkit.text_corpus import BigramModel, corpus_alphabet, corpus_split, unigram_entropy_bits
-
     steps = [16, 64] if quick else [16, 64, 256, 1024]
     n = 4 if quick else 32
     bg = BigramModel(corpus_split("train"), corpus_alphabet())

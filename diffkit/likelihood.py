@@ -1,4 +1,4 @@
-"""Likelihood of a text under an absorbing-diffusion denoiser (RADD §3.3, App. C, G).
+"""Likelihood of a text under an absorbing-diffusion denoiser (RADD, arXiv:2406.03736 §3.3, App. C, G).
 
 * :func:`lambda_dce_nll` -- the λ-DCE upper bound on -log p(x₀), a Monte Carlo average over
   masking rates λ of (1/λ) Σ_{masked i} -log c_θ(x₀ⁱ | unmasked), each token masked with

@@ -7,8 +7,8 @@ and, for each masked position, unmasks with probability ψ(t, s) to a real token
 p₀(v | unmasked part) -- the network's output (RADD eqs. D.13-D.16). Everything here is a
 small pure function over floats (the schedule, evaluated in float64) or tensors (the draw).
 
-The draw is split in two (spec §7.6): a Bernoulli(ψ) per masked position from a float64
-uniform, then a categorical over *real* tokens only where a position unmasks. That is the
+The draw is split in two (docs/methods/radd.md explains why): a Bernoulli(ψ) per masked
+position from a float64 uniform, then a categorical over *real* tokens only where a position unmasks. That is the
 same distribution as the joint (V+1)-way draw, cannot emit [M], costs O(#unmasking · V)
 instead of O(L · V) per step, and makes which step a token is revealed in independent of
 the model -- hence the NFE law E-NFE(n, l) = n (1 - (1 - 1/n)^l) (RADD eq. 3.4 / D.31).
@@ -61,32 +61,37 @@ class LogLinearSchedule:
 
 @dataclass(frozen=True)
 class GeometricSchedule:
-    """σ̄(t) = σ_min^{1-t} σ_max^t (``noise_lib.GeometricNoise``)."""
+    """σ̄(t) = σ̄_min^{1-t} σ̄_max^t (``noise_lib.GeometricNoise``). RADD/SEDD's config calls the
+    bounds ``sigma_min`` / ``sigma_max``; they bound the *total* noise σ̄, hence the names here."""
 
-    sigma_min: float = 1e-4
-    sigma_max: float = 20.0
+    total_noise_min: float = 1e-4
+    total_noise_max: float = 20.0
     name = "geometric"
 
     def total_noise(self, t: float) -> float:
-        return self.sigma_min ** (1.0 - t) * self.sigma_max ** t
+        return self.total_noise_min ** (1.0 - t) * self.total_noise_max ** t
 
     def rate(self, t: float) -> float:
-        return self.total_noise(t) * math.log(self.sigma_max / self.sigma_min)
+        return self.total_noise(t) * math.log(self.total_noise_max / self.total_noise_min)
 
     def keep_prob(self, t: float) -> float:
         return math.exp(-self.total_noise(t))
 
     def mask_prob(self, t: float) -> float:
-        return -math.expm1(-self.total_noise(t))  # expm1: exact for small σ̄ (spec §7.9)
+        return -math.expm1(-self.total_noise(t))  # expm1: exact for small σ̄
 
 
-def make_schedule(name: str = "loglinear", *, eps: float = 1e-3, sigma_min: float = 1e-4, sigma_max: float = 20.0):
+def make_schedule(name: str = "loglinear", *, eps: float = 1e-3, total_noise_min: float = 1e-4,
+                  total_noise_max: float = 20.0):
+    """The schedule ``name`` (one of :data:`SCHEDULES`); ``eps`` is log-linear's ε, ``total_noise_min`` /
+    ``total_noise_max`` the geometric schedule's σ̄ range (RADD/SEDD config: ``sigma_min`` / ``sigma_max``)."""
     if name == "loglinear":
         return LogLinearSchedule(eps)
     if name == "geometric":
-        if not 0 < sigma_min < sigma_max:
-            raise ValueError(f"geometric schedule needs 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-        return GeometricSchedule(sigma_min, sigma_max)
+        if not 0 < total_noise_min < total_noise_max:
+            raise ValueError(f"geometric schedule needs 0 < total_noise_min < total_noise_max, got "
+                             f"{total_noise_min}, {total_noise_max}")
+        return GeometricSchedule(total_noise_min, total_noise_max)
     raise ValueError(f"noise_schedule must be one of {SCHEDULES}, got {name!r}")
 
 
@@ -112,8 +117,8 @@ def psi_euler(schedule, t: float, s: float) -> float:
 
 
 def transition_probs(schedule, times: Sequence[float], method: str = "tweedie") -> list[float]:
-    """ψ_i for each step t_i -> t_{i+1}, clamped to [0, 1] (spec §7.4); the last step is forced to 1
-    so that every remaining mask is filled without an extra network call (RADD's final step)."""
+    """ψ_i for each step t_i -> t_{i+1}, clamped to [0, 1] (Euler's ψ exceeds 1 on coarse grids); the
+    last step is forced to 1 so that every remaining mask is filled without an extra network call (RADD's final step)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     fn = psi_tweedie if method == "tweedie" else psi_euler
@@ -247,6 +252,6 @@ def expected_nfe_exact(psis: Sequence[float], length: int) -> float:
 def expected_forward_calls(psis: Sequence[float], length: int) -> float:
     """Cached network calls per sequence: the first step always evaluates, step i > 0 evaluates
     iff a token was revealed in step i - 1; a reveal in the last step needs no call.
-    Log-linear: 1 + (n - 1)(1 - (1 - dt)^l) (spec §2.1)."""
+    Log-linear: 1 + (n - 1)(1 - (1 - dt)^l), within 1 of eq. D.31's E-NFE."""
     q = reveal_probabilities(psis)[:-1]
     return 1.0 + sum(-math.expm1(length * math.log1p(-qi)) if qi < 1 else 1.0 for qi in q)

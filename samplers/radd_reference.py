@@ -1,15 +1,15 @@
 """A reference of the official RADD ``direct`` draw -- for tests and benchmarks only.
 
-Reimplemented from the description in the project spec (radd.md §2.1, §9), not from the
-official code. Per masked position the official sampler builds a (V+1)-vector -- ψ·p(v) on the
-real tokens and 1 - ψ in the mask column (ψ = 1 + 1e-3 at the last step, so the mask weight is
-negative there) -- stores it in a **float16** buffer, and draws the winner of an exponential race
+Reimplemented from a description of the official sampler (``DiffusionSampler`` with the
+``direct`` strategy; arXiv:2406.03736 App. D.4 for the step law), not from the official code.
+Per masked position the official sampler builds a (V+1)-vector -- ψ·p(v) on the real tokens
+and 1 - ψ in the mask column (ψ = 1 + 1e-3 at the last step, so the mask weight is negative there) -- stores it in a **float16** buffer, and draws the winner of an exponential race
 in **float32**: argmax_j q_j / E_j with E_j = 1e-10 - log(U_j + 1e-10).
 
 Because a float32 uniform is at most 1 - 2⁻²⁴, E_j >= ~6e-8: a real token whose ψ·p is below
 roughly 1e-8 can practically never beat the mask column, and in float16 ψ·p below 3e-8 is 0.
 With an uncertain model over GPT-2's 50,257 tokens and small ψ, early reveals are suppressed
-and the sampler reports fewer NFEs than the process it claims to simulate (spec §9).
+and the sampler reports fewer NFEs than the process it claims to simulate (docs/methods/radd.md).
 diffkit's sampler (:mod:`diffkit.samplers.absorbing`) does not have this flaw.
 
 Drawing V+1 exponentials per position and step is slow at V = 50,257, so for a *uniform* model
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from .absorbing import LogLinearSchedule, time_grid, transition_probs
+from diffkit.samplers.absorbing import LogLinearSchedule, time_grid, transition_probs
 
 __all__ = ["race_noise", "joint_race_draw", "joint_race_step", "max_uniform_float32", "joint_race_unmask_uniform",
            "simulate_joint_race_nfe", "FINAL_PSI"]

@@ -1,6 +1,7 @@
-"""The RADD transformer: output contract, an independent functional forward written from the spec,
-the official checkpoint format (written here by hand, spec §4 names), strict loading errors,
-diffkit's own format, tokenizers and the likelihood estimators."""
+"""The RADD transformer: output contract, an independent functional forward written from the
+paper's description (arXiv:2406.03736 App. J.1), the official checkpoint format (written here by
+hand, the official parameter names), strict loading errors, diffkit's own format, tokenizers and
+the likelihood estimators."""
 
 import itertools
 import json
@@ -36,7 +37,7 @@ def one_thread():
 
 
 def official_state(seed=0, vocab=V, with_inv_freq=True):
-    """The spec §4 key table, random values (the zero-initialised output layer randomised)."""
+    """The official state_dict key table, random values (the zero-initialised output layer randomised)."""
     g = torch.Generator().manual_seed(seed)
     shapes = {"vocab_embed.embedding": (vocab + 1, H)}
     for k in range(BLOCKS):
@@ -63,7 +64,7 @@ def write_official(folder, state, config=CONFIG):
 
 
 def reference_forward(state, ids):
-    """Functional RADD forward from the spec's description (not from diffkit's module)."""
+    """Functional RADD forward from the architecture's description (not from diffkit's module)."""
     x = state["vocab_embed.embedding"][ids]
     B, L, _ = x.shape
     d = H // HEADS

@@ -388,3 +388,49 @@ def test_cli_text_sample_progress_bar(monkeypatch, stream, flag, shown):
                  "--length", "16", *flag]) == 0
     assert ("samples 1-2 of 3:" in err.getvalue() and "sample 3 of 3:" in err.getvalue()) == shown, err.getvalue()
     assert "3 samples, 8 steps" in err.getvalue()
+
+
+def test_row_cache_refreshes_only_stale_rows_and_counts_per_row():
+    """RowCache: the first refresh runs every row; then only the rows a step changed, as one sub-batch."""
+    from diffkit.pipelines.discrete import RowCache
+
+    seen = []
+
+    def forward(ids):
+        seen.append(ids[:, 0].tolist())
+        return ids[..., None].double().expand(*ids.shape, 3) * 1.0
+
+    x = torch.arange(4)[:, None].repeat(1, 5)
+    cache = RowCache(4, "cpu")
+    assert cache.refresh(x, forward).shape == (4, 5, 3) and seen == [[0, 1, 2, 3]]
+    cache.record_step(torch.tensor([False, True, False, True]))
+    x = x.clone()
+    x[1], x[3] = 10, 30
+    new = cache.refresh(x, forward)
+    assert seen[-1] == [10, 30] and new.shape == (2, 5, 3)
+    assert cache.outputs[:, 0, 0].tolist() == [0, 10, 2, 30]  # rows 0 and 2 reused, 1 and 3 replaced
+    cache.record_step(torch.zeros(4, dtype=torch.bool))
+    assert cache.refresh(x, forward) is None and len(seen) == 2  # nothing stale: no call
+    assert cache.nfe_per_row.tolist() == [1, 2, 1, 2] and cache.changes_per_row.tolist() == [0, 1, 0, 1]
+    assert cache.forward_calls == 2
+    baseline = RowCache(4, "cpu", reuse=False)
+    for _ in range(3):
+        baseline.refresh(x, forward)
+        baseline.record_step(torch.zeros(4, dtype=torch.bool))
+    assert baseline.nfe_per_row.tolist() == [3] * 4 and seen[-1] == [0, 10, 2, 30] and baseline.forward_calls == 3
+
+
+def test_transformer_config_old_total_noise_names_load(tmp_path):
+    """RADDTransformer configs saved with sigma_min / sigma_max (the shipped asset's) still load."""
+    m = tiny_radd_transformer(vocab_size=V, hidden_size=16, n_heads=2, n_blocks=1, length=8)
+    m.save_pretrained(tmp_path / "t")
+    cfg = json.loads((tmp_path / "t" / "config.json").read_text())
+    assert "total_noise_min" in cfg and "sigma_min" not in cfg
+    cfg["sigma_min"], cfg["sigma_max"] = cfg.pop("total_noise_min") * 4, cfg.pop("total_noise_max") / 2
+    (tmp_path / "t" / "config.json").write_text(json.dumps(cfg))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = type(m).from_pretrained(tmp_path / "t")
+    assert (loaded.config.total_noise_min, loaded.config.total_noise_max) == (4e-4, 10.0)
+    sched = DiscreteDiffusionPipeline.from_model(loaded).scheduler
+    assert (sched.config.total_noise_min, sched.config.total_noise_max) == (4e-4, 10.0)

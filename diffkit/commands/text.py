@@ -8,12 +8,21 @@ a RADDTransformer folder, or ``tiny`` (a random byte-level model: smoke tests on
 
 from __future__ import annotations
 
+import math
+import os
+import shlex
 import sys
+import time
+from pathlib import Path
 
+from diffkit.assets import REBUILD, AssetError, asset_path
+from diffkit.atomic import write_text_atomically
 from diffkit.checks import count_arg
+from diffkit.commands._outputs import check_output_file
+from diffkit.commands._training import add_training_arguments, prepare_outputs
 
-from ._outputs import check_output_file
-from ._training import add_training_arguments, prepare_outputs
+# The library modules that import torch / diffusers (pipelines.discrete, likelihood, text_train,
+# samplers.absorbing) are imported inside the subcommands, to keep ``diffkit --help`` light.
 
 NAME = "text"
 HELP = "discrete text diffusion (RADD): sample | nll | train | card"
@@ -90,10 +99,6 @@ def _model_args(p):
 
 def _resolve_model(model):
     """An asset name (``text-radd``) that is not a folder here resolves to the shipped asset."""
-    from pathlib import Path
-
-    from diffkit.assets import REBUILD, asset_path
-
     if str(model) != "tiny" and not Path(model).exists() and str(model) in REBUILD:
         return str(asset_path(model, required=("model_index.json", "transformer", "tokenizer")))
     return model
@@ -111,8 +116,6 @@ def _pipeline(args, **sched):
 
 
 def _sample(args):
-    import time
-
     check_output_file(args.output, "--output")
     pipe = _pipeline(args, final=args.final, precision=args.precision, method=args.method)
     bs = args.n if args.batch_size is None else args.batch_size
@@ -142,17 +145,10 @@ def _sample(args):
     if pipe.tokenizer is None:
         print("(no tokenizer available: printed token ids; pass --tokenizer)", file=sys.stderr)
     if args.output:
-        import os
-
-        tmp = args.output + ".tmp"
-        with open(tmp, "w") as f:
-            f.write("\n\n".join(texts) + "\n")
-        os.replace(tmp, args.output)
+        write_text_atomically(args.output, "\n\n".join(texts) + "\n")
 
 
 def _nll(args):
-    import math
-
     from diffkit.likelihood import blocked_nll, split_blocks
 
     pipe = _pipeline(args)
@@ -175,9 +171,6 @@ def _nll(args):
 
 
 def _train(args):
-    import shlex
-    import time
-
     from diffkit.text_train import train_text_model
 
     command = "diffkit text train " + " ".join(shlex.quote(a) for a in sys.argv[3:])
@@ -195,10 +188,6 @@ def _train(args):
 
 def demo_step(ctx):
     """The shipped text model: one prompted sample at a few step counts, with its NFE."""
-    import time
-
-    from diffkit.assets import AssetError
-
     try:
         from diffkit.pipelines.discrete import load_text_pipeline
 
@@ -219,11 +208,8 @@ def demo_step(ctx):
         ctx.say(f"  - {steps} steps: NFE {out.nfe:.0f} (law {_law(steps, int(out.num_generated[0])):.1f}), "
                 f"{dt:.2f} s: `{text[:80]}…`")
         lines.append(f"=== {steps} steps, NFE {out.nfe:.0f} ===\n{out.texts[0]}\n")
-    import os
-
     os.makedirs(os.path.dirname(ctx.path("text_samples.txt")) or ".", exist_ok=True)
-    with open(ctx.path("text_samples.txt"), "w") as f:
-        f.write("\n".join(lines))
+    write_text_atomically(ctx.path("text_samples.txt"), "\n".join(lines))
 
 
 def _law(n, length):

@@ -1,4 +1,6 @@
-"""The RADD denoiser c_θ(x): a bidirectional transformer with no time input (RADD §3.1, App. J.1).
+"""The RADD denoiser c_θ(x): a bidirectional transformer with no time input (Ou et al. 2024, "Your
+Absorbing Discrete Diffusion Secretly Models the Conditional Distributions of Clean Data",
+arXiv:2406.03736: §3.1, App. J.1).
 
 Output contract (the one every absorbing sampler in diffkit relies on): ``forward(ids)`` returns
 [B, L, V+1] float32 whose columns 0..V-1 are log p₀(v | unmasked part of ids) over the V real
@@ -6,7 +8,8 @@ tokens, and whose last column (the mask token, id V) is a meaningless raw logit.
 unmasked positions are unused. Because there is no time input, ``time_conditioned`` is False and
 the output of an unchanged sequence can be cached (RADD §3.2).
 
-Two on-disk formats load into the same module (parameter names are the official ones, spec §4):
+Two on-disk formats load into the same module (parameter names are the official ones, those of
+the released ``model/transformer.py``):
 
 * the **official RADD checkpoint** (hub repos ``JingyangOu/radd-*``): ``config.json`` holding the
   nested hydra config (``tokens``, ``model.{hidden_size,n_heads,n_blocks,dropout,dtype,length}``,
@@ -19,6 +22,10 @@ Two on-disk formats load into the same module (parameter names are the official 
   check (``diffkit.weights.load_model_strict``).
 
 ``RADDTransformer.from_pretrained`` accepts either.
+
+The config's ``total_noise_min`` / ``total_noise_max`` bound the geometric schedule's total noise σ̄
+(the official ``noise.sigma_min`` / ``noise.sigma_max``; diffkit configs saved with those old
+names still load).
 """
 
 from __future__ import annotations
@@ -26,8 +33,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -38,10 +43,11 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from safetensors import SafetensorError
 
-from ..assets import rebuild_hint
-from ..atomic import save_safetensors, umask_permissions, write_text_atomically
-
-from ..weights import WeightsError, load_model_strict, state_dict_mismatch, state_shapes
+from diffkit.assets import rebuild_hint
+from diffkit.atomic import (replace_dir, save_safetensors, staging_dir, umask_permissions,
+                            write_text_atomically)
+from diffkit.models.config_aliases import ConfigAliasMixin, resolve_aliases
+from diffkit.weights import WeightsError, load_model_strict, state_dict_mismatch, state_shapes
 
 __all__ = ["RADDTransformer", "load_official_checkpoint", "save_official_checkpoint", "is_official_checkpoint",
            "tiny_radd_transformer", "CheckpointError", "OFFICIAL_TOLERATED_KEYS"]
@@ -147,18 +153,25 @@ class OutputLayer(nn.Module):
         return self.linear(self.norm_final(x))
 
 
-class RADDTransformer(ModelMixin, ConfigMixin):
+class RADDTransformer(ConfigAliasMixin, ModelMixin, ConfigMixin):
     """RADD c_θ: ``forward(input_ids [B, L]) -> [B, L, V+1]`` (log-probs over the V real tokens,
-    mask column meaningless). ``vocab_size`` is V (real tokens); the mask id is V."""
+    mask column meaningless). ``vocab_size`` is V (real tokens); the mask id is V. The noise
+    schedule entries (``noise_schedule``, ``total_noise_min`` / ``total_noise_max``; old names
+    ``sigma_min`` / ``sigma_max``) only tell a sampler which schedule the model was trained with."""
 
     time_conditioned = False
     _supports_gradient_checkpointing = False
+    _config_aliases = {"sigma_min": "total_noise_min", "sigma_max": "total_noise_max"}
+    ignore_for_config = ["sigma_min", "sigma_max"]
 
     @register_to_config
     def __init__(self, vocab_size: int = 50257, hidden_size: int = 768, n_heads: int = 12, n_blocks: int = 12,
                  dropout: float = 0.02, autocast_dtype: str = "float32", length: int = 1024,
-                 noise_schedule: str = "loglinear", sigma_min: float = 1e-4, sigma_max: float = 20.0):
+                 noise_schedule: str = "loglinear", total_noise_min: float = 1e-4, total_noise_max: float = 20.0,
+                 sigma_min: float | None = None, sigma_max: float | None = None):
         super().__init__()
+        resolve_aliases(self, dict(sigma_min=sigma_min, sigma_max=sigma_max),
+                        dict(total_noise_min=total_noise_min, total_noise_max=total_noise_max))
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
         if hidden_size % n_heads or (hidden_size // n_heads) % 2:
@@ -216,16 +229,10 @@ class RADDTransformer(ModelMixin, ConfigMixin):
     def save_pretrained(self, save_directory, *args, **kwargs):
         """diffusers' ``save_pretrained``, written to a temporary folder and moved into place."""
         target = Path(save_directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp"))
-        try:
-            with umask_permissions(tmp):  # diffusers' safetensors file would be 0600
-                super().save_pretrained(str(tmp), *args, **kwargs)
-            target.mkdir(exist_ok=True)
-            for f in os.listdir(tmp):
-                os.replace(tmp / f, target / f)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        tmp = staging_dir(target)
+        with umask_permissions(tmp):  # diffusers' safetensors file would be 0600
+            super().save_pretrained(str(tmp), *args, **kwargs)
+        replace_dir(tmp, target, produced=os.listdir(tmp))  # other files already in the folder are kept
 
 
 def tiny_radd_transformer(vocab_size: int = 64, hidden_size: int = 32, n_heads: int = 2, n_blocks: int = 2,
@@ -305,8 +312,9 @@ def _official_kwargs(cfg: dict) -> dict:
     return dict(vocab_size=int(cfg["tokens"]), hidden_size=int(m["hidden_size"]), n_heads=int(m["n_heads"]),
                 n_blocks=int(m["n_blocks"]), dropout=float(m.get("dropout", 0.0)),
                 autocast_dtype=str(m.get("dtype", "float32")), length=int(m.get("length", 1024)),
-                noise_schedule=str(noise.get("type", "loglinear")), sigma_min=float(noise.get("sigma_min", 1e-4)),
-                sigma_max=float(noise.get("sigma_max", 20.0)))
+                noise_schedule=str(noise.get("type", "loglinear")),
+                total_noise_min=float(noise.get("sigma_min", 1e-4)),
+                total_noise_max=float(noise.get("sigma_max", 20.0)))
 
 
 def check_state_dict(model: nn.Module, state: dict, tolerated=OFFICIAL_TOLERATED_KEYS) -> None:
@@ -335,7 +343,7 @@ def load_official_checkpoint(path, *, vocab_size: int | None = None, device=None
     """Load ``config.json`` (nested) + ``model.safetensors`` in the official RADD format.
 
     ``vocab_size``: if given (e.g. the tokenizer's), must equal the checkpoint's ``tokens``.
-    Unlike the official loader no exception is swallowed (spec §7.11)."""
+    Unlike the official ``load_model`` no exception is swallowed."""
     path = Path(path)
     if not is_official_checkpoint(path):
         raise CheckpointError(f"{path} is not an official RADD checkpoint "
@@ -371,7 +379,7 @@ def save_official_checkpoint(model: RADDTransformer, path, extra_config: dict | 
            "model": {"hidden_size": c.hidden_size, "n_heads": c.n_heads, "n_blocks": c.n_blocks,
                      "dropout": c.dropout, "use_checkpoint": False, "dtype": c.autocast_dtype, "length": c.length,
                      "type": "ddit_wot", "cond_dim": 128},
-           "noise": {"type": c.noise_schedule, "sigma_min": c.sigma_min, "sigma_max": c.sigma_max}}
+           "noise": {"type": c.noise_schedule, "sigma_min": c.total_noise_min, "sigma_max": c.total_noise_max}}
     cfg.update(extra_config or {})
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     state["rotary_emb.inv_freq"] = model.rotary_emb.inv_freq.detach().cpu().float().contiguous()

@@ -14,9 +14,14 @@ two-stage draw do not depend on the model, they are drawn for the whole run up f
 (``RADDScheduler.reveal_steps``), and steps that reveal nothing are not visited at all -- so the
 sampler's own per-step cost is paid only about E-NFE times, not n times.
 
-NFE is counted two ways (spec §7.7): ``nfe_per_sample`` = network evaluations of each row
-(the cost), and ``changes_per_sample`` = steps in which the row revealed >= 1 token (the
-paper's eq. D.17, whose mean follows n (1 - (1 - 1/n)^l) for any model).
+The bookkeeping of that cache -- the buffer of outputs, the rows needing a refresh, the NFE
+counters per sequence -- is :class:`RowCache`. NFE is counted two ways: ``nfe_per_sample`` =
+network evaluations of each row (the cost), and ``changes_per_sample`` = steps in which the row
+revealed >= 1 token (the paper's eq. D.17, whose mean follows n (1 - (1 - 1/n)^l) for any model,
+eqs. 3.4 / D.31). docs/methods/radd.md gives the reasoning.
+
+Paper: Ou et al. 2024, "Your Absorbing Discrete Diffusion Secretly Models the Conditional
+Distributions of Clean Data", arXiv:2406.03736.
 """
 
 from __future__ import annotations
@@ -24,20 +29,25 @@ from __future__ import annotations
 import operator
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from ..atomic import UmaskSaveMixin
-from ..assets import REBUILD, asset_path, rebuild_hint, verify_asset
-from ..numerics import FiniteWatch
-from ..seeding import sample_generator
-from ._local import LocalFolderPipelineMixin, local_folder
+from diffkit.assets import REBUILD, asset_path, rebuild_hint, verify_asset
+from diffkit.atomic import UmaskSaveMixin
+from diffkit.models.radd import RADDTransformer, tiny_radd_transformer
+from diffkit.models.tokenizers import (TOKENIZER_FILE, ByteTokenizer, gpt2_tokenizer, load_tokenizer,
+                                       save_tokenizer)
+from diffkit.numerics import FiniteWatch
+from diffkit.pipelines._local import LocalFolderPipelineMixin, local_folder
+from diffkit.samplers.radd import RADDScheduler
+from diffkit.seeding import sample_generator
 
-__all__ = ["DiscreteDiffusionPipeline", "TextDiffusionOutput", "load_text_pipeline"]
+__all__ = ["DiscreteDiffusionPipeline", "TextDiffusionOutput", "RowCache", "load_text_pipeline"]
 
 ORDERS = ("forward", "backward", "random")
 
@@ -65,6 +75,61 @@ class TextDiffusionOutput(BaseOutput):
     num_generated: Optional[torch.Tensor] = None
     forward_calls: int = 0
     num_steps: int = 0
+
+
+class RowCache:
+    """RADD's per-row cache of network outputs (arXiv:2406.03736 §3.2 and App. J.4, "efficient
+    batching"), with the NFE counters of each sequence.
+
+    A time-free network's output for a row stays exact while no token of that row changes, so
+    :meth:`refresh` re-runs only the rows marked stale -- as one dynamic sub-batch -- and writes
+    their rows of ``outputs``; :meth:`record_step` marks the rows a step changed. With
+    ``reuse=False`` (the uncached baseline, and any time-conditioned network) every refresh
+    re-runs the whole batch.
+
+    outputs:         [B, L, N] the latest network output of every row (None before the first refresh).
+    stale:           [B] bool, rows whose tokens changed since their last evaluation (all at first).
+    nfe_per_row:     [B] network evaluations of each row.
+    changes_per_row: [B] steps in which the row revealed >= 1 token (eq. D.17).
+    forward_calls:   batched network calls made.
+    """
+
+    def __init__(self, batch_size: int, device, *, reuse: bool = True):
+        self.reuse = bool(reuse)
+        self.outputs: Optional[torch.Tensor] = None
+        self.stale = torch.ones(batch_size, dtype=torch.bool, device=device)
+        self.nfe_per_row = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.changes_per_row = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.forward_calls = 0
+
+    def refresh(self, x: torch.LongTensor,
+                forward: Callable[[torch.LongTensor], torch.Tensor]) -> Optional[torch.Tensor]:
+        """Bring ``outputs`` up to date for the current ids ``x`` [B, L] with ``forward(ids) -> [b, L, N]``.
+        Returns the outputs computed now (None when no row was stale)."""
+        if not self.reuse:
+            self.outputs = new = forward(x)
+            self.nfe_per_row += 1
+            self.forward_calls += 1
+            return new
+        rows = self.stale.nonzero().squeeze(1)
+        k = rows.numel()
+        if k == 0:
+            return None
+        if k == x.shape[0]:
+            self.outputs = new = forward(x)
+        else:
+            if 0 in self.outputs.stride():  # an expanded output (e.g. a constant model) cannot be written
+                self.outputs = self.outputs.contiguous()
+            new = forward(x[rows])
+            self.outputs[rows] = new
+        self.nfe_per_row[rows] += 1
+        self.forward_calls += 1
+        return new
+
+    def record_step(self, changed_rows: torch.BoolTensor) -> None:
+        """After a step: the rows that revealed a token are stale and count one more change."""
+        self.changes_per_row += changed_rows
+        self.stale = changed_rows
 
 
 def _as_id_lists(x, batch: Optional[int], name: str, tokenizer) -> Optional[list[list[int]]]:
@@ -135,12 +200,11 @@ class DiscreteDiffusionPipeline(UmaskSaveMixin, LocalFolderPipelineMixin, Diffus
     @classmethod
     def from_model(cls, transformer, tokenizer=None, **scheduler_kwargs):
         """A pipeline whose RADDScheduler matches the model (mask id, noise schedule)."""
-        from ..samplers.radd import RADDScheduler
-
         cfg = getattr(transformer, "config", None)
         kw = dict(mask_token_id=int(transformer.mask_token_id))
         if cfg is not None and "noise_schedule" in cfg:
-            kw.update(noise_schedule=cfg.noise_schedule, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max)
+            kw.update(noise_schedule=cfg.noise_schedule, total_noise_min=cfg.total_noise_min,
+                      total_noise_max=cfg.total_noise_max)
         kw.update(scheduler_kwargs)
         return cls(transformer, RADDScheduler(**kw), tokenizer)
 
@@ -148,21 +212,16 @@ class DiscreteDiffusionPipeline(UmaskSaveMixin, LocalFolderPipelineMixin, Diffus
     def save_pretrained(self, save_directory, *args, **kwargs):
         super().save_pretrained(save_directory, *args, **kwargs)
         if self.tokenizer is not None and hasattr(self.tokenizer, "to_dict"):
-            from ..models.tokenizers import save_tokenizer
-
             save_tokenizer(self.tokenizer, Path(save_directory) / "tokenizer")
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, tokenizer=None, **kwargs):
-        from ..models import radd as _model_module  # noqa: F401  (diffusers resolves the saved class names
-        from ..samplers import radd as _sched_module  # noqa: F401  only from modules already imported)
-
+        # diffusers resolves the saved class names (RADDTransformer, RADDScheduler) only from modules
+        # already imported: this module imports both at its top.
         pretrained_model_name_or_path = local_folder(pretrained_model_name_or_path)  # an asset name or a folder
         pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         tok_dir = Path(pretrained_model_name_or_path) / "tokenizer"
         if tokenizer is None and tok_dir.is_dir():
-            from ..models.tokenizers import TOKENIZER_FILE, load_tokenizer
-
             try:
                 tokenizer = load_tokenizer(tok_dir, pipe.vocab_size)
             except (ValueError, KeyError, OSError) as e:  # a damaged or edited tokenizer file
@@ -336,48 +395,27 @@ class DiscreteDiffusionPipeline(UmaskSaveMixin, LocalFolderPipelineMixin, Diffus
             reveal = sched.reveal_steps(x, gens)
         n = sched.num_inference_steps
         time_cond = bool(getattr(self.transformer, "time_conditioned", False))
-        cache_rows = use_cache and not time_cond
+        cache = RowCache(B, device, reuse=use_cache and not time_cond)
         counts = torch.bincount(reveal[reveal >= 0].cpu(), minlength=n).tolist()
         # With the cache only steps that reveal something are visited: the others change nothing
         # and need no call. Without it every step runs the network (the baseline's cost).
-        loop = [i for i, c in enumerate(counts) if c] if cache_rows else range(n)
+        loop = [i for i, c in enumerate(counts) if c] if cache.reuse else range(n)
 
-        fwd = torch.zeros(B, dtype=torch.long, device=device)
-        changes = torch.zeros(B, dtype=torch.long, device=device)
-        need = torch.ones(B, dtype=torch.bool, device=device)  # rows changed since their last evaluation
-        cache, calls = None, 0
         # NaN weights: an error naming the step (log-probabilities may be -inf, not NaN or +inf)
         watch, V = FiniteWatch("transformer output", allow_neg_inf=True), self.vocab_size
         kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, final_step=None if order is None else False)
         for i in (self.progress_bar(loop) if progress else loop):
-            if not cache_rows:
-                tn = None
-                if time_cond:
-                    tn = torch.full((B,), sched.total_noise(i), device=device, dtype=torch.float32)
-                cache = self._forward(x, forward_batch_size, tn)
-                watch.update(cache[..., :V], i)
-                fwd += 1
-                calls += 1
-                if not counts[i]:
-                    continue
-            else:  # RADD's cache: re-run only the rows that changed, as a dynamic sub-batch
-                idx = need.nonzero().squeeze(1)
-                k = idx.numel()
-                if k == B:
-                    cache = self._forward(x, forward_batch_size)
-                    watch.update(cache[..., :V], i)
-                elif k:
-                    if 0 in cache.stride():  # an expanded output (e.g. a constant model) cannot be written
-                        cache = cache.contiguous()
-                    new = self._forward(x[idx], forward_batch_size)
-                    watch.update(new[..., :V], i)
-                    cache[idx] = new
-                if k:
-                    fwd[idx] += 1
-                    calls += 1
-            res = sched.step(cache, i, x, generator=gens, unmask=reveal == i, return_dict=False, **kw)
-            x, need = res[0], res[5]
-            changes += need
+            tn = None
+            if time_cond:  # SEDD-style networks take the total noise σ̄(t_i); never cached
+                tn = torch.full((B,), sched.total_noise(i), device=device, dtype=torch.float32)
+            new = cache.refresh(x, partial(self._forward, chunk=forward_batch_size, total_noise=tn))
+            if new is not None:
+                watch.update(new[..., :V], i)
+            if not counts[i]:  # uncached baseline: the step reveals nothing
+                continue
+            out = sched.step(cache.outputs, i, x, generator=gens, unmask=reveal == i, **kw)
+            x = out.prev_sample
+            cache.record_step(out.changed_rows)
         watch.flush()
         if (x == mask_id).any():  # the final step reveals every mask; this guards the contract
             raise RuntimeError("internal error: a mask token survived the final step")
@@ -385,9 +423,10 @@ class DiscreteDiffusionPipeline(UmaskSaveMixin, LocalFolderPipelineMixin, Diffus
         texts = None
         if output_type == "text" and self.tokenizer is not None:
             texts = [self.tokenizer.decode(row) for row in x.tolist()]
+        fwd, changes = cache.nfe_per_row, cache.changes_per_row
         out = TextDiffusionOutput(sequences=x, texts=texts, nfe=float(fwd.float().mean()), nfe_per_sample=fwd,
                                   nfe_changes=float(changes.float().mean()), changes_per_sample=changes,
-                                  num_generated=num_generated, forward_calls=calls,
+                                  num_generated=num_generated, forward_calls=cache.forward_calls,
                                   num_steps=sched.num_inference_steps)
         return out if return_dict else (x, texts)
 
@@ -402,8 +441,6 @@ def _check_tokenizer(tokenizer, vocab_size: int) -> None:
 
 
 def _default_tokenizer(folder: Optional[Path], vocab_size: int):
-    from ..models.tokenizers import TOKENIZER_FILE, ByteTokenizer, gpt2_tokenizer, load_tokenizer
-
     for cand in ([folder, folder / "tokenizer"] if folder is not None else []):
         if (cand / TOKENIZER_FILE).is_file():
             return load_tokenizer(cand, vocab_size)
@@ -420,9 +457,6 @@ def load_text_pipeline(model, tokenizer=None, **scheduler_kwargs) -> DiscreteDif
     ``"tiny"`` (a random 256-token byte model, for smoke tests). ``tokenizer``: a tokenizer object
     or spec (``"byte"``, ``"gpt2"``, ``"char:<alphabet>"``, folder); by default the folder's own,
     else GPT-2's for 50,257 tokens (local cache only), bytes for 256, none otherwise (ids only)."""
-    from ..models.radd import RADDTransformer, tiny_radd_transformer
-    from ..models.tokenizers import ByteTokenizer, load_tokenizer
-
     folder = None
     if str(model) == "tiny":
         transformer, tok = tiny_radd_transformer(vocab_size=256, hidden_size=64, n_heads=4, length=64), ByteTokenizer()

@@ -224,7 +224,7 @@ def plan_sampling(pipe, sampler: Optional[str] = None, *, steps: Optional[int] =
         return SamplingPlan(pipe, entry, _steps(entry, steps, nfe, options), options)
     entry = get_sampler(sampler)
     if entry.modality != "image":
-        raise ValueError(f"{sampler_flag} {sampler}: {entry.description}; image samplers: "
+        raise ValueError(f"{sampler_flag} {sampler} is not an image sampler ({entry.description}); image samplers: "
                          f"{', '.join(image_samplers())}")
     require_diffusion_model(pipe, f"{sampler_flag} {sampler}")
     options = entry.check_options(options)

@@ -25,7 +25,8 @@ def _common_arguments(p, output: str):
     p.add_argument("--labels", default=None, help="comma-separated class labels (default: sample k gets k %% C)")
     p.add_argument("--prompt", default=None, help="text prompt, for Stable Diffusion (XL) pipeline folders")
     p.add_argument("--option", action="append", default=None, metavar="NAME=VALUE",
-                   help="a sampler option, checked against the sampler's declared ones (--list-samplers); repeatable")
+                   help="a sampler option, checked against the sampler's declared ones (`diffkit sample "
+                        "--list-samplers`); repeatable")
     p.add_argument("--float64", action="store_true", help="function samplers: keep the state in float64 (as EDM does)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=output, type=image_path_arg, help=IMAGE_OUTPUT_HELP)

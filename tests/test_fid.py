@@ -213,7 +213,8 @@ def test_fid_model_images_are_the_benchmark_samples(name, extra, monkeypatch, ca
     from diffkit.pipelines import load_pipeline
 
     seen = _record_model_images(monkeypatch)
-    assert main(["fid", "--model", name, *extra, "--n", "50", "--ref", "digits-train", "--seed", "1", "--no-progress"]) == 0
+    argv = ["fid", "--model", name, *extra, "--n", "50", "--ref", "digits-train", "--seed", "1", "--no-progress"]
+    assert main(argv) == 0
     assert "FID = " in capsys.readouterr().out
     pipe = load_pipeline(name)
     steps = 1 if getattr(pipe, "one_step", False) else 50  # the benchmarks' settings

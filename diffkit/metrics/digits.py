@@ -155,7 +155,8 @@ def load_reference_stats(path="digits-features", check_net: bool = True) -> Refe
 
 # ---------------------------------------------------------------------------- FID / KID
 def fid_digits(images: torch.Tensor, net=None, reference: Optional[ReferenceStats] = None,
-               reference_images: Optional[torch.Tensor] = None, kid_subsets: int = 100, kid_seed: int = 0) -> DigitsFIDResult:
+               reference_images: Optional[torch.Tensor] = None, kid_subsets: int = 100,
+               kid_seed: int = 0) -> DigitsFIDResult:
     """FID-digits (and KID) of a set of images against the train split.
 
     FID uses the shipped reference statistics unless ``reference`` is given; KID needs

@@ -21,12 +21,14 @@ error and reported with integration error -- the FID comparison is the held-out 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
 import torch
+
+from diffkit.atomic import write_json_atomically
+from diffkit.registry import get_sampler
 
 
 def parse_args(argv=None):
@@ -75,16 +77,15 @@ def load_model(name):
 
 
 def steps_for(kind: str, nfe: int) -> int:
-    """Euler-type: NFE steps; Heun-type: 2N - 1 = NFE."""
-    return nfe if kind.endswith("euler") else (nfe + 1) // 2
+    """The registry entry's budget rule (Euler-type: NFE steps; Heun-type: 2N - 1 = NFE)."""
+    return get_sampler(kind).steps_for(nfe)
 
 
 def run_sampler(D, kind, x, nfe, extra, gamma=None, mode=None):
     from diffkit.samplers import edm
 
     sig = edm.model_sigmas(D, steps_for(kind, nfe))
-    fn = {"edm-euler": edm.sample_euler, "edm-heun": edm.sample_heun,
-          "bdia-euler": edm.sample_bdia_euler, "bdia-heun": edm.sample_bdia_heun}[kind]
+    fn = get_sampler(kind).load()
     kw = {} if gamma is None else {"gamma": gamma, "gamma_mode": mode}
     out, used = fn(D, x, sig, extra, disable=True, dtype=torch.float64, return_nfe=True, **kw)
     assert used == nfe, (kind, nfe, used)
@@ -212,10 +213,7 @@ def main(argv=None):
                 print(f"\nFID part skipped: FID-digits not available ({e}).")
     print(f"\ntotal {time.process_time() - t_all:.0f} CPU-s")
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=1)
-        os.replace(tmp, args.json)
+        write_json_atomically(args.json, out)
     return out
 
 

@@ -2,9 +2,9 @@
 
 A command module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args)``
 (returning an exit code or None); it may define ``demo_step(ctx)`` and ``DEMO_ORDER`` to
-contribute a step to ``diffkit demo``. Modules are discovered, so adding a capability
-means adding one file. Subcommands whose module is not there yet are listed with the
-issue that brings them and exit with status 2.
+contribute a step to ``diffkit demo``, and ``ALIASES`` ({name: (help, add_arguments, run)}) for
+further subcommands it serves (``sample-edm`` is ``sample`` with EDM defaults). Modules are
+discovered, so adding a capability means adding one file.
 
 Errors a user can fix (bad arguments, missing or unwritable files) print one line naming the
 argument and exit with status 1. Ctrl-C (or SIGTERM during training) prints one line and exits
@@ -21,18 +21,6 @@ import pkgutil
 import sys
 
 from diffkit.threads import torch_threads
-
-PLANNED = {
-    "invert": "exact inversion of an image (BDIA-DDIM issue)",
-    "edit": "edit an image via exact inversion (editing issue)",
-    "train-teacher": "train the digits teacher (assets issue)",
-    "train-features": "train the digits feature network (assets issue)",
-    "text": "discrete text diffusion: sample / nll / train (RADD issues)",
-    "distill": "DisBack one-step distillation (DisBack issue)",
-    "fid": "FID/KID evaluation (FID issue)",
-    "analyze": "gauge / conservativity / intrinsic-dimension report (analysis issue)",
-}
-
 
 def command_modules():
     import diffkit.commands as pkg
@@ -51,26 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffkit", description="diffusion sampling, exact inversion and distillation")
     parser.add_argument("--version", action="version", version=f"diffkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    present = set()
+    commands = []
     for mod in command_modules():
-        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
-        mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
-        present.add(mod.NAME)
-    for name, what in PLANNED.items():
-        if name not in present:
-            p = sub.add_parser(name, help=f"[not yet available] {what}", add_help=True)
-            p.add_argument("rest", nargs=argparse.REMAINDER)
-            p.set_defaults(_run=_not_yet(name, what))
+        commands.append((mod.NAME, mod.HELP, mod.add_arguments, mod.run))
+        commands += [(name, *spec) for name, spec in getattr(mod, "ALIASES", {}).items()]
+    for name, help_, add_arguments, run in sorted(commands, key=lambda c: c[0]):
+        p = sub.add_parser(name, help=help_, description=help_)
+        add_arguments(p)
+        p.set_defaults(_run=run)
     return parser
-
-
-def _not_yet(name, what):
-    def run(args):
-        print(f"diffkit {name}: not yet available in this version ({what}).", file=sys.stderr)
-        return 2
-
-    return run
 
 
 def main(argv=None) -> int:

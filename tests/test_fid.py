@@ -190,14 +190,7 @@ def test_model_samples_are_keyed_to_the_global_index(tiny_class_unet):
         compute_stats(ModelSamples(pipe, "ddim", steps=3), features=small_cnn())
 
 
-@pytest.mark.parametrize("name", ["digits-unet", "digits-onestep"])
-def test_fid_model_images_are_the_documented_api_samples(name, monkeypatch, capsys, one_thread):
-    """The images behind `diffkit fid --model NAME` (its default sampler) are bitwise those of the
-    documented sampling API (sample_digits at the card's steps, or the pipeline call) at the same seed."""
-    from diffkit.cli import main
-    from diffkit.metrics.digits import balanced_labels, sample_digits
-    from diffkit.pipelines import load_pipeline
-
+def _record_model_images(monkeypatch):
     seen, images = [], ModelSamples.images
 
     def record(self, indices, seed):
@@ -205,15 +198,67 @@ def test_fid_model_images_are_the_documented_api_samples(name, monkeypatch, caps
         return seen[-1]
 
     monkeypatch.setattr(ModelSamples, "images", record)
-    assert main(["fid", "--model", name, "--n", "50", "--ref", "digits-train", "--seed", "1", "--no-progress"]) == 0
+    return seen
+
+
+@pytest.mark.parametrize("name, extra", [("digits-unet", []), ("digits-unet", ["--sampler", "ddim", "--steps", "50"]),
+                                         ("digits-onestep", [])])
+def test_fid_model_images_are_the_benchmark_samples(name, extra, monkeypatch, capsys, one_thread):
+    """The images behind the acceptance commands `diffkit fid --model digits-onestep` and `diffkit fid
+    --model digits-unet --sampler ddim --steps 50` are bitwise those of the benchmarks whose results
+    JSON hold the published figures (benchmarks/digits_onestep_card.py, benchmarks/digits_quality.py:
+    sample_digits on balanced labels at the same seed), here at small n."""
+    from diffkit.cli import main
+    from diffkit.metrics.digits import balanced_labels, sample_digits
+    from diffkit.pipelines import load_pipeline
+
+    seen = _record_model_images(monkeypatch)
+    argv = ["fid", "--model", name, *extra, "--n", "50", "--ref", "digits-train", "--seed", "1", "--no-progress"]
+    assert main(argv) == 0
     assert "FID = " in capsys.readouterr().out
     pipe = load_pipeline(name)
-    labels = balanced_labels(50)
-    if getattr(pipe, "one_step", False):
-        ref = pipe(class_labels=labels, seed=1, output_type="pt").images
-    else:
-        ref = sample_digits(pipe, labels, seed=1, steps=50)
+    steps = 1 if getattr(pipe, "one_step", False) else 50  # the benchmarks' settings
+    ref = sample_digits(pipe, balanced_labels(50), seed=1, steps=steps, batch_size=500)
     assert torch.equal(torch.cat(seen), ref)
+    if getattr(pipe, "one_step", False):  # and the pipeline's documented call
+        assert torch.equal(ref, pipe(class_labels=balanced_labels(50), seed=1, output_type="pt").images)
+
+
+def test_fid_and_sample_pass_sampler_options(monkeypatch, capsys, tmp_path, one_thread):
+    """`diffkit fid --sampler bdia-euler --option gamma=0.25 --option gamma_mode=constant` and `diffkit sample
+    --sampler bdia-ddim --gamma 0.9` run with those settings (not the default γ = 0.5); an undeclared
+    option is refused with the accepted names."""
+    from diffkit.cli import main
+    from diffkit.pipelines import load_pipeline
+    from diffkit.sampling import generate
+
+    seen = _record_model_images(monkeypatch)
+    assert main(["fid", "--model", "digits-unet", "--sampler", "bdia-euler", "--option", "gamma=0.25", "--option",
+                 "gamma_mode=constant", "--steps", "4", "--n", "20", "--ref", "digits-train", "--no-progress"]) == 0
+    assert "FID = " in capsys.readouterr().out
+    pipe = load_pipeline("digits-unet")
+    want = generate(pipe, "bdia-euler", steps=4, n=20, options={"gamma": 0.25, "gamma_mode": "constant"}).images
+    default = generate(pipe, "bdia-euler", steps=4, n=20).images
+    assert torch.equal(torch.cat(seen), want) and not torch.equal(want, default)
+
+    out = tmp_path / "s.png"
+    saved = []
+    import diffkit.images
+
+    real = diffkit.images.save_grid
+    monkeypatch.setattr(diffkit.images, "save_grid", lambda x, p, **k: saved.append(x) or real(x, p, **k))
+    assert main(["sample", "--model", "digits-unet", "--sampler", "bdia-ddim", "--gamma", "0.9", "--steps", "4",
+                 "--n", "10", "--output", str(out)]) == 0
+    assert "gamma=0.9" in capsys.readouterr().out and out.exists()
+    want = generate(pipe, "bdia-ddim", steps=4, n=10, options={"gamma": 0.9}).images
+    assert torch.equal(saved[0], want) and not torch.equal(want, generate(pipe, "bdia-ddim", steps=4, n=10).images)
+
+    for argv in (["fid", "--model", "digits-unet", "--sampler", "bdia-euler", "--option", "eta=0.1", "--n", "10",
+                  "--ref", "digits-train"],
+                 ["sample", "--model", "digits-unet", "--sampler", "ddim", "--gamma", "0.5", "--output", str(out)]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert "has no option" in err and "it accepts" in err, err
 
 
 def test_model_samples_drive_a_one_step_generator_with_its_own_sampler_and_config(tiny_class_unet, one_thread):

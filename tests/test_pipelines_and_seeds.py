@@ -143,14 +143,17 @@ def test_pipelines_refuse_step_counts_and_batch_sizes_below_one(tiny_class_unet,
 
 
 def test_one_step_generator_is_refused_by_the_apis_that_need_a_diffusion_model(tiny_class_unet):
-    from diffkit.commands.bdia_edm import generate
     from diffkit.metrics import ModelSamples
     from diffkit.pipelines.editing import edit
+    from diffkit.sampling import generate
 
     one = _one_step(tiny_class_unet)
     msg = r"is a one-step generator \(OneStepPipeline\): it supports .*needs a diffusion model such as digits-unet"
-    with pytest.raises(ValueError, match=msg):
-        generate(one, "edm-euler", 3, labels=[1, 2])
+    for sampler in ("edm-euler", "ddim"):  # the driver names the flag
+        with pytest.raises(ValueError, match=rf"one-step generator .*; --sampler {sampler} needs a diffusion model"):
+            generate(one, sampler, nfe=3, condition=[1, 2])
+    with pytest.raises(ValueError, match="a one-step generator takes no sampler options"):
+        generate(one, None, condition=[1, 2], options={"gamma": 0.5})
     with pytest.raises(ValueError, match=msg):
         edit(one, torch.zeros(1, 1, 8, 8), 3, 8, steps=4)
     for sampler in ("ddim", "edm-heun"):
@@ -159,13 +162,13 @@ def test_one_step_generator_is_refused_by_the_apis_that_need_a_diffusion_model(t
 
 
 def test_functional_sampling_refuses_counts_below_one(tiny_class_unet, tiny_unet):
-    from diffkit.commands.bdia_edm import generate
+    from diffkit.sampling import generate
     from diffkit.testing import tiny_ddim_scheduler
 
     pipe = ClassConditionalPipeline(tiny_class_unet, tiny_ddim_scheduler())
     with pytest.raises(ValueError, match=r"nfe must be an integer >= 1, got 0"):
-        generate(pipe, "edm-euler", 0, labels=[1])
+        generate(pipe, "edm-euler", nfe=0, condition=[1])
     with pytest.raises(ValueError, match=r"labels: at least one label is needed, got 0"):
-        generate(pipe, "edm-euler", 3, labels=[])
+        generate(pipe, "edm-euler", nfe=3, condition=[])
     with pytest.raises(ValueError, match=r"n must be an integer >= 1, got 0"):
-        generate(ClassConditionalPipeline(tiny_unet, tiny_ddim_scheduler()), "edm-euler", 3, n=0)
+        generate(ClassConditionalPipeline(tiny_unet, tiny_ddim_scheduler()), "edm-euler", nfe=3, n=0)

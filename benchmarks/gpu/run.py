@@ -234,10 +234,10 @@ def table(report: Report) -> str:
 
 def _atomic_write(path, text: str) -> None:
     path = Path(path)
+    from diffkit.atomic import write_text_atomically  # diffkit is importable only after the sys.path setup above
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomically(path, text)
 
 
 # ---------------------------------------------------------------------------- timing

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import os
 
+from diffkit.atomic import write_text_atomically
 from diffkit.checks import count_arg
-
-from ._outputs import check_output_file
+from diffkit.commands._outputs import check_output_file
 
 NAME = "fid"
 HELP = "FID/KID of image folders, a model + sampler, or cached stats (clean-fid, torchmetrics or diffkit backend)"
@@ -27,7 +27,13 @@ def add_arguments(p):
     src.add_argument("--sampler", default=None,
                      help="registered sampler name (see --list-samplers); default: the model's own (its pipeline's "
                           "scheduler; a one-step generator takes no other)")
-    src.add_argument("--steps", type=count_arg(1), default=None, help="default 50 (a one-step generator: 1)")
+    budget = src.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=count_arg(1), default=None, help="default 50 (a one-step generator: 1)")
+    budget.add_argument("--nfe", type=count_arg(1), default=None,
+                        help="model evaluations instead of --steps (Heun-type samplers: 2N-1 per N steps)")
+    src.add_argument("--gamma", type=float, default=None, help="BDIA γ in [0, 1] (= --option gamma=G)")
+    src.add_argument("--option", action="append", default=None, metavar="NAME=VALUE",
+                     help="a sampler option, checked against the sampler's declared ones (--list-samplers); repeatable")
     src.add_argument("--guidance", type=float, default=1.0)
     src.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--ref", help="reference: an image folder, a stats .npz, or digits-train (the shipped digits "
@@ -59,13 +65,18 @@ def add_arguments(p):
 
 def _gen_source(args):
     from diffkit.metrics import ModelSamples
+    from diffkit.sampling import parse_options
 
+    options = parse_options(args.option, args.gamma)
+    if (options or args.nfe is not None) and not args.model:
+        raise ValueError("--gamma/--option/--nfe set the sampler of --model; give --model")
     if args.model and args.gen:
         raise ValueError("give either GEN (a folder or stats .npz) or --model, not both")
     if args.model:
         if args.n is None:
             raise ValueError("--n (the number of samples to draw) is required with --model")
-        return ModelSamples(args.model, args.sampler, args.steps, args.guidance, args.eta)
+        return ModelSamples(args.model, args.sampler, args.steps, args.guidance, args.eta, options=options,
+                            nfe=args.nfe)
     if not args.gen:
         raise ValueError("nothing to evaluate: give GEN (an image folder or stats .npz) or --model DIR")
     return args.gen
@@ -109,8 +120,7 @@ def run(args):
         print(f"wrote statistics of the generated set to {args.save_stats}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump([r.to_dict() for r in results], f, indent=2, default=str)
+        write_text_atomically(args.json, json.dumps([r.to_dict() for r in results], indent=2, default=str))
     return 0
 
 
@@ -121,18 +131,21 @@ def demo_step(ctx):
 
     import torch
 
+    from diffusers import DDIMScheduler
+
     from diffkit.assets import AssetError
+    from diffkit.data import digits_tensors
     from diffkit.metrics import ModelSamples, compute_fid
     from diffkit.metrics.fid import resolve_reference
     from diffkit.metrics.folders import save_image_folder
+    from diffkit.pipelines import load_pipeline
+    from diffkit.pipelines.class_conditional import ClassConditionalPipeline
+    from diffkit.testing import tiny_unet2d
 
     n, steps = (100, 10) if ctx.quick else (200, 20)
     t0 = time.perf_counter()
     try:
         resolve_reference("digits-train")
-        from diffkit.data import digits_tensors
-        from diffkit.pipelines import load_pipeline
-
         pipe = load_pipeline("digits-unet")
         pipe.set_progress_bar_config(disable=True)
         r = compute_fid(ModelSamples(pipe, "ddim", steps=steps), "digits-train", n=n)
@@ -144,11 +157,6 @@ def demo_step(ctx):
         return
     except (AssetError, ValueError) as e:
         why = str(e).split(";")[0]
-    from diffusers import DDIMScheduler
-
-    from diffkit.pipelines.class_conditional import ClassConditionalPipeline
-    from diffkit.testing import tiny_unet2d
-
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.Tanh(), torch.nn.AvgPool2d(2),
                               torch.nn.Flatten(), torch.nn.Linear(8 * 16, 16)).eval()

@@ -1,42 +1,71 @@
-"""diffkit sample: draw images from a model folder with any registered sampler.
+"""diffkit sample: draw images from a model folder with any registered image sampler.
 
-Class-conditional models take ``--labels``; saved Stable Diffusion (XL) pipeline folders take
-``--prompt`` (their own call, initial latents per sample index from ``--seed``).
+Everything goes through the one driver, :func:`diffkit.sampling.generate`: ``--sampler`` names a
+scheduler (swapped into the pipeline) or a function sampler (EDM Euler/Heun, BDIA-Euler/Heun on
+the model's σ grid); the budget is ``--steps`` or ``--nfe`` (the entry's rule converts, Heun
+2N - 1); sampler options come as ``--gamma`` / ``--option name=value``, checked against the
+entry. Class-conditional models take ``--labels``; saved Stable Diffusion (XL) pipeline folders
+take ``--prompt``. ``diffkit sample-edm`` is the same command with EDM defaults (``ALIASES``).
 """
 
 from __future__ import annotations
 
 from diffkit.checks import IMAGE_OUTPUT_HELP, count_arg, image_path_arg
-
-from ._outputs import check_output_file
+from diffkit.commands._outputs import check_output_file
 
 NAME = "sample"
-HELP = "sample images from a model folder (--model DIR --sampler NAME --steps N)"
+HELP = "sample images from a model folder (--model DIR --sampler NAME --steps N | --nfe N, --gamma, --option)"
+DEMO_ORDER = 30
+EDM_HELP = ("`diffkit sample` with EDM defaults: --sampler bdia-euler (or edm-euler/edm-heun/bdia-heun), --nfe 17, "
+            "--gamma 0.5")
+
+
+def _common_arguments(p, output: str):
+    p.add_argument("--n", type=count_arg(1), default=None, help="number of images (default 16; 20 for sample-edm)")
+    p.add_argument("--labels", default=None, help="comma-separated class labels (default: sample k gets k %% C)")
+    p.add_argument("--prompt", default=None, help="text prompt, for Stable Diffusion (XL) pipeline folders")
+    p.add_argument("--option", action="append", default=None, metavar="NAME=VALUE",
+                   help="a sampler option, checked against the sampler's declared ones (`diffkit sample "
+                        "--list-samplers`); repeatable")
+    p.add_argument("--float64", action="store_true", help="function samplers: keep the state in float64 (as EDM does)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default=output, type=image_path_arg, help=IMAGE_OUTPUT_HELP)
+    p.add_argument("--upscale", type=count_arg(1), default=None,
+                   help="PNG upscale factor (default: 4 for images <= 64 px, else 1)")
 
 
 def add_arguments(p):
     p.add_argument("--model", default=None,
                    help="model folder (diffkit pipeline, or a UNet2DModel) or asset name (required unless "
                         "--from-inversion names it)")
-    p.add_argument("--sampler", default=None, help="a registered sampler of kind 'scheduler' (see --list-samplers); "
-                   "default: the model's own (its pipeline's scheduler; a one-step generator takes no other)")
-    p.add_argument("--steps", type=count_arg(1), default=None, help="number of steps (default 50; with "
-                   "--from-inversion: the inversion's, which it must equal)")
-    p.add_argument("--n", type=count_arg(1), default=16, help="number of images")
-    p.add_argument("--labels", default=None, help="comma-separated class labels (default: balanced 0..C-1)")
-    p.add_argument("--prompt", default=None, help="text prompt, for Stable Diffusion (XL) pipeline folders (with "
-                   "--from-inversion: regenerate under this prompt, an edit)")
-    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default 1 for class labels, the "
-                   "pipeline's own for prompts; with --from-inversion: the inversion's)")
+    p.add_argument("--sampler", default=None, help="a registered image sampler (see --list-samplers); default: the "
+                   "model's own (its pipeline's scheduler; a one-step generator takes no other)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=count_arg(1), default=None, help="number of steps (default 50; with "
+                        "--from-inversion: the inversion's, which it must equal)")
+    budget.add_argument("--nfe", type=count_arg(1), default=None,
+                        help="model evaluations instead of --steps (Heun-type samplers: 2N-1 per N steps)")
+    p.add_argument("--gamma", type=float, default=None, help="BDIA γ in [0, 1] (= --option gamma=G)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's own, 1 for "
+                   "class labels; with --from-inversion: the inversion's)")
     p.add_argument("--eta", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", default="samples.png", type=image_path_arg, help=IMAGE_OUTPUT_HELP)
-    p.add_argument("--upscale", type=count_arg(1), default=None,
-                   help="PNG upscale factor (default: 4 for images <= 64 px, else 1)")
+    _common_arguments(p, "samples.png")
     p.add_argument("--from-inversion", default=None, metavar="FILE",
                    help="regenerate from a `diffkit invert` file (BDIA-DDIM from its latent pair; other --labels edit)")
-    p.add_argument("--list-samplers", action="store_true", help="list the registered samplers and exit (--sampler "
-                   "takes the 'scheduler' ones; the 'function' ones run through `diffkit sample-edm` and `diffkit fid`)")
+    p.add_argument("--list-samplers", action="store_true", help="list the registered samplers and exit")
+
+
+def add_edm_arguments(p):
+    p.add_argument("--model", required=True, help="model folder (diffkit pipeline or UNet2DModel) or asset name")
+    p.add_argument("--sampler", default="bdia-euler", help="a registered image sampler (default bdia-euler)")
+    p.add_argument("--nfe", type=count_arg(1), default=17,
+                   help="model evaluations: Euler-type samplers take NFE steps, Heun-type (NFE+1)/2")
+    p.add_argument("--gamma", type=float, default=None, help="BDIA γ in [0, 1] (default 0.5; 0 = the plain sampler)")
+    p.add_argument("--gamma-mode", default=None, choices=("vp", "constant"), help="BDIA γ schedule (default vp)")
+    p.add_argument("--rho", type=float, default=None, help="Karras grid ρ (default 7)")
+    p.add_argument("--churn", type=float, default=None, help="EDM S_churn (edm-euler/edm-heun only)")
+    p.add_argument("--guidance", type=float, default=1.0)
+    _common_arguments(p, "samples_edm.png")
 
 
 def upscale(args, images) -> int:
@@ -44,8 +73,20 @@ def upscale(args, images) -> int:
     return args.upscale or (4 if images.shape[-1] <= 64 else 1)
 
 
-def balanced_labels(n: int, num_classes: int) -> list[int]:
-    return [k % num_classes for k in range(n)]
+def run_edm(args):
+    """``diffkit sample-edm``: its flags as driver options, then ``diffkit sample``'s run."""
+    pairs = list(args.option or [])
+    for flag, name in (("gamma_mode", "gamma_mode"), ("rho", "rho"), ("churn", "s_churn")):
+        if getattr(args, flag) is not None:
+            pairs.append(f"{name}={getattr(args, flag)}")
+    if args.gamma is None and args.sampler.startswith("bdia") and not any(p.startswith("gamma=") for p in pairs):
+        args.gamma = 0.5
+    args.option, args.steps, args.eta, args.from_inversion, args.list_samplers = pairs, None, 0.0, None, False
+    args.n = 20 if args.n is None else args.n
+    return run(args)
+
+
+ALIASES = {"sample-edm": (EDM_HELP, add_edm_arguments, run_edm)}
 
 
 def run(args):
@@ -63,37 +104,81 @@ def run(args):
 
     from diffkit.images import save_grid
     from diffkit.pipelines import load_pipeline
-    from diffkit.pipelines.one_step import require_diffusion_model
-    from diffkit.pipelines.prompted import check_condition_args, require_latent_unet, sample_prompt
-    from diffkit.registry import get_sampler, make_scheduler
+    from diffkit.pipelines.prompted import check_condition_args, require_latent_unet
+    from diffkit.sampling import generate, parse_options
 
-    steps = 50 if args.steps is None else args.steps
     pipe = load_pipeline(args.model)
     kind = check_condition_args(pipe, labels=args.labels, prompt=args.prompt)
     if kind == "prompt":
         require_latent_unet(pipe, "sample")  # an inpainting UNet, refused before anything is drawn
-    one_step = getattr(pipe, "one_step", False)  # a distilled generator: 1 evaluation, no sampler to swap
-    if args.sampler is not None:
-        get_sampler(args.sampler)
-        require_diffusion_model(pipe, f"--sampler {args.sampler}")
-        pipe.scheduler = make_scheduler(args.sampler, pipe.scheduler.config)
-    sampler = args.sampler or f"the model's own {type(pipe.scheduler).__name__}"
-    if kind == "prompt":
+    if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
-        images, nfe = sample_prompt(pipe, args.prompt, args.n, steps, args.guidance, args.eta, args.seed)
-        save_grid(images, args.output, upscale=upscale(args, images))
-        print(f"wrote {len(images)} samples to {args.output} ({type(pipe).__name__}, {sampler}, {steps} steps, "
-              f"NFE {nfe})")
-        return
-    labels = None
-    if getattr(pipe, "num_classes", 0):
-        labels = [int(x) for x in args.labels.split(",")] if args.labels else balanced_labels(args.n, pipe.num_classes)
-    out = pipe(class_labels=labels, batch_size=None if labels else args.n, num_inference_steps=steps,
-               guidance_scale=1.0 if args.guidance is None else args.guidance, eta=args.eta, seed=args.seed,
-               output_type="pt")
+    n = 16 if args.n is None else args.n
+    condition = args.prompt if kind == "prompt" else None
+    if kind == "class" and args.labels:
+        condition = [int(x) for x in args.labels.split(",")]
+    out = generate(pipe, args.sampler, steps=args.steps, nfe=args.nfe, condition=condition,
+                   n=None if kind == "class" and args.labels else n, seed=args.seed, guidance_scale=args.guidance,
+                   eta=args.eta, options=parse_options(args.option, args.gamma),
+                   dtype=torch.float64 if args.float64 else None)
     save_grid(out.images, args.output, upscale=upscale(args, out.images))
-    how = "one-step generator; --steps/--eta do not apply" if one_step else f"{sampler}, {steps} steps"
-    print(f"wrote {len(out.images)} samples to {args.output} ({how}, NFE {out.nfe})")
+    if getattr(pipe, "one_step", False):
+        how = "one-step generator; --steps/--eta do not apply"
+    else:
+        opts = parse_options(args.option, args.gamma)
+        extra = "".join(f", {k}={v}" for k, v in opts.items())
+        name = out.sampler.replace("own ", "the model's own ")
+        how = f"{name}{extra}, {out.steps} steps"
+    print(f"wrote {len(out.images)} samples to {args.output} ({type(pipe).__name__}, {how}, NFE {out.nfe})")
+
+
+def demo_step(ctx):
+    """EDM Heun vs BDIA-Euler at 17 NFE through the driver, and an exact BDIA-Euler inversion round trip."""
+    import os
+    import time
+
+    import torch
+    from diffusers import DDIMScheduler
+
+    from diffkit.assets import AssetError
+    from diffkit.conditioning import class_guidance
+    from diffkit.denoisers import Denoiser, EpsModel
+    from diffkit.images import save_grid
+    from diffkit.pipelines import load_pipeline
+    from diffkit.pipelines.class_conditional import ClassConditionalPipeline
+    from diffkit.samplers import edm
+    from diffkit.sampling import generate
+    from diffkit.testing import tiny_unet2d
+
+    try:
+        pipe = load_pipeline("digits-unet")
+        what = "the digits teacher"
+    except AssetError:
+        pipe = ClassConditionalPipeline(tiny_unet2d(num_classes=10), DDIMScheduler())
+        what = "a tiny random-weight UNet (assets/digits-unet not available yet)"
+    for sampler, opts in (("edm-heun", {}), ("bdia-euler", {"gamma": 0.5, "gamma_mode": "vp"})):
+        t0 = time.perf_counter()
+        out = generate(pipe, sampler, nfe=17, n=20, guidance_scale=1.0, options=opts)
+        path = save_grid(out.images, ctx.path(f"samples_{sampler.replace('-', '_')}_nfe17.png"), nrow=10, upscale=4)
+        ctx.say(f"- {sampler} ({out.nfe} NFE) on {what}: 20 images in {time.perf_counter() - t0:.2f} s "
+                f"-> `{os.path.basename(path)}`")
+    # exact inversion: a BDIA-Euler sample (γ = 1, float64 state) back to its noise, 18 steps
+    unet = pipe.unet.double()
+    try:
+        D = Denoiser(EpsModel(unet, pipe.scheduler.config))
+        sig = edm.model_sigmas(D, 18)
+        extra = {"guidance": class_guidance(unet, [3, 7])}
+        c, s = unet.config.in_channels, unet.config.sample_size
+        x_T = torch.randn(2, c, s, s, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * sig[0]
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            pair = edm.sample_bdia_euler(D, x_T, sig, extra, disable=True, gamma=1.0, return_pair=True)
+            x0, _ = edm.invert_bdia_euler(D, pair, sig, extra, disable=True, gamma=1.0)
+        err = float((x0 - x_T).abs().max() / x_T.abs().max())
+        ctx.say(f"- BDIA-Euler exact inversion (18 steps, γ = 1, float64): sample -> noise relative error "
+                f"{err:.1e} ({time.perf_counter() - t0:.2f} s)")
+    finally:
+        unet.float()
 
 
 def run_from_inversion(args):

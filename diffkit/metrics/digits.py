@@ -18,17 +18,23 @@ the held-out test images. ≈ 1 for a model that generalises, ≪ 1 for one that
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from ..data import GREY_LEVELS, NUM_CLASSES, digits_tensors, quantize
-from ..weights import file_sha256
-from .frechet import feature_stats, frechet_distance, kid_from_features
+from diffkit.assets import REBUILD, AssetError, asset_path
+from diffkit.atomic import write_bytes_atomically
+from diffkit.data import GREY_LEVELS, digits_tensors, quantize
+from diffkit.metrics.frechet import feature_stats, frechet_distance, kid_from_features
+from diffkit.models.digits_features import load_feature_net
+from diffkit.sampling import balanced_labels, generate
+from diffkit.weights import file_sha256
 
-__all__ = ["PROTOCOL", "ReferenceStats", "FIDResult", "MemorisationResult", "digits_features", "classify",
+__all__ = ["PROTOCOL", "ReferenceStats", "DigitsFIDResult", "MemorisationResult", "digits_features", "classify",
            "top1_accuracy", "compute_reference_stats", "save_reference_stats", "load_reference_stats",
            "fid_digits", "memorisation_ratio", "balanced_labels", "sample_digits", "mean_std"]
 
@@ -46,13 +52,19 @@ class ReferenceStats:
 
 
 @dataclass
-class FIDResult:
+class DigitsFIDResult:
+    """FID and KID of one set under the FID-digits protocol (``fid_digits``); distinct from
+    :class:`diffkit.metrics.fid.FIDResult`, the one-metric record of ``compute_fid``."""
+
     fid: float
     kid: float          # unbiased MMD² (polynomial kernel), mean over subsets
     kid_std: float
     n: int              # images in the evaluated set
     n_ref: int          # images in the reference set
     protocol: str = PROTOCOL
+
+
+FIDResult = DigitsFIDResult  # the former name, kept importable
 
 
 @dataclass
@@ -66,8 +78,6 @@ class MemorisationResult:
 # ---------------------------------------------------------------------------- features
 def _net(net):
     if net is None or isinstance(net, str):
-        from ..models.digits_features import load_feature_net
-
         return load_feature_net(net or "digits-features")
     return net
 
@@ -111,12 +121,10 @@ def compute_reference_stats(net=None, split: str = "train", net_dir=None) -> Ref
 
 
 def save_reference_stats(stats: ReferenceStats, path) -> None:
-    import os
-
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
-    np.savez(tmp, mu=stats.mu, sigma=stats.sigma, n=np.int64(stats.n),
+    buf = io.BytesIO()
+    np.savez(buf, mu=stats.mu, sigma=stats.sigma, n=np.int64(stats.n),
              **{k: np.asarray(v) for k, v in stats.fields.items()})
-    os.replace(tmp, path)
+    write_bytes_atomically(path, buf.getvalue())
 
 
 def load_reference_stats(path="digits-features", check_net: bool = True) -> ReferenceStats:
@@ -125,10 +133,6 @@ def load_reference_stats(path="digits-features", check_net: bool = True) -> Refe
     With ``check_net``, the statistics must have been computed with the network stored
     beside them (sha256 of its weights) under this protocol version.
     """
-    from pathlib import Path
-
-    from ..assets import REBUILD, AssetError, asset_path
-
     p = Path(path)
     d = p.parent if p.suffix == ".npz" else asset_path(path, required=(STATS_FILE,))
     f = p if p.suffix == ".npz" else d / STATS_FILE
@@ -151,7 +155,8 @@ def load_reference_stats(path="digits-features", check_net: bool = True) -> Refe
 
 # ---------------------------------------------------------------------------- FID / KID
 def fid_digits(images: torch.Tensor, net=None, reference: Optional[ReferenceStats] = None,
-               reference_images: Optional[torch.Tensor] = None, kid_subsets: int = 100, kid_seed: int = 0) -> FIDResult:
+               reference_images: Optional[torch.Tensor] = None, kid_subsets: int = 100,
+               kid_seed: int = 0) -> DigitsFIDResult:
     """FID-digits (and KID) of a set of images against the train split.
 
     FID uses the shipped reference statistics unless ``reference`` is given; KID needs
@@ -167,7 +172,7 @@ def fid_digits(images: torch.Tensor, net=None, reference: Optional[ReferenceStat
     f_ref = digits_features(ref_x, net)
     kid, kid_std = kid_from_features(f, f_ref, num_subsets=kid_subsets, subset_size=min(1000, len(f), len(f_ref)),
                                      seed=kid_seed)
-    return FIDResult(fid, kid, kid_std, int(f.shape[0]), int(reference.n))
+    return DigitsFIDResult(fid, kid, kid_std, int(f.shape[0]), int(reference.n))
 
 
 # ---------------------------------------------------------------------------- memorisation
@@ -188,23 +193,20 @@ def memorisation_ratio(samples: torch.Tensor, train: Optional[torch.Tensor] = No
 
 
 # ---------------------------------------------------------------------------- sampling
-def balanced_labels(n: int, num_classes: int = NUM_CLASSES) -> torch.Tensor:
-    """0, 1, ..., C-1, 0, 1, ... (n must be a multiple of C: equal count per class)."""
-    if n <= 0 or n % num_classes:
-        raise ValueError(f"n must be a positive multiple of {num_classes} for a class-balanced set, got {n}")
-    return torch.arange(n) % num_classes
+# balanced_labels: the driver's (diffkit.sampling), re-exported: 0, 1, ..., C-1, 0, ... (n a multiple of C)
 
 
 @torch.no_grad()
 def sample_digits(pipe, labels: Sequence[int] | torch.Tensor, seed: int = 0, steps: int = 50, guidance: float = 1.0,
                   batch_size: int = 500, eta: float = 0.0) -> torch.Tensor:
-    """Images in [-1, 1] for the given labels; sample k's noise comes from (seed, k)."""
+    """Images in [-1, 1] for the given labels with the pipeline's own sampler; sample k's noise comes
+    from (seed, k) (the one driver, :func:`diffkit.sampling.generate`, one batch at a time)."""
     labels = torch.as_tensor(labels, dtype=torch.long)
     out = []
     for i in range(0, len(labels), batch_size):
         lab = labels[i:i + batch_size]
-        r = pipe(class_labels=lab, num_inference_steps=steps, guidance_scale=guidance, eta=eta, seed=seed,
-                 sample_indices=list(range(i, i + len(lab))), output_type="pt", progress=False)
+        r = generate(pipe, None, steps=steps, condition=lab, seed=seed, sample_indices=range(i, i + len(lab)),
+                     guidance_scale=guidance, eta=eta)
         out.append(r.images.float().cpu())
     return torch.cat(out)
 

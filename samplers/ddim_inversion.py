@@ -56,7 +56,8 @@ class DDIMInversionResult(InversionRecord):
 def _config(scheduler_config) -> dict:
     """The scheduler config as a plain JSON-serialisable dict (stored in the record)."""
     if scheduler_config is None:
-        raise ValueError("scheduler_config is required: the model's diffusers scheduler config (pipe.scheduler.config), "
+        raise ValueError("scheduler_config is required: the model's diffusers scheduler config "
+                         "(pipe.scheduler.config), "
                          "from which DDIMInverseScheduler / DDIMScheduler are built")
     return json.loads(json.dumps(dict(scheduler_config), default=lambda v: v.tolist()))
 

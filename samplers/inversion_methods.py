@@ -78,7 +78,8 @@ INVERSION_METHODS: dict[str, InversionMethod] = {m.name: m for m in (
     InversionMethod("edict", "EDICT", "diffkit.samplers.edict", "EDICTResult", True, 2,
                     "EDICT (Wallace et al. 2023): exact, two coupled latents, 2 NFE per step",
                     ("mix", "leapfrog", "state_dtype")),
-    InversionMethod("ddim-inversion", "DDIM inversion", "diffkit.samplers.ddim_inversion", "DDIMInversionResult", False, 1,
+    InversionMethod("ddim-inversion", "DDIM inversion", "diffkit.samplers.ddim_inversion", "DDIMInversionResult",
+                    False, 1,
                     "DDIM inversion (diffusers' DDIMInverseScheduler): the inexact baseline, 1 NFE per step",
                     ("state_dtype",), needs_scheduler_config=True),
 )}

@@ -26,7 +26,8 @@ def add_arguments(p):
     src.add_argument("--image", default=None, help="image file (converted and resized to the pipeline's size)")
     src.add_argument("--digit", type=int, default=None, help="image K of the digits test split (8x8 grey models)")
     p.add_argument("--source", default=None,
-                   help="source condition: class label (class-conditional models; default: the digit's label) or prompt")
+                   help="source condition: class label (class-conditional models; default: the digit's label) "
+                   "or prompt")
     p.add_argument("--target", default=None, help="target condition (class label or prompt); default: the source")
     p.add_argument("--method", default="bdia", choices=inversion_method_names(),
                    help="inversion method (default bdia: exact, 1 NFE per step)")

@@ -220,8 +220,10 @@ def make_condition(pipe, value, batch: int, guidance_scale: float, name: str = "
         except ValueError as e:
             raise ValueError(f"{name}: {e}") from None
     if kind == "prompt":
-        if not (isinstance(value, str) or (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value))):
-            raise ValueError(f"{name}: this pipeline is prompt-conditioned; pass a non-empty prompt string, got {value!r}")
+        is_list = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        if not (isinstance(value, str) or is_list):
+            raise ValueError(f"{name}: this pipeline is prompt-conditioned; pass a non-empty prompt string, "
+                             f"got {value!r}")
         prompts = [value] * batch if isinstance(value, str) else list(value)
         if len(prompts) != batch:
             raise ValueError(f"{name}: {len(prompts)} prompts for {batch} image(s); pass one prompt or one per image")

@@ -25,15 +25,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
+import warnings
 
 import torch
+from diffusers import DDIMScheduler
+
+from diffkit.atomic import write_json_atomically
+from diffkit.conditioning import class_guidance, prompt_guidance
+from diffkit.data import digits_tensors
+from diffkit.denoisers import EpsModel
+from diffkit.metrics.digits import balanced_labels, classify, fid_digits, load_reference_stats, sample_digits
+from diffkit.pipelines import load_pipeline
+from diffkit.pipelines.editing import edit, encode_image
+from diffkit.samplers.bdia import bdia_inverse_step, bdia_step, ddim_map
+from diffkit.samplers.bdia_ddim import BDIADDIMScheduler
+from diffkit.samplers.inversion_base import inversion_window, relative_error, window_levels
+from diffkit.samplers.inversion_methods import get_inversion_method
+from diffkit.testing import tiny_sd_pipeline
 
 
 def machine() -> str:
-    import os
-
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
             f"thread(s), torch {torch.__version__}")
 
@@ -58,10 +72,6 @@ def _fmt(v):
 
 # ---------------------------------------------------------------------- models
 def digits_setup(n):
-    from diffkit.conditioning import class_guidance
-    from diffkit.data import digits_tensors
-    from diffkit.pipelines import load_pipeline
-
     pipe = load_pipeline("digits-unet")
     pipe.set_progress_bar_config(disable=True)
     x, y = digits_tensors("test")
@@ -70,10 +80,6 @@ def digits_setup(n):
 
 
 def sd_setup(n):
-    from diffkit.conditioning import prompt_guidance
-    from diffkit.pipelines.editing import encode_image
-    from diffkit.testing import tiny_sd_pipeline
-
     pipe = tiny_sd_pipeline()
     pipe.set_progress_bar_config(disable=True)
     img = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -85,14 +91,12 @@ def sd_setup(n):
 @torch.no_grad()
 def bdia_round_trip(model, z, g, steps, gamma, state_dtype, strength=1.0):
     """(reconstruction, NFE). float64: the library loops; float32: the same pure functions in float32."""
-    from diffkit.samplers.bdia import bdia_inverse_step, bdia_step, ddim_map
-    from diffkit.samplers.inversion import invert, inversion_window, regenerate
-
     if state_dtype == torch.float64:
-        r = invert(model, z, g, steps=steps, strength=strength, gamma=gamma)
-        return regenerate(model, r, g), 2 * r.settings["nfe"] - 1
+        bdia = get_inversion_method("bdia")
+        r = bdia.invert(model, z, g, steps=steps, strength=strength, gamma=gamma)
+        return bdia.regenerate(model, r, g), r.settings["nfe"] + r.regeneration_nfe
     window = inversion_window(model.schedule, steps, strength)
-    ac = [float(model.schedule.alpha_cumprod(t)) for t in window] + [float(model.schedule.final_alpha_cumprod)]
+    ac = window_levels(model.schedule, window)
     n = len(window)
     pred = lambda zz, t: model.predict(zz, torch.tensor(t), g)  # noqa: E731
     lo = z.to(state_dtype)
@@ -109,27 +113,17 @@ def bdia_round_trip(model, z, g, steps, gamma, state_dtype, strength=1.0):
 
 
 def round_trip(method, model, z, g, steps, state_dtype, cfg):
-    from diffkit.samplers.ddim_inversion import ddim_invert, ddim_regenerate
-    from diffkit.samplers.edict import edict_invert, edict_regenerate
-
     if method.startswith("bdia"):
         return bdia_round_trip(model, z, g, steps, float(method.split("=")[1]), state_dtype)
-    if method == "edict":
-        r = edict_invert(model, z, g, steps=steps, state_dtype=state_dtype)
-        return edict_regenerate(model, r, g), 2 * r.settings["nfe"]
-    r = ddim_invert(model, z, g, steps=steps, scheduler_config=cfg, state_dtype=state_dtype)
-    return ddim_regenerate(model, r, g, scheduler_config=cfg), 2 * r.settings["nfe"]
+    entry = get_inversion_method(method)
+    r = entry.invert(model, z, g, steps=steps, strength=1.0, scheduler_config=cfg, state_dtype=state_dtype)
+    return entry.regenerate(model, r, g), r.settings["nfe"] + r.regeneration_nfe
 
 
 METHODS = ["bdia γ=0.9", "bdia γ=0.94", "bdia γ=1.0", "edict", "ddim-inversion"]
 
 
 def bench_round_trip(args, out):
-    import warnings
-
-    from diffkit.denoisers import EpsModel
-    from diffkit.samplers.inversion import relative_error
-
     rows = []
     table("Round trip: latent relative L2 error (invert + regenerate, same condition)",
           ["model", "steps", "model dtype", "state dtype", "method", "rel. error", "NFE", "wall s"])
@@ -159,12 +153,10 @@ def bench_round_trip(args, out):
 
 # ---------------------------------------------------------------------- editing
 def edit_metrics(pipe, x, y, method, steps, strength, gamma=0.94):
-    from diffkit.metrics.digits import classify
-    from diffkit.pipelines.editing import edit
-
     target = (y + 5) % 10
+    options = {"gamma": gamma} if method == "bdia" else {}
     t0 = time.perf_counter()
-    r = edit(pipe, x.float(), y, target, steps=steps, strength=strength, gamma=gamma, method=method, reconstruct=True)
+    r = edit(pipe, x.float(), y, target, steps=steps, strength=strength, method=method, reconstruct=True, **options)
     dt = time.perf_counter() - t0
     acc = float((classify(r.image) == target.numpy()).mean())
     l2 = float((r.image - r.source_image).flatten(1).norm(dim=1).mean())
@@ -199,11 +191,6 @@ def bench_strength(args, out):
 
 # ---------------------------------------------------------------------- quality
 def bench_fid(args, out):
-    from diffusers import DDIMScheduler
-
-    from diffkit.metrics.digits import balanced_labels, fid_digits, load_reference_stats, sample_digits
-    from diffkit.samplers.bdia_ddim import BDIADDIMScheduler
-
     pipe = digits_setup(1)[0]
     ref = load_reference_stats()
     labels = balanced_labels(args.fid_n)
@@ -225,10 +212,6 @@ def bench_fid(args, out):
 
 # ---------------------------------------------------------------------- overhead
 def bench_overhead(args, out):
-    from diffusers import DDIMScheduler
-
-    from diffkit.samplers.bdia_ddim import BDIADDIMScheduler
-
     pipe = digits_setup(1)[0]
     base = pipe.scheduler.config
     labels = torch.arange(args.batch) % 10
@@ -316,8 +299,7 @@ def main(argv=None):
             fn(args, out)
     print(f"\ntotal {time.perf_counter() - t_all:.1f} s")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1, default=str)
+        write_json_atomically(args.json, json.loads(json.dumps(out, default=str)))
 
 
 if __name__ == "__main__":

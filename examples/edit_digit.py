@@ -14,6 +14,7 @@ import torch
 from diffkit.checks import IMAGE_OUTPUT_HELP, image_path_arg
 from diffkit.data import digits_tensors
 from diffkit.images import save_grid
+from diffkit.metrics.digits import classify
 from diffkit.pipelines import load_pipeline
 from diffkit.pipelines.editing import METHODS, edit
 
@@ -23,7 +24,7 @@ def main():
     p.add_argument("--method", default="bdia", choices=METHODS)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--strength", type=float, default=0.8)
-    p.add_argument("--gamma", type=float, default=0.94)
+    p.add_argument("--gamma", type=float, default=0.94, help="BDIA's gamma (--method bdia)")
     p.add_argument("--source", type=int, default=3)
     p.add_argument("--target", type=int, default=8)
     p.add_argument("--count", type=int, default=4, help="how many test digits of the source class")
@@ -34,10 +35,9 @@ def main():
     x, y = digits_tensors("test")
     images = x[y == args.source][: args.count]
 
+    options = {"gamma": args.gamma} if args.method == "bdia" else {}  # each method takes its own options
     out = edit(pipe, images, source=args.source, target=args.target, steps=args.steps, strength=args.strength,
-               gamma=args.gamma, method=args.method, reconstruct=True)
-
-    from diffkit.metrics.digits import classify
+               method=args.method, reconstruct=True, **options)
 
     hits = (classify(out.image) == args.target).mean()
     save_grid(torch.cat([out.source_image, out.image, out.reconstruction]), args.output, nrow=len(images), upscale=8)

@@ -36,11 +36,14 @@ import torch
 
 from diffkit.conditioning import Guidance
 from diffkit.denoisers import EpsModel, to_eps_x0
+from diffkit.samplers.inversion_base import (InversionRecord, check_eps_model, dtype_name, inversion_window,
+                                             model_input_quantum, resolve_guidance, window_levels)
 
-from .inversion import _guidance, inversion_window, model_input_quantum
+__all__ = ["EDICT_MIX", "edict_coefficients", "edict_step", "edict_inverse_step", "EDICTResult", "invert",
+           "regenerate", "OPTIONS"]
 
-__all__ = ["EDICT_MIX", "edict_coefficients", "edict_step", "edict_inverse_step", "EDICTResult",
-           "edict_invert", "edict_regenerate"]
+#: the options :func:`invert` takes beyond the protocol's (the method table declares them)
+OPTIONS = ("mix", "leapfrog", "state_dtype")
 
 #: the paper's mixing weight p
 EDICT_MIX = 0.93
@@ -79,14 +82,21 @@ def edict_inverse_step(x2, y2, eps_fn, a: float, b: float, p: float = EDICT_MIX)
 
 # ---------------------------------------------------------------------- loops over a model
 @dataclass
-class EDICTResult:
-    """The inverted pair (x, y) at ``timesteps[0]`` and the settings that made it."""
+class EDICTResult(InversionRecord):
+    """EDICT's record: the inverted pair (x, y) at ``timesteps[0]`` and the settings that made it."""
+
+    METHOD = "edict"
+    LATENTS = ("x", "y")
 
     x: torch.Tensor
     y: torch.Tensor
     timesteps: list
     settings: dict = field(default_factory=dict)
     clean: Optional[torch.Tensor] = None
+
+    @property
+    def regeneration_nfe(self) -> int:
+        return 2 * len(self.timesteps)
 
 
 #: the snapping grid is shifted by this fraction of a quantum. Why: EDICT (unlike BDIA) evaluates
@@ -114,22 +124,20 @@ def _eps_fn(model: EpsModel, t: int, guidance: Guidance, quantum: Optional[float
 def _plan(model: EpsModel, steps: int, strength: float):
     """The window (descending, as BDIA's) and the level of each point plus the clean level."""
     window = inversion_window(model.schedule, steps, strength)
-    levels = [float(model.schedule.alpha_cumprod(t)) for t in window] + [float(model.schedule.final_alpha_cumprod)]
-    return window, levels
+    return window, window_levels(model.schedule, window)
 
 
 @torch.no_grad()
-def edict_invert(model: EpsModel, clean_latent: torch.Tensor, condition=None, steps: int = 50,
-                 strength: float = 1.0, guidance_scale: Optional[float] = None, mix: float = EDICT_MIX,
-                 leapfrog: bool = True, state_dtype: torch.dtype = torch.float64) -> EDICTResult:
+def invert(model: EpsModel, clean_latent: torch.Tensor, condition=None, *, steps: int = 50, strength: float = 1.0,
+           guidance_scale: Optional[float] = None, extra: Optional[dict] = None, mix: float = EDICT_MIX,
+           leapfrog: bool = True, state_dtype: torch.dtype = torch.float64) -> EDICTResult:
     """Invert ``clean_latent`` with EDICT onto the top of the strength window (same grid as BDIA's
-    :func:`~diffkit.samplers.inversion.invert`: n = int(steps·strength) points; EDICT steps from
+    :func:`diffkit.samplers.inversion.invert`: n = int(steps·strength) points; EDICT steps from
     each point to the next less noisy one, and from the last to the clean level, so n steps and
-    2n model evaluations)."""
-    if not isinstance(model, EpsModel):
-        raise TypeError(f"model: expected a diffkit EpsModel, got {type(model).__name__}")
+    2n model evaluations). ``extra``: JSON-serialisable data stored in ``settings["extra"]``."""
+    model = check_eps_model(model)
     p = _check_mix(mix)
-    guidance = _guidance(condition, guidance_scale)
+    guidance = resolve_guidance(condition, guidance_scale)
     window, ac = _plan(model, steps, strength)
     n = len(window)
     quantum = model_input_quantum(model)
@@ -145,21 +153,23 @@ def edict_invert(model: EpsModel, clean_latent: torch.Tensor, condition=None, st
             x, y = edict_inverse_step(x, y, fn, a, b, p)
     settings = {"method": "edict", "steps": steps, "strength": float(strength), "mix": p, "leapfrog": bool(leapfrog),
                 "guidance_scale": float(guidance.scale), "nfe": count[0],
-                "state_dtype": str(state_dtype).replace("torch.", "")}
+                "state_dtype": dtype_name(state_dtype), "model_dtype": dtype_name(model.dtype),
+                "extra": dict(extra or {})}
     return EDICTResult(x, y, window, settings, clean_latent.detach().to(torch.float64).clone())
 
 
 @torch.no_grad()
-def edict_regenerate(model: EpsModel, result: EDICTResult, condition=None,
-                     guidance_scale: Optional[float] = None) -> torch.Tensor:
+def regenerate(model: EpsModel, result: EDICTResult, condition=None, *,
+               guidance_scale: Optional[float] = None) -> torch.Tensor:
     """Run EDICT's denoising steps from the inverted pair to the clean level; returns x (in the
     state's dtype; y agrees with it to the mixing's tolerance). The guidance scale is that of
     :func:`diffkit.samplers.inversion.regenerate`: ``guidance_scale``, else the condition's own,
     else (a condition carrying none) the inversion's."""
+    model = check_eps_model(model)
     if not isinstance(result, EDICTResult):
-        raise TypeError(f"result: expected an EDICTResult (from edict_invert), got {type(result).__name__}")
+        raise TypeError(f"result: expected an EDICTResult (from edict.invert), got {type(result).__name__}")
     s = result.settings
-    guidance = _guidance(condition, guidance_scale, default_scale=s["guidance_scale"])
+    guidance = resolve_guidance(condition, guidance_scale, default_scale=s["guidance_scale"])
     window, ac = _plan(model, s["steps"], s["strength"])
     if window != list(result.timesteps):
         raise ValueError(f"this model's grid {window[:4]}… differs from the inversion's {result.timesteps[:4]}…")

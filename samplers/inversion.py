@@ -31,120 +31,34 @@ inversion, n-1 for regeneration.
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
-from diffkit.atomic import save_safetensors
-from diffkit.conditioning import Condition, Guidance
+from diffkit.conditioning import Guidance
 from diffkit.denoisers import EpsModel, to_eps_x0
 from diffkit.numerics import FiniteWatch
-
-from .bdia import bdia_inverse_step, bdia_step, check_gamma, ddim_map
+from diffkit.samplers.bdia import bdia_inverse_step, bdia_step, check_gamma, ddim_map
+from diffkit.samplers.inversion_base import (FORMAT_VERSION, InversionRecord, check_eps_model, dtype_name,
+                                             inversion_window, model_input_quantum, relative_error,
+                                             resolve_guidance, snap_to_grid, window_levels)
 
 __all__ = ["InversionResult", "InversionWarning", "invert", "regenerate", "inversion_window", "relative_error",
-           "model_input_quantum", "snap_to_grid", "FORMAT_VERSION"]
+           "model_input_quantum", "snap_to_grid", "FORMAT_VERSION", "OPTIONS"]
 
-FORMAT_VERSION = 1
-#: below this γ the inverted latents grow like (1/γ)^n (spec: γ=0.7 at 50 steps -> |z_T| ~ 1e5)
+#: the options :func:`invert` takes beyond the protocol's (the method table declares them)
+OPTIONS = ("gamma",)
+#: below this γ the inverted latents grow like (1/γ)^n: measured on a toy Gaussian-mixture model at
+#: 50 steps, |z_T| ~ 1e5 at γ = 0.7 (docs/methods/bdia.md, "Inversion"); Zhang et al. (arXiv:2307.10829)
+#: use γ in [0.92, 1.0] for editing
 GAMMA_WARN_BELOW = 0.9
 _CHECK_EVERY = 8
 
 
 class InversionWarning(UserWarning):
     pass
-
-
-def relative_error(x: torch.Tensor, reference: torch.Tensor) -> float:
-    """‖x − ref‖ / ‖ref‖ over the whole batch, in float64."""
-    x = x.detach().to(torch.float64)
-    r = reference.detach().to(device=x.device, dtype=torch.float64)
-    return float((x - r).norm() / r.norm().clamp_min(1e-300))
-
-
-# ---------------------------------------------------------------------- grid
-def inversion_window(schedule, steps: int, strength: float = 1.0) -> list[int]:
-    """The descending grid points the pair and the recurrence use: the last int(steps·strength)
-    entries of the model's DDIM grid (at least 2)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
-        raise ValueError(f"steps must be an integer >= 2, got {steps!r}")
-    try:
-        strength = float(strength)
-    except (TypeError, ValueError):
-        raise ValueError(f"strength must be a number in (0, 1], got {strength!r}") from None
-    if not 0.0 < strength <= 1.0:
-        raise ValueError(f"strength must be in (0, 1] (fraction of the grid to invert), got {strength!r}")
-    grid = [int(t) for t in schedule.timesteps(steps)]
-    n = min(int(steps * strength), steps)
-    if n < 2:
-        raise ValueError(f"strength={strength} keeps {n} of {steps} grid points; the latent pair needs at least 2 "
-                         f"(strength >= {2 / steps:.3g} at {steps} steps)")
-    return grid[steps - n:]
-
-
-def _levels(schedule, window: Sequence[int]) -> list[float]:
-    """ᾱ of each window point, then of the clean level (float64 values as Python floats)."""
-    return [float(schedule.alpha_cumprod(t)) for t in window] + [float(schedule.final_alpha_cumprod)]
-
-
-def _guidance(condition, guidance_scale, default_scale: Optional[float] = None) -> Guidance:
-    """The guidance a loop evaluates. Its scale: ``guidance_scale`` when given, else the one the
-    condition carries (a :class:`Guidance`), else ``default_scale`` (regeneration passes the
-    inversion's stored scale) for a condition that carries none (a :class:`Condition` or None)."""
-    if condition is None:
-        g = Guidance()
-    elif isinstance(condition, Guidance):
-        g = condition
-    elif isinstance(condition, Condition):
-        g = Guidance(cond=condition)
-    else:
-        raise TypeError(f"condition: expected a diffkit Guidance, Condition or None, got {type(condition).__name__}")
-    if guidance_scale is None and not isinstance(condition, Guidance):
-        guidance_scale = default_scale
-    if guidance_scale is not None:
-        if float(guidance_scale) != 1.0 and g.uncond is None:
-            raise ValueError(f"guidance_scale={guidance_scale} needs an unconditional branch: pass a Guidance with "
-                             "uncond (diffkit.conditioning.class_guidance / prompt_guidance)")
-        g = g.with_scale(guidance_scale)
-    return g
-
-
-def _check_model(model) -> EpsModel:
-    if not isinstance(model, EpsModel):
-        raise TypeError("model: expected a diffkit EpsModel (EpsModel(unet, scheduler_config)), "
-                        f"got {type(model).__name__}")
-    return model
-
-
-def model_input_quantum(model: EpsModel) -> float:
-    """The grid the model input is snapped to: 2^-16, for every model dtype (float64 included).
-
-    Why: regeneration revisits each z_i with a float64 value that differs from the inversion's by
-    round-off (~1e-14), and the difference must not reach the model.
-    * A float32/bfloat16 network is not continuous at that scale: when the difference changes the
-      cast input (always possible for elements near 0, where float32 is finer than 1e-14 -- e.g.
-      data pixels that are exactly 0), its output changes by its own rounding noise (~1e-7), and
-      exactness is lost (measured on the digits teacher: 1.5e-8 instead of 5e-15).
-    * A float64 network sees the difference itself: its output moves by ∂ε/∂z times it (large
-      for guided models), at every step, and the exact inverse's 1/γ carries it on (measured on
-      the tiny SD rig, guidance 3, 50 steps: 4.8e-11 instead of 6.1e-13 with a float32 model).
-    Snapping the input to a fixed grid first makes ε(z) a function of z that the two directions
-    evaluate identically unless an element sits within ~1e-14 of a grid midpoint (probability
-    ~1e-9 per element and step); then only the recurrence's own round-off remains. A finer grid
-    is not safe: the round-off then reaches midpoints (measured with 2^-30 on the same rig:
-    EDICT with a float64 model 2.0e-8). The snap (<= 7.6e-6) is far below the model dtype's own
-    input rounding for |z| >~ 0.002 (bfloat16) and immaterial for sampling.
-    """
-    return 2.0 ** -16
-
-
-def snap_to_grid(z: torch.Tensor, quantum: Optional[float]) -> torch.Tensor:
-    """z rounded to the nearest multiple of ``quantum`` (exact: it is a power of 2); None: z itself."""
-    return z if quantum is None else torch.round(z / quantum) * quantum
 
 
 def _predict(model: EpsModel, z: torch.Tensor, t: int, guidance: Guidance, quantum: Optional[float]):
@@ -158,8 +72,8 @@ def _predict(model: EpsModel, z: torch.Tensor, t: int, guidance: Guidance, quant
 
 # ---------------------------------------------------------------------- result record
 @dataclass
-class InversionResult:
-    """The inverted latent pair, where it lives on the grid, and the settings that made it.
+class InversionResult(InversionRecord):
+    """BDIA's record: the inverted latent pair, where it lives on the grid, and the settings that made it.
 
     z_top: z_K at ``timesteps[0]`` (float64). z_below: z_{K-1} at ``timesteps[1]``.
     timesteps: the descending window (see :func:`inversion_window`); regeneration walks it.
@@ -168,6 +82,9 @@ class InversionResult:
     clean: the latent that was inverted (reference for reconstruction error), optional.
     """
 
+    METHOD = "bdia"
+    LATENTS = ("z_top", "z_below")
+
     z_top: torch.Tensor
     z_below: torch.Tensor
     timesteps: list
@@ -175,52 +92,15 @@ class InversionResult:
     clean: Optional[torch.Tensor] = None  # the inverted input (float64), kept as the reconstruction reference
 
     @property
-    def latents(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.z_top, self.z_below
-
-    def save(self, path) -> Path:
-        """One ``.safetensors`` file: the two float64 latents, the settings as JSON in its header.
-        Written atomically (temporary file + rename), with the umask's permissions."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"format_version": FORMAT_VERSION, "timesteps": [int(t) for t in self.timesteps],
-                "settings": self.settings}
-        tensors = {"z_top": self.z_top, "z_below": self.z_below}
-        if self.clean is not None:
-            tensors["clean"] = self.clean
-        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        return save_safetensors(tensors, path, metadata={"diffkit_inversion": json.dumps(meta)})
-
-    @classmethod
-    def load(cls, path, device=None) -> "InversionResult":
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"inversion file not found: {path}")
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                meta = (f.metadata() or {}).get("diffkit_inversion")
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # safetensors raises its own error types for corrupt headers
-            raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
-        if meta is None or not {"z_top", "z_below"} <= set(tensors):
-            raise ValueError(f"{path} is not a diffkit inversion file "
-                             "(written by diffkit invert / InversionResult.save)")
-        meta = json.loads(meta)
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: inversion format version {meta.get('format_version')}, "
-                             f"this diffkit reads version {FORMAT_VERSION}")
-        clean = tensors.get("clean")
-        return cls(tensors["z_top"].to(device), tensors["z_below"].to(device), list(meta["timesteps"]),
-                   meta["settings"], None if clean is None else clean.to(device))
+    def regeneration_nfe(self) -> int:
+        return len(self.timesteps) - 1
 
 
 # ---------------------------------------------------------------------- loops
 @torch.no_grad()
-def invert(model: EpsModel, clean_latent: torch.Tensor, condition=None, steps: int = 50, strength: float = 1.0,
-           guidance_scale: Optional[float] = None, gamma: float = 0.94,
-           extra: Optional[dict] = None) -> InversionResult:
+def invert(model: EpsModel, clean_latent: torch.Tensor, condition=None, *, steps: int = 50, strength: float = 1.0,
+           guidance_scale: Optional[float] = None, extra: Optional[dict] = None,
+           gamma: float = 0.94) -> InversionResult:
     """Invert ``clean_latent`` exactly: returns the pair (z_K, z_{K-1}) that :func:`regenerate` maps back.
 
     Args:
@@ -234,9 +114,9 @@ def invert(model: EpsModel, clean_latent: torch.Tensor, condition=None, steps: i
         gamma: γ in (0, 1]; below 0.9 a warning states the expected growth.
         extra: JSON-serialisable data stored in ``settings["extra"]``.
     """
-    model = _check_model(model)
+    model = check_eps_model(model)
     gamma = check_gamma(gamma, for_inversion=True)
-    guidance = _guidance(condition, guidance_scale)
+    guidance = resolve_guidance(condition, guidance_scale)
     schedule = model.schedule
     window = inversion_window(schedule, steps, strength)
     n = len(window)
@@ -248,7 +128,7 @@ def invert(model: EpsModel, clean_latent: torch.Tensor, condition=None, steps: i
             "0.5); use gamma in [0.92, 1.0] for inversion", InversionWarning, stacklevel=2)
     if not isinstance(clean_latent, torch.Tensor) or clean_latent.ndim < 2:
         raise ValueError("clean_latent must be a batched tensor (B, C, H, W)")
-    ac = _levels(schedule, window)  # ac[k] for window[k], ac[n] for the clean level
+    ac = window_levels(schedule, window)  # ac[k] for window[k], ac[n] for the clean level
     watch = FiniteWatch("model output during inversion")
     on_cpu = model.device.type == "cpu"
     quantum = model_input_quantum(model)
@@ -272,14 +152,14 @@ def invert(model: EpsModel, clean_latent: torch.Tensor, condition=None, steps: i
         "num_train_timesteps": schedule.num_train_timesteps, "timestep_spacing": schedule.timestep_spacing,
         "steps_offset": schedule.steps_offset, "prediction_type": model.prediction_type,
         "final_alpha_cumprod": float(schedule.final_alpha_cumprod), "alphas_cumprod_window": ac,
-        "model_dtype": str(model.dtype).replace("torch.", ""), "model_input_quantum": quantum,
+        "model_dtype": dtype_name(model.dtype), "model_input_quantum": quantum,
         "extra": dict(extra or {}),
     }
     return InversionResult(z, z_lower, window, settings, clean_latent.detach().to(torch.float64).clone())
 
 
 @torch.no_grad()
-def regenerate(model: EpsModel, result: InversionResult, condition=None, guidance_scale: Optional[float] = None,
+def regenerate(model: EpsModel, result: InversionResult, condition=None, *, guidance_scale: Optional[float] = None,
                steps: Optional[int] = None, timesteps: Optional[Sequence[int]] = None) -> torch.Tensor:
     """Run BDIA-DDIM from the inverted pair down to the clean level; returns float64 latents.
 
@@ -292,18 +172,16 @@ def regenerate(model: EpsModel, result: InversionResult, condition=None, guidanc
     grid (a mismatch raises instead of silently diverging). Files written before float64 models
     were snapped (stored ``model_input_quantum`` None) are regenerated without the snap, as inverted.
     """
-    model = _check_model(model)
+    model = check_eps_model(model)
     if not isinstance(result, InversionResult):
         raise TypeError("result: expected an InversionResult (from invert or InversionResult.load), "
                         f"got {type(result).__name__}")
     s = result.settings
-    if steps is not None and int(steps) != s["steps"]:
-        raise ValueError(f"steps={steps} differs from the inversion's {s['steps']}: regeneration must walk the grid "
-                         "the latents were inverted on")
+    result.check_steps(steps)
     window = inversion_window(model.schedule, s["steps"], s["strength"])
     if timesteps is not None and [int(t) for t in timesteps] != [int(t) for t in result.timesteps]:
         raise ValueError(f"timesteps {list(timesteps)[:4]}… differ from the inversion's grid {result.timesteps[:4]}…")
-    ac = _levels(model.schedule, window)
+    ac = window_levels(model.schedule, window)
     if window != [int(t) for t in result.timesteps] or ac != s["alphas_cumprod_window"]:
         raise ValueError(
             f"this model's scheduler config gives the grid {window[:4]}… (spacing {model.schedule.timestep_spacing!r}, "
@@ -313,14 +191,14 @@ def regenerate(model: EpsModel, result: InversionResult, condition=None, guidanc
     if condition is None and s.get("conditioned"):
         raise ValueError("this inversion was conditioned; pass condition= (the same one to reconstruct, "
                          "another to edit)")
-    guidance = _guidance(condition, guidance_scale, default_scale=s["guidance_scale"])
+    guidance = resolve_guidance(condition, guidance_scale, default_scale=s["guidance_scale"])
     gamma = float(s["gamma"])
     n = len(window)
     watch = FiniteWatch("model output during regeneration")
     on_cpu = model.device.type == "cpu"
 
     quantum = s.get("model_input_quantum")
-    if str(model.dtype).replace("torch.", "") != s.get("model_dtype"):
+    if dtype_name(model.dtype) != s.get("model_dtype"):
         warnings.warn(f"the model's dtype ({model.dtype}) differs from the inversion's ({s.get('model_dtype')}): "
                       "regeneration will be close to, not exactly, the inverted latent", InversionWarning, stacklevel=2)
     z_upper = result.z_top.to(device=model.device, dtype=torch.float64)

@@ -13,8 +13,8 @@ import torch
 from diffkit.conditioning import class_guidance
 from diffkit.denoisers import EpsModel
 from diffkit.pipelines.editing import edit, prepare_image
-from diffkit.samplers.ddim_inversion import ddim_invert, ddim_regenerate
-from diffkit.samplers.edict import edict_invert, edict_inverse_step, edict_regenerate, edict_step
+from diffkit.samplers import ddim_inversion, edict
+from diffkit.samplers.edict import edict_inverse_step, edict_step
 from diffkit.samplers.inversion import relative_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,15 +92,15 @@ def test_edict_and_ddim_loops_on_a_tiny_unet(tiny_class_unet):
     model = EpsModel(tiny_class_unet, cfg)
     x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
     cond = class_guidance(tiny_class_unet, [1, 2], 2.0)
-    r = edict_invert(model, x, cond, steps=10)
+    r = edict.invert(model, x, cond, steps=10)
     assert r.settings["nfe"] == 20
-    assert relative_error(edict_regenerate(model, r, cond), x) <= TOL
-    d = ddim_invert(model, x, cond, steps=10, scheduler_config=cfg)
-    assert relative_error(ddim_regenerate(model, d, cond, scheduler_config=cfg), x) > 1e-4
+    assert relative_error(edict.regenerate(model, r, cond), x) <= TOL
+    d = ddim_inversion.invert(model, x, cond, steps=10, scheduler_config=cfg)
+    assert relative_error(ddim_inversion.regenerate(model, d, cond, scheduler_config=cfg), x) > 1e-4
     with pytest.raises(ValueError, match="mix"):
-        edict_invert(model, x, cond, steps=10, mix=0.0)
+        edict.invert(model, x, cond, steps=10, mix=0.0)
     with pytest.raises(ValueError, match="scheduler_config"):
-        ddim_invert(model, x, cond, steps=10)
+        ddim_inversion.invert(model, x, cond, steps=10)
 
 
 def test_edict_and_ddim_regenerate_use_the_callers_guidance_scale(tiny_class_unet):
@@ -110,14 +110,14 @@ def test_edict_and_ddim_regenerate_use_the_callers_guidance_scale(tiny_class_une
     model = EpsModel(tiny_class_unet, cfg)
     x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
     at = lambda w: class_guidance(tiny_class_unet, [1, 2], w)  # noqa: E731
-    r = edict_invert(model, x, at(2.0), steps=4)
-    edited = edict_regenerate(model, r, at(4.0))
-    assert torch.equal(edited, edict_regenerate(model, r, at(2.0), guidance_scale=4.0))
-    assert relative_error(edited, x) > 1e-4 and relative_error(edict_regenerate(model, r, at(2.0)), x) <= TOL
-    d = ddim_invert(model, x, at(2.0), steps=4, scheduler_config=cfg)
-    edited = ddim_regenerate(model, d, at(4.0), scheduler_config=cfg)
-    assert torch.equal(edited, ddim_regenerate(model, d, at(2.0), guidance_scale=4.0, scheduler_config=cfg))
-    assert not torch.equal(edited, ddim_regenerate(model, d, at(2.0), scheduler_config=cfg))
+    r = edict.invert(model, x, at(2.0), steps=4)
+    edited = edict.regenerate(model, r, at(4.0))
+    assert torch.equal(edited, edict.regenerate(model, r, at(2.0), guidance_scale=4.0))
+    assert relative_error(edited, x) > 1e-4 and relative_error(edict.regenerate(model, r, at(2.0)), x) <= TOL
+    d = ddim_inversion.invert(model, x, at(2.0), steps=4, scheduler_config=cfg)
+    edited = ddim_inversion.regenerate(model, d, at(4.0), scheduler_config=cfg)
+    assert torch.equal(edited, ddim_inversion.regenerate(model, d, at(2.0), guidance_scale=4.0, scheduler_config=cfg))
+    assert not torch.equal(edited, ddim_inversion.regenerate(model, d, at(2.0), scheduler_config=cfg))
 
 
 # ---------------------------------------------------------------------- bad input

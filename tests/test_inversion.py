@@ -177,7 +177,7 @@ def test_inversion_window_matches_img2img_convention():
 def test_float64_model_round_trips_as_exactly_as_a_float32_one(tiny_sd, method):
     # the model input is snapped for float64 models too: without it the network's sensitivity
     # multiplies the ~1e-14 differences between the two directions' latents at every step
-    from diffkit.samplers.edict import edict_invert, edict_regenerate
+    from diffkit.samplers import edict
 
     cond = prompt_guidance(tiny_sd, "a photo of a cat", guidance_scale=3.0)
     image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -191,7 +191,8 @@ def test_float64_model_round_trips_as_exactly_as_a_float32_one(tiny_sd, method):
             assert result.settings["model_input_quantum"] == 2.0 ** -16
             err[dtype] = relative_error(regenerate(model, result, cond), latent)
         else:
-            err[dtype] = relative_error(edict_regenerate(model, edict_invert(model, latent, cond, steps=6), cond), latent)
+            err[dtype] = relative_error(edict.regenerate(model, edict.invert(model, latent, cond, steps=6), cond),
+                                        latent)
     assert err[torch.float64] <= 2 * err[torch.float32] and err[torch.float64] <= 1e-12, err
 
 
@@ -277,3 +278,138 @@ def test_example_script_runs(tmp_path):
                         "--output", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "round-trip relative error" in r.stdout and (tmp_path / "edited.png").exists()
+
+
+# ---------------------------------------------------------------------- one protocol, one table
+FIXTURE_V1 = ROOT / "tests" / "data" / "inversion_v1.safetensors"  # written by `diffkit invert` before format 2
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_every_method_of_the_table_follows_the_protocol(tmp_path, tiny_class_unet):
+    import inspect
+
+    from diffkit.samplers.inversion_base import InversionRecord
+    from diffkit.samplers.inversion_methods import INVERSION_METHODS, get_inversion_method, load_record
+
+    assert list(INVERSION_METHODS) == ["bdia", "edict", "ddim-inversion"]
+    cfg = tiny_ddim_scheduler().config
+    model = EpsModel(tiny_class_unet, cfg)
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    cond = class_guidance(tiny_class_unet, [1, 6], 2.0)
+    for name, method in INVERSION_METHODS.items():
+        impl = method.implementation
+        inv = inspect.signature(impl.invert).parameters
+        assert list(inv)[:3] == ["model", "clean_latent", "condition"], name
+        for kw in ("steps", "strength", "guidance_scale", "extra", *method.options):
+            assert inv[kw].kind is inspect.Parameter.KEYWORD_ONLY, (name, kw)
+        assert set(impl.OPTIONS) == set(method.options), name
+        reg = inspect.signature(impl.regenerate).parameters
+        assert list(reg)[:3] == ["model", "result", "condition"] and reg["guidance_scale"].kind.name == "KEYWORD_ONLY"
+
+        record = method.invert(model, x, cond, steps=6, strength=0.8, extra={"labels": [1, 6]}, scheduler_config=cfg)
+        assert isinstance(record, InversionRecord) and type(record) is method.record_type and record.METHOD == name
+        assert record.timesteps == [499, 333, 167, 1]
+        assert len(record.latents) == len(record.LATENTS) and record.batch_size == 2
+        assert record.settings["steps"] == 6 and record.settings["extra"] == {"labels": [1, 6]}
+        assert record.settings["nfe"] == method.nfe_per_step * len(record.timesteps)
+        out = method.regenerate(model, record, cond)
+        err = relative_error(out, x)
+        assert (err <= TOL) if method.exact else (err > 1e-4), (name, err)
+
+        path = record.save(tmp_path / f"{name}.safetensors")
+        loaded = load_record(path)
+        assert type(loaded) is type(record) and loaded.settings == record.settings
+        assert loaded.timesteps == record.timesteps and torch.equal(loaded.clean, record.clean)
+        assert all(torch.equal(a, b) for a, b in zip(loaded.latents, record.latents))
+        assert torch.equal(method.regenerate(model, loaded, cond), out)  # a saved record regenerates identically
+        assert get_inversion_method(name) is method
+    with pytest.raises(ValueError, match=r"holds a 'edict' inversion, not 'bdia'"):
+        InversionResult.load(tmp_path / "edict.safetensors")
+    with pytest.raises(TypeError, match="method 'bdia' regenerates a InversionResult"):
+        get_inversion_method("bdia").regenerate(model, load_record(tmp_path / "edict.safetensors"), cond)
+
+
+def test_unknown_methods_and_options_are_refused_naming_the_accepted_ones(tiny_class_unet):
+    from diffkit.pipelines.class_conditional import ClassConditionalPipeline
+    from diffkit.pipelines.editing import edit
+    from diffkit.samplers.inversion_methods import get_inversion_method
+
+    with pytest.raises(ValueError, match="method must be one of bdia, edict, ddim-inversion, got 'null-text'"):
+        get_inversion_method("null-text")
+    pipe = ClassConditionalPipeline(tiny_class_unet, tiny_ddim_scheduler())
+    x = torch.zeros(1, 1, 8, 8)
+    with pytest.raises(ValueError, match="method must be one of bdia, edict, ddim-inversion"):
+        edit(pipe, x, 3, steps=4, method="null-text")
+    with pytest.raises(ValueError, match=r"'edict' does not take gamma; its options: mix, leapfrog, state_dtype"):
+        edit(pipe, x, 3, steps=4, method="edict", gamma=0.9)
+    with pytest.raises(ValueError, match=r"method 'ddim-inversion' does not take mix; its options: state_dtype"):
+        edit(pipe, x, 3, steps=4, method="ddim-inversion", mix=0.9)
+
+
+@pytest.mark.usefixtures("one_thread")  # the fixture was inverted with one torch thread
+def test_format_version_1_file_from_the_old_diffkit_invert_still_loads_and_regenerates(tmp_path):
+    from diffkit.samplers.inversion_base import FORMAT_VERSION
+    from diffkit.samplers.inversion_methods import load_record
+    from safetensors import safe_open
+
+    from diffkit.testing import tiny_unet2d
+
+    with safe_open(str(FIXTURE_V1), "pt") as f:
+        assert '"format_version": 1' in f.metadata()["diffkit_inversion"]
+    for record in (load_record(FIXTURE_V1), InversionResult.load(FIXTURE_V1)):
+        assert type(record) is InversionResult and record.timesteps == [499, 333, 167, 1]
+        assert record.settings["gamma"] == 0.94 and record.settings["extra"]["labels"] == [8]
+        unet = tiny_unet2d(num_classes=10)  # the model the fixture was inverted with
+        back = regenerate(EpsModel(unet, tiny_ddim_scheduler().config), record, class_guidance(unet, [8], 2.0))
+        # exact (1.5e-16) where the float32 network's kernels round as the writer's did (same CPU, one
+        # thread); elsewhere the network's own rounding (a thread count, a CPU: ~1e-6) reaches the result
+        assert relative_error(back, record.clean) <= 1e-5
+    saved = record.save(tmp_path / "v2.safetensors")  # saving writes the current version, with the method
+    with safe_open(str(saved), "pt") as f:
+        meta = f.metadata()["diffkit_inversion"]
+    assert f'"format_version": {FORMAT_VERSION}' in meta and '"method": "bdia"' in meta
+    from diffkit.atomic import save_safetensors
+
+    save_safetensors({"z_top": record.z_top, "z_below": record.z_below}, tmp_path / "v9.safetensors",
+                     metadata={"diffkit_inversion": meta.replace(f'"format_version": {FORMAT_VERSION}',
+                                                                 '"format_version": 9')})
+    with pytest.raises(ValueError, match="inversion format version 9, this diffkit reads versions 1, 2"):
+        load_record(tmp_path / "v9.safetensors")
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("method", ["bdia", "edict", "ddim-inversion"])
+def test_cli_invert_any_method_on_a_vae_model_then_sample_from_inversion(tmp_path, tiny_sd, method, capsys):
+    from PIL import Image
+
+    from diffkit.cli import main
+
+    tiny_sd.save_pretrained(tmp_path / "sd")
+    img = (torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).numpy()
+    Image.fromarray(img).save(tmp_path / "cat.png")
+    inv, png = tmp_path / "inv.safetensors", tmp_path / "r.png"
+    assert main(["invert", "--model", str(tmp_path / "sd"), "--image", str(tmp_path / "cat.png"), "--prompt", "a cat",
+                 "--method", method, "--steps", "4", "--output", str(inv)]) == 0
+    out = capsys.readouterr().out
+    err = float(out.split("round-trip relative error (latent): ")[1].split()[0])
+    assert (err < 1e-9) if method != "ddim-inversion" else (err > 1e-4), out
+    assert main(["sample", "--from-inversion", str(inv), "--output", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert float(out.split("latent relative error vs the inverted input ")[1].split()[0]) == pytest.approx(err)
+    assert png.is_file()
+    assert main(["sample", "--from-inversion", str(inv), "--prompt", "a dog", "--output", str(png)]) == 0  # an edit
+    other = "--mix" if method == "bdia" else "--gamma"
+    assert main(["invert", "--model", str(tmp_path / "sd"), "--image", str(tmp_path / "cat.png"), "--prompt", "a cat",
+                 "--method", method, other, "0.9", "--output", str(tmp_path / "x.safetensors")]) == 1
+    assert f"method {method!r} does not take {other}; its options: " in capsys.readouterr().err
+
+
+def test_cli_method_choices_come_from_the_table(tmp_path, capsys):
+    from diffkit.cli import main
+
+    for command in ("invert", "edit"):
+        with pytest.raises(SystemExit) as e:
+            main([command, "--model", "digits-unet", "--method", "null-text", "--output", str(tmp_path / "x")])
+        assert e.value.code == 2
+        assert "invalid choice: 'null-text' (choose from bdia, edict, ddim-inversion)" in \
+            capsys.readouterr().err.replace("'bdia', 'edict', 'ddim-inversion'", "bdia, edict, ddim-inversion")

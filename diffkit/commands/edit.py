@@ -12,8 +12,8 @@ import os
 import time
 
 from diffkit.checks import IMAGE_OUTPUT_HELP, count_arg, image_path_arg
-
-from ._outputs import check_output_file
+from diffkit.commands._outputs import check_output_file
+from diffkit.samplers.inversion_methods import get_inversion_method, inversion_method_names
 
 NAME = "edit"
 HELP = "edit an image by exact inversion (--model --image/--digit --source --target; BDIA, EDICT or DDIM inversion)"
@@ -21,20 +21,22 @@ DEMO_ORDER = 25
 
 
 def add_arguments(p):
-    from diffkit.pipelines.editing import METHODS
-
     p.add_argument("--model", default="digits-unet", help="pipeline folder or asset name (default: digits-unet)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--image", default=None, help="image file (converted and resized to the pipeline's size)")
     src.add_argument("--digit", type=int, default=None, help="image K of the digits test split (8x8 grey models)")
     p.add_argument("--source", default=None,
-                   help="source condition: class label (class-conditional models; default: the digit's label) or prompt")
+                   help="source condition: class label (class-conditional models; default: the digit's label) "
+                   "or prompt")
     p.add_argument("--target", default=None, help="target condition (class label or prompt); default: the source")
-    p.add_argument("--method", default="bdia", choices=METHODS)
+    p.add_argument("--method", default="bdia", choices=inversion_method_names(),
+                   help="inversion method (default bdia: exact, 1 NFE per step)")
     p.add_argument("--steps", type=count_arg(2), default=50, help="grid size (the latent pair needs >= 2)")
     p.add_argument("--strength", type=float, default=0.8, help="fraction of the grid to invert (0, 1]")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: 3 for prompts, 1 for labels)")
-    p.add_argument("--gamma", type=float, default=0.94, help="BDIA gamma (inversion wants 0.92-1.0)")
+    p.add_argument("--gamma", type=float, default=None, help="BDIA gamma (--method bdia; default 0.94, inversion "
+                   "wants 0.92-1.0)")
+    p.add_argument("--mix", type=float, default=None, help="EDICT's mixing weight p (--method edict; default 0.93)")
     p.add_argument("--reconstruct", action="store_true", help="also regenerate under the source and print the errors")
     p.add_argument("--output", default="edit.png", type=image_path_arg, help=IMAGE_OUTPUT_HELP)
     p.add_argument("--upscale", type=count_arg(1), default=None,
@@ -58,29 +60,27 @@ def run(args):
 
     from diffkit.images import save_grid
     from diffkit.pipelines import load_pipeline
-    from diffkit.pipelines.editing import edit, image_size
+    from diffkit.pipelines.editing import edit, image_size, is_digits_shaped, test_digit
 
     check_output_file(args.output, "--output")
+    options = get_inversion_method(args.method, "--method").flag_options(gamma=args.gamma, mix=args.mix)
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     source = _condition(pipe, args.source)
     if args.image:
         image, what = args.image, args.image
     else:
-        from diffkit.commands.invert import _digits_shaped, digit_from_data
-
-        if not _digits_shaped(pipe):
+        if not is_digits_shaped(pipe):
             channels, side = image_size(pipe)
             raise ValueError(f"--image is required: {type(pipe).__name__} edits {channels}x{side}x{side} images "
                              "(--digit is for 8x8 grey models such as digits-unet)")
-
-        image, label = digit_from_data(args.digit or 0)
+        image, label = test_digit(args.digit or 0)
         what = f"test digit #{args.digit or 0} (label {label})"
         if source is None:
             source = label
     target = _condition(pipe, args.target)
     out = edit(pipe, image, source, target, steps=args.steps, strength=args.strength, guidance_scale=args.guidance,
-               gamma=args.gamma, method=args.method, reconstruct=args.reconstruct)
+               method=args.method, reconstruct=args.reconstruct, **options)
     panels = [out.source_image, out.image] + ([out.reconstruction] if args.reconstruct else [])
     up = args.upscale or (8 if out.image.shape[-1] <= 64 else 1)
     path = save_grid(torch.cat(panels), args.output, nrow=out.image.shape[0], upscale=up)

@@ -1,10 +1,13 @@
-"""diffkit invert: exact BDIA-DDIM inversion of an image into a latent pair saved to disk.
+"""diffkit invert: invert an image (exactly with BDIA-DDIM, the default, or EDICT; approximately
+with DDIM inversion) and save the record to disk.
 
 ``diffkit sample --from-inversion FILE`` regenerates from the file (optionally with other
 class labels or another prompt: an edit). Works with the models ``load_pipeline`` opens: diffkit
 class-conditional or unconditional UNet2DModel pipelines (e.g. the shipped digits teacher,
-conditioned with ``--label``) and saved Stable Diffusion (XL) pipeline folders (``--prompt``;
-the image goes through the VAE, posterior mean, as in ``diffkit edit``).
+conditioned with ``--label``) and saved Stable Diffusion (XL) pipeline folders (``--prompt``).
+The image is loaded, encoded and inverted by :func:`diffkit.pipelines.editing.invert_image`,
+as in ``diffkit edit`` (VAE posterior mean for latent models); ``--method`` is a name of the
+one inversion table (:mod:`diffkit.samplers.inversion_methods`).
 """
 
 from __future__ import annotations
@@ -13,11 +16,11 @@ import os
 import time
 
 from diffkit.checks import count_arg
-
-from ._outputs import check_output_file
+from diffkit.commands._outputs import check_output_file
+from diffkit.samplers.inversion_methods import get_inversion_method, inversion_method_names
 
 NAME = "invert"
-HELP = "exactly invert an image with BDIA-DDIM and save the latent pair (--model DIR --output FILE)"
+HELP = "invert an image (BDIA-DDIM exactly, EDICT, DDIM inversion) and save the record (--model DIR --output FILE)"
 DEMO_ORDER = 20
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -36,10 +39,14 @@ def add_arguments(p):
     p.add_argument("--prompt", default=None, help="prompt to condition on, Stable Diffusion (XL) pipeline folders")
     p.add_argument("--steps", type=count_arg(2), default=50, help="grid size (the latent pair needs >= 2)")
     p.add_argument("--strength", type=float, default=1.0, help="fraction of the grid to invert (0, 1]")
-    p.add_argument("--gamma", type=float, default=0.94, help="BDIA gamma; inversion wants 0.92-1.0")
+    p.add_argument("--method", default="bdia", choices=inversion_method_names(),
+                   help="inversion method (default bdia: exact, 1 NFE per step)")
+    p.add_argument("--gamma", type=float, default=None, help="BDIA gamma (--method bdia; default 0.94, inversion "
+                   "wants 0.92-1.0)")
+    p.add_argument("--mix", type=float, default=None, help="EDICT's mixing weight p (--method edict; default 0.93)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale against the null "
                    "class or the empty prompt (default: 1 for labels, 3 for prompts as `diffkit edit`)")
-    p.add_argument("--dtype", default="float32", choices=DTYPES, help="model dtype (the BDIA state is float64)")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="model dtype (the inversion state is float64)")
     p.add_argument("--seed", type=int, default=0, help="seed for --from-sample")
     p.add_argument("--output", default="inversion.safetensors")
     p.add_argument("--no-check", action="store_true", help="skip the regeneration check (saves one pass)")
@@ -51,16 +58,6 @@ def _dtype(name: str):
     if name not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {name!r}")
     return getattr(torch, name)
-
-
-def digit_from_data(index: int):
-    """(image (1, 1, 8, 8), label) from the digits test split."""
-    from diffkit.data import digits_tensors
-
-    x, y = digits_tensors("test")
-    if not 0 <= index < len(y):
-        raise ValueError(f"digit index must be in [0, {len(y) - 1}] (test split), got {index}")
-    return x[index:index + 1], int(y[index])
 
 
 def sample_from_model(pipe, label, seed: int, prompt=None):
@@ -75,21 +72,22 @@ def sample_from_model(pipe, label, seed: int, prompt=None):
 
 
 def prepare(pipe, args):
-    """(clean image tensor in [-1, 1], label or None, description)."""
-    from diffkit.pipelines.editing import image_size, prepare_image
+    """(image: a file path for :func:`~diffkit.pipelines.editing.invert_image` to load, or a tensor in
+    [-1, 1]; label or None; description)."""
+    from diffkit.pipelines.editing import image_size, is_digits_shaped, test_digit
 
     channels, side = image_size(pipe)
     n_cls = getattr(pipe, "num_classes", 0)
     label = args.label
     if args.image:
-        x, what = prepare_image(args.image, channels, side), args.image
-    elif args.from_sample or (args.digit is None and not _digits_shaped(pipe)):
+        x, what = args.image, args.image
+    elif args.from_sample or (args.digit is None and not is_digits_shaped(pipe)):
         label = (label if label is not None else 0) if n_cls else None
         x = sample_from_model(pipe, label, args.seed, args.prompt)
         what = f"a 50-step sample of the model (seed {args.seed})"
     else:
-        x, y = digit_from_data(args.digit or 0)
-        if not _digits_shaped(pipe):
+        x, y = test_digit(args.digit or 0)
+        if not is_digits_shaped(pipe):
             raise ValueError(f"--digit needs a 1-channel {x.shape[-1]}x{x.shape[-1]} model, this one makes "
                              f"{channels}x{side}x{side} images; pass --image")
         label = label if label is not None else y
@@ -101,50 +99,41 @@ def prepare(pipe, args):
     return x, label, what
 
 
-def _digits_shaped(pipe) -> bool:
-    from diffkit.pipelines.editing import image_size
-
-    return image_size(pipe) == (1, 8)
-
-
 def run(args):
-    from diffkit.conditioning import class_guidance
-    from diffkit.denoisers import EpsModel
     from diffkit.pipelines import load_pipeline
-    from diffkit.pipelines.editing import encode_image, make_condition
+    from diffkit.pipelines.editing import invert_image
     from diffkit.pipelines.one_step import require_diffusion_model
     from diffkit.pipelines.prompted import check_condition_args, require_latent_unet
-    from diffkit.samplers.inversion import invert, regenerate, relative_error
+    from diffkit.samplers.inversion_base import relative_error
 
     check_output_file(args.output, "--output")
+    options = get_inversion_method(args.method, "--method").flag_options(gamma=args.gamma, mix=args.mix)
     pipe = load_pipeline(args.model)
-    require_diffusion_model(pipe, "invert (BDIA-DDIM inversion)")
+    require_diffusion_model(pipe, f"invert ({args.method} inversion)")
     kind = check_condition_args(pipe, labels=args.label, prompt=args.prompt, label_flag="--label")
     require_latent_unet(pipe, "invert")
     pipe.set_progress_bar_config(disable=True)
-    guidance = args.guidance if args.guidance is not None else (3.0 if kind == "prompt" else 1.0)
+    if kind == "none" and args.guidance not in (None, 1.0):
+        raise ValueError("--guidance needs a class-conditional model")
     x, label, what = prepare(pipe, args)
     if pipe.unet.dtype != _dtype(args.dtype):
         pipe.unet.to(_dtype(args.dtype))
-    model = EpsModel(pipe.unet, pipe.scheduler.config)
-    z = encode_image(pipe, x)  # the image itself for pixel models, else the VAE posterior mean × scaling factor
-    if kind == "prompt":
-        cond = make_condition(pipe, args.prompt, z.shape[0], guidance, "--prompt")
-    else:
-        cond = class_guidance(pipe.unet, [label], guidance) if label is not None else None
-        if cond is None and guidance != 1.0:
-            raise ValueError("--guidance needs a class-conditional model")
     extra = {"model": str(args.model), "labels": None if label is None else [label], "source": what}
     if kind == "prompt":
         extra["prompt"] = args.prompt
+    source = args.prompt if kind == "prompt" else label
     t0 = time.perf_counter()
-    result = invert(model, z, cond, steps=args.steps, strength=args.strength, gamma=args.gamma, extra=extra)
+    inv = invert_image(pipe, x, source, method=args.method, steps=args.steps, strength=args.strength,
+                       guidance_scale=args.guidance, extra=extra,
+                       source_name="--prompt" if kind == "prompt" else "--label", **options)
     dt = time.perf_counter() - t0
+    result = inv.record
     path = result.save(args.output)
-    print(f"inverted {what} with BDIA-DDIM (gamma {args.gamma}, {args.steps} steps, strength {args.strength}, "
-          f"NFE {result.settings['nfe']}, {dt:.2f} s) -> {path}")
+    how = ", ".join(f"{k} {v}" for k, v in result.settings.items() if k in inv.method.options and k != "state_dtype")
+    print(f"inverted {what} with {inv.method.title} ({how + ', ' if how else ''}{args.steps} steps, strength "
+          f"{args.strength}, NFE {result.settings['nfe']}, {dt:.2f} s) -> {path}")
     if not args.no_check:
-        err = relative_error(regenerate(model, result, cond), z)
+        err = relative_error(inv.regenerate(), inv.latent)
         what = "latent" if getattr(pipe, "vae", None) is not None else "regenerate vs input"
         print(f"round-trip relative error ({what}): {err:.3e}")
 
@@ -160,6 +149,7 @@ def demo_step(ctx):
     from diffkit.denoisers import EpsModel
     from diffkit.images import save_grid
     from diffkit.pipelines import load_pipeline
+    from diffkit.pipelines.editing import is_digits_shaped, test_digit
     from diffkit.samplers.inversion import invert, regenerate, relative_error
 
     try:
@@ -175,9 +165,9 @@ def demo_step(ctx):
                                                                    f"unreadable: {e})"))
     pipe.set_progress_bar_config(disable=True)
     try:
-        if not _digits_shaped(pipe):
+        if not is_digits_shaped(pipe):
             raise ValueError("model is not 8x8 grey")
-        x, label = digit_from_data(0)
+        x, label = test_digit(0)
         source = f"test digit #0 (label {label})"
     except (ImportError, ValueError):
         label = 3

@@ -182,7 +182,8 @@ def demo_step(ctx):
 
 
 def run_from_inversion(args):
-    """Regenerate the latent pair of a ``diffkit invert`` file (exact reconstruction, or an edit)."""
+    """Regenerate a ``diffkit invert`` file (exact reconstruction, or an edit) with its method's
+    ``regenerate``, looked up in the one inversion table by the record's method."""
     import torch
 
     from diffkit.conditioning import class_guidance
@@ -191,9 +192,12 @@ def run_from_inversion(args):
     from diffkit.pipelines import load_pipeline
     from diffkit.pipelines.editing import decode_latent, make_condition
     from diffkit.pipelines.prompted import check_condition_args, require_latent_unet
-    from diffkit.samplers.inversion import InversionResult, regenerate, relative_error
+    from diffkit.samplers.inversion_base import relative_error
+    from diffkit.samplers.inversion_methods import load_record, method_of
 
-    result = InversionResult.load(args.from_inversion)
+    result = load_record(args.from_inversion)
+    method = method_of(result)
+    result.check_steps(args.steps)
     extra = result.settings.get("extra", {})
     model_dir = args.model or extra.get("model")
     if not model_dir:
@@ -209,17 +213,18 @@ def run_from_inversion(args):
         require_latent_unet(pipe, "sample --from-inversion")
         labels, prompt = None, args.prompt or extra.get("prompt")
         same = prompt == extra.get("prompt")
-        cond = make_condition(pipe, prompt, result.z_top.shape[0], scale, "--prompt")
+        cond = make_condition(pipe, prompt, result.batch_size, scale, "--prompt")
     else:
         labels = [int(x) for x in args.labels.split(",")] if args.labels else extra.get("labels")
         same = labels == extra.get("labels")
         if labels is None and scale != 1.0:
             raise ValueError(f"--guidance {scale} needs a class-conditional inversion; this one has no labels")
         cond = class_guidance(pipe.unet, labels, scale) if labels is not None else None
-    latents = regenerate(model, result, cond, steps=args.steps)
+    latents = method.regenerate(model, result, cond)
     images = decode_latent(pipe, latents)
     save_grid(images, args.output, upscale=upscale(args, images))
-    msg = f"regenerated {len(latents)} image(s) from {args.from_inversion} (BDIA-DDIM, NFE {len(result.timesteps) - 1})"
+    msg = (f"regenerated {len(latents)} image(s) from {args.from_inversion} ({method.title}, "
+           f"NFE {result.regeneration_nfe})")
     if result.clean is not None and same:
         what = "latent " if getattr(pipe, "vae", None) is not None else ""
         msg += f"; {what}relative error vs the inverted input {relative_error(latents, result.clean):.3e}"

@@ -15,13 +15,18 @@ Conditions are prompts for Stable-Diffusion-like pipelines (SD, SDXL; the negati
 pipeline's VAE when it has one (posterior **mean**, times ``scaling_factor``); pixel-space
 models (the digits teacher) edit the image itself.
 
-Methods (all drive the model through :class:`diffkit.denoisers.EpsModel`, same guidance
-layout and casts in both directions):
+Methods come from the one table :data:`diffkit.samplers.inversion_methods.INVERSION_METHODS`
+(all drive the model through :class:`diffkit.denoisers.EpsModel`, same guidance layout and casts
+in both directions):
 
-* ``"bdia"``: :func:`diffkit.samplers.inversion.invert` / ``regenerate`` (exact; 1 NFE/step);
-* ``"edict"``: :mod:`diffkit.samplers.edict` (exact; 2 NFE/step, mixing p = 0.93);
+* ``"bdia"``: :mod:`diffkit.samplers.inversion` (exact; 1 NFE/step; option ``gamma``);
+* ``"edict"``: :mod:`diffkit.samplers.edict` (exact; 2 NFE/step; options ``mix`` (p = 0.93),
+  ``leapfrog``, ``state_dtype``);
 * ``"ddim-inversion"``: :mod:`diffkit.samplers.ddim_inversion` (diffusers' ``DDIMInverseScheduler``;
-  inexact).
+  inexact; option ``state_dtype``).
+
+:func:`invert_image` is the first half of :func:`edit` (load, encode, invert under the source);
+``diffkit invert`` uses it too, so any pipeline ``edit`` takes (pixel or VAE latent) inverts.
 
 With ``reconstruct=True`` the same inversion is also regenerated under the *source*
 condition: for the exact methods the latent comes back to float64 round-off, so the pixel
@@ -33,14 +38,26 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Optional
 
+import numpy as np
 import torch
+from PIL import Image
 
-__all__ = ["METHODS", "EditResult", "edit", "prepare_image", "encode_image", "decode_latent", "image_size",
-           "condition_kind", "make_condition"]
+from diffkit.conditioning import class_guidance, num_classes, prompt_guidance
+from diffkit.data import digits_tensors
+from diffkit.denoisers import EpsModel
+from diffkit.images import to_uint8
+from diffkit.pipelines import load_pipeline
+from diffkit.pipelines.one_step import require_diffusion_model
+from diffkit.samplers.inversion_base import InversionRecord, relative_error
+from diffkit.samplers.inversion_methods import InversionMethod, get_inversion_method, inversion_method_names
 
-METHODS = ("bdia", "edict", "ddim-inversion")
+__all__ = ["METHODS", "EditResult", "ImageInversion", "edit", "invert_image", "prepare_image", "encode_image",
+           "decode_latent", "image_size", "condition_kind", "make_condition", "test_digit", "is_digits_shaped"]
+
+#: the inversion methods' names (the table's keys)
+METHODS = inversion_method_names()
 
 
 @dataclass
@@ -63,10 +80,6 @@ class EditResult:
 
     def to_pil(self, which: str = "image"):
         """A list of PIL images of ``image``, ``source_image`` or ``reconstruction``."""
-        from PIL import Image
-
-        from diffkit.images import to_uint8
-
         x = getattr(self, which)
         if x is None:
             raise ValueError(f"{which} is not available (pass reconstruct=True to edit for the reconstruction)")
@@ -91,8 +104,6 @@ def image_size(pipe) -> tuple[int, int]:
 
 def condition_kind(pipe) -> str:
     """'class' (class-conditional UNet), 'prompt' (SD/SDXL) or 'none' (unconditional)."""
-    from diffkit.conditioning import num_classes
-
     if num_classes(pipe.unet) > 0:
         return "class"
     if getattr(pipe, "text_encoder", None) is not None or getattr(pipe, "text_encoder_2", None) is not None:
@@ -101,6 +112,22 @@ def condition_kind(pipe) -> str:
 
 
 # ---------------------------------------------------------------------- image in
+def test_digit(index: int):
+    """(image (1, 1, 8, 8) in [-1, 1], label) of the digits test split (``--digit K`` of the CLI)."""
+    x, y = digits_tensors("test")
+    if not 0 <= index < len(y):
+        raise ValueError(f"digit index must be in [0, {len(y) - 1}] (test split), got {index}")
+    return x[index:index + 1], int(y[index])
+
+
+test_digit.__test__ = False  # not a pytest test, whatever imports it
+
+
+def is_digits_shaped(pipe) -> bool:
+    """Whether the pipeline edits 8x8 grey images (the digits models, which ``--digit`` feeds)."""
+    return image_size(pipe) == (1, 8)
+
+
 def prepare_image(image, channels: int, size: int, resize: bool = True) -> torch.Tensor:
     """Any of: a path, a PIL image, a tensor (C, H, W) or (B, C, H, W) in [-1, 1]
     -> (B, channels, size, size) float32 in [-1, 1].
@@ -109,9 +136,6 @@ def prepare_image(image, channels: int, size: int, resize: bool = True) -> torch
     Tensors must already have the right channel count (no guessing between grey and colour);
     a different height/width is resized (bilinear, antialiased) when ``resize`` else rejected.
     """
-    import numpy as np
-    from PIL import Image
-
     if isinstance(image, (str, os.PathLike)):
         if not os.path.isfile(image):
             raise FileNotFoundError(f"image: file not found: {image}")
@@ -178,8 +202,6 @@ def decode_latent(pipe, z: torch.Tensor) -> torch.Tensor:
 def make_condition(pipe, value, batch: int, guidance_scale: float, name: str = "condition"):
     """A :class:`diffkit.conditioning.Guidance` for ``value`` (class label(s) or prompt(s)),
     with errors naming the argument."""
-    from diffkit.conditioning import class_guidance, prompt_guidance
-
     kind = condition_kind(pipe)
     if kind == "class":
         if value is None or isinstance(value, str) or isinstance(value, bool):
@@ -198,8 +220,10 @@ def make_condition(pipe, value, batch: int, guidance_scale: float, name: str = "
         except ValueError as e:
             raise ValueError(f"{name}: {e}") from None
     if kind == "prompt":
-        if not (isinstance(value, str) or (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value))):
-            raise ValueError(f"{name}: this pipeline is prompt-conditioned; pass a non-empty prompt string, got {value!r}")
+        is_list = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        if not (isinstance(value, str) or is_list):
+            raise ValueError(f"{name}: this pipeline is prompt-conditioned; pass a non-empty prompt string, "
+                             f"got {value!r}")
         prompts = [value] * batch if isinstance(value, str) else list(value)
         if len(prompts) != batch:
             raise ValueError(f"{name}: {len(prompts)} prompts for {batch} image(s); pass one prompt or one per image")
@@ -216,15 +240,80 @@ def make_condition(pipe, value, batch: int, guidance_scale: float, name: str = "
 
 
 # ---------------------------------------------------------------------- the call
-def _check_method(method: str) -> str:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    return method
+@dataclass
+class ImageInversion:
+    """What :func:`invert_image` returns: the record, and what regenerating and scoring it need."""
+
+    record: InversionRecord
+    method: InversionMethod
+    model: EpsModel
+    image: torch.Tensor          # (B, C, H, W) float32 in [-1, 1], as prepared
+    latent: torch.Tensor         # the clean latent that was inverted (float64)
+    condition: object            # the source Guidance (or None for an unconditional pipeline)
+    kind: str                    # 'class', 'prompt' or 'none'
+    guidance_scale: float
+    seconds: dict = field(default_factory=dict)
+
+    def regenerate(self, condition=None) -> torch.Tensor:
+        """Regenerate the record under ``condition`` (default: the source), float64 latents."""
+        cond = self.condition if condition is None else condition
+        return self.method.regenerate(self.model, self.record, cond).to(torch.float64)
+
+
+def _pipeline(pipe, use: str):
+    if isinstance(pipe, (str, os.PathLike)):
+        pipe = load_pipeline(pipe)
+    if not hasattr(pipe, "unet") or not hasattr(pipe, "scheduler"):
+        raise TypeError(f"pipe: expected a diffusers pipeline with a unet and a scheduler, got {type(pipe).__name__}")
+    # module top once prompted.py stops importing this module (issue #18's cycle fix)
+    from diffkit.pipelines.prompted import require_latent_unet
+
+    require_diffusion_model(pipe, f"{use} (inversion and regeneration along a noise grid)")
+    require_latent_unet(pipe, use)
+    return pipe
+
+
+def _invert(pipe, entry: InversionMethod, x, src, kind: str, scale: float, steps, strength, extra,
+            options) -> ImageInversion:
+    model = EpsModel(pipe.unet, pipe.scheduler.config)
+    t0 = time.perf_counter()
+    z = encode_image(pipe, x)
+    t_enc = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    record = entry.invert(model, z, src, steps=steps, strength=strength, extra=extra,
+                          scheduler_config=pipe.scheduler.config, **options)
+    return ImageInversion(record, entry, model, x, z, src, kind, scale,
+                          {"encode": t_enc, "inversion": time.perf_counter() - t0})
+
+
+def _default_scale(kind: str, guidance_scale: Optional[float]) -> float:
+    return float(guidance_scale) if guidance_scale is not None else (3.0 if kind == "prompt" else 1.0)
+
+
+def invert_image(pipe, image, source=None, *, method: str = "bdia", steps: int = 50, strength: float = 0.8,
+                 guidance_scale: Optional[float] = None, resize: bool = True, extra: Optional[dict] = None,
+                 source_name: str = "source", **options) -> ImageInversion:
+    """Load ``image``, encode it (VAE posterior mean, or the pixels themselves) and invert it under
+    ``source`` with ``method`` (a name of :data:`~diffkit.samplers.inversion_methods.INVERSION_METHODS`).
+
+    Arguments as :func:`edit`; ``options`` are the method's own (``gamma`` for bdia, ``mix`` for
+    edict, ...: another is an error naming the accepted ones); ``extra`` is stored in the record's
+    settings; ``source_name`` names the condition in errors (``--label``/``--prompt`` for the CLI).
+    """
+    entry = get_inversion_method(method)
+    entry.check_options(options)
+    pipe = _pipeline(pipe, "invert")
+    kind = condition_kind(pipe)
+    scale = _default_scale(kind, guidance_scale)
+    channels, side = image_size(pipe)
+    x = prepare_image(image, channels, side, resize=resize)
+    src = make_condition(pipe, source, x.shape[0], scale, source_name)
+    return _invert(pipe, entry, x, src, kind, scale, steps, strength, extra, options)
 
 
 def edit(pipe, image, source=None, target=None, *, steps: int = 50, strength: float = 0.8,
-         guidance_scale: Optional[float] = None, gamma: float = 0.94, method: str = "bdia",
-         reconstruct: bool = False, mix: float = 0.93, resize: bool = True) -> EditResult:
+         guidance_scale: Optional[float] = None, method: str = "bdia", reconstruct: bool = False,
+         resize: bool = True, **options) -> EditResult:
     """Edit ``image``: invert it under ``source``, regenerate under ``target``.
 
     Args:
@@ -237,85 +326,42 @@ def edit(pipe, image, source=None, target=None, *, steps: int = 50, strength: fl
         steps: grid size; strength: fraction of it inverted (0, 1] (the pair sits at the top).
         guidance_scale: classifier-free guidance in both directions (default 3 for prompts, as the
             official BDIA/EDICT editing code; 1 for class labels).
-        gamma: BDIA's γ (inversion wants 0.92-1.0). mix: EDICT's p.
-        method: "bdia", "edict" or "ddim-inversion".
+        method: "bdia", "edict" or "ddim-inversion" (the table's names).
         reconstruct: also regenerate under ``source`` and report the round-trip errors.
+        options: the method's own: ``gamma`` (bdia, default 0.94; inversion wants 0.92-1.0),
+            ``mix`` (edict's p, default 0.93), ``leapfrog``, ``state_dtype``; another is an error.
     """
-    from diffkit.denoisers import EpsModel
-    from diffkit.pipelines.one_step import require_diffusion_model
-    from diffkit.pipelines.prompted import require_latent_unet
-    from diffkit.samplers.inversion import relative_error
-
-    method = _check_method(method)
-    if isinstance(pipe, (str, os.PathLike)):
-        from diffkit.pipelines import load_pipeline
-
-        pipe = load_pipeline(pipe)
-    if not hasattr(pipe, "unet") or not hasattr(pipe, "scheduler"):
-        raise TypeError(f"pipe: expected a diffusers pipeline with a unet and a scheduler, got {type(pipe).__name__}")
-    require_diffusion_model(pipe, "edit (inversion and regeneration along a noise grid)")
-    require_latent_unet(pipe, "edit")
+    entry = get_inversion_method(method)
+    entry.check_options(options)
+    pipe = _pipeline(pipe, "edit")
     kind = condition_kind(pipe)
-    if guidance_scale is None:
-        guidance_scale = 3.0 if kind == "prompt" else 1.0
-    guidance_scale = float(guidance_scale)
+    scale = _default_scale(kind, guidance_scale)
     if target is None:
         target = source
     channels, side = image_size(pipe)
     x = prepare_image(image, channels, side, resize=resize)
-    batch = x.shape[0]
-    src = make_condition(pipe, source, batch, guidance_scale, "source")
-    tgt = make_condition(pipe, target, batch, guidance_scale, "target")
+    src = make_condition(pipe, source, x.shape[0], scale, "source")
+    tgt = make_condition(pipe, target, x.shape[0], scale, "target")
 
-    model = EpsModel(pipe.unet, pipe.scheduler.config)
+    inv = _invert(pipe, entry, x, src, kind, scale, steps, strength, None, options)
     t0 = time.perf_counter()
-    z = encode_image(pipe, x)
-    t_enc = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    if method == "bdia":
-        from diffkit.samplers.inversion import invert, regenerate
-
-        inv = invert(model, z, src, steps=steps, strength=strength, gamma=gamma)
-        n_inv = inv.settings["nfe"]
-        regen = lambda cond: regenerate(model, inv, cond)  # noqa: E731
-        n_reg = n_inv - 1
-    elif method == "edict":
-        from diffkit.samplers.edict import edict_invert, edict_regenerate
-
-        inv = edict_invert(model, z, src, steps=steps, strength=strength, mix=mix)
-        n_inv = inv.settings["nfe"]
-        regen = lambda cond: edict_regenerate(model, inv, cond)  # noqa: E731
-        n_reg = n_inv
-    else:
-        from diffkit.samplers.ddim_inversion import ddim_invert, ddim_regenerate
-
-        cfg = pipe.scheduler.config
-        inv = ddim_invert(model, z, src, steps=steps, strength=strength, scheduler_config=cfg)
-        n_inv = inv.settings["nfe"]
-        regen = lambda cond: ddim_regenerate(model, inv, cond, scheduler_config=cfg)  # noqa: E731
-        n_reg = n_inv
-    t_inv = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    z_edit = regen(tgt).to(torch.float64)
+    z_edit = inv.regenerate(tgt)
     t_reg = time.perf_counter() - t0
     image_out = decode_latent(pipe, z_edit)
-
-    settings = {"steps": steps, "strength": float(strength), "guidance_scale": guidance_scale, "kind": kind,
-                "source": _jsonable(source), "target": _jsonable(target), "model_dtype": str(model.dtype)}
-    if method == "bdia":
-        settings["gamma"] = float(gamma)
-    if method == "edict":
-        settings["mix"] = float(mix)
-    res = EditResult(image_out, z_edit, x, z, method, settings, {"inversion": n_inv, "regeneration": n_reg},
-                     {"encode": t_enc, "inversion": t_inv, "regeneration": t_reg})
+    record = inv.record
+    settings = {"steps": steps, "strength": float(strength), "guidance_scale": scale, "kind": kind,
+                "source": _jsonable(source), "target": _jsonable(target), "model_dtype": str(inv.model.dtype)}
+    settings.update({k: record.settings[k] for k in entry.options if k in record.settings})
+    res = EditResult(image_out, z_edit, x, inv.latent, method, settings,
+                     {"inversion": record.settings["nfe"], "regeneration": record.regeneration_nfe},
+                     {**inv.seconds, "regeneration": t_reg})
     if reconstruct:
-        z_rec = z_edit if _same(source, target) else regen(src).to(torch.float64)
+        z_rec = z_edit if _same(source, target) else inv.regenerate()
         res.reconstruction_latent = z_rec
         res.reconstruction = decode_latent(pipe, z_rec)
-        res.latent_error = relative_error(z_rec, z)
+        res.latent_error = relative_error(z_rec, inv.latent)
         res.pixel_error = relative_error(res.reconstruction, x)
-        res.vae_error = relative_error(decode_latent(pipe, z), x) if _vae(pipe) is not None else 0.0
+        res.vae_error = relative_error(decode_latent(pipe, inv.latent), x) if _vae(pipe) is not None else 0.0
     return res
 
 

@@ -38,7 +38,8 @@ from diffkit.checks import check_count
 from diffkit.conditioning import Guidance, class_guidance
 from diffkit.data import NUM_CLASSES
 from diffkit.denoisers import Denoiser, EpsModel
-from diffkit.pipelines.editing import condition_kind, decode_latent, make_condition
+from diffkit.pipelines.editing import decode_latent, make_condition
+from diffkit.pipelines.prompted import condition_kind
 from diffkit.pipelines.one_step import require_diffusion_model
 from diffkit.pipelines.prompted import require_latent_unet, sample_prompt
 from diffkit.registry import SamplerEntry, entry_for_scheduler, get_sampler, image_samplers, pipeline_with_sampler

@@ -44,7 +44,7 @@ def add_arguments(p):
 
 
 def _condition(pipe, value):
-    from diffkit.pipelines.editing import condition_kind
+    from diffkit.pipelines.prompted import condition_kind
 
     if value is None or condition_kind(pipe) != "class":
         return value

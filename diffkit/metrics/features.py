@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..weights import file_sha256
+from diffkit.weights import file_sha256
 
 __all__ = [
     "FeatureExtractor",
@@ -273,9 +273,9 @@ class DigitsFeatures(FeatureExtractor):
 
     def __init__(self, net="digits-features"):
         super().__init__()
-        from ..assets import asset_path
-        from ..data import GREY_LEVELS
-        from ..models.digits_features import REQUIRED_FILES, load_feature_net
+        from diffkit.assets import asset_path
+        from diffkit.data import GREY_LEVELS
+        from diffkit.models.digits_features import REQUIRED_FILES, load_feature_net
         from . import digits
 
         self._digits = digits

@@ -130,7 +130,7 @@ def save_image_folder(images: torch.Tensor, folder, start_index: int = 0, levels
     ``levels`` < 256 snaps to that grey-level grid first (17 for FID-digits), so reading
     the PNGs back and re-quantising gives exactly the same images.
     """
-    from ..images import save_png_atomic
+    from diffkit.images import save_png_atomic
 
     arr = quantize_images(images, levels, "images").round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     os.makedirs(folder, exist_ok=True)

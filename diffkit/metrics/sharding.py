@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..distributed import destroying_created_group_at_exit
+from diffkit.distributed import destroying_created_group_at_exit
 
 __all__ = ["ShardInfo", "shard_info", "shard_range", "run_sharded", "reduce_sum"]
 

@@ -23,8 +23,8 @@ import importlib
 import json
 from pathlib import Path
 
-from ..assets import REBUILD, AssetError, asset_path, corrupt_asset
-from ..weights import WeightsError, check_loaded_model, check_model_folder, load_model_strict
+from diffkit.assets import REBUILD, AssetError, asset_path, corrupt_asset
+from diffkit.weights import WeightsError, check_loaded_model, check_model_folder, load_model_strict
 
 PIPELINES = {
     "ClassConditionalPipeline": "diffkit.pipelines.class_conditional:ClassConditionalPipeline",

@@ -17,12 +17,12 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..atomic import UmaskSaveMixin
-from ..checks import check_count
-from ..conditioning import Guidance, class_guidance, num_classes
-from ..denoisers import EpsModel
-from ..numerics import FiniteWatch
-from ..seeding import randn_for_indices, sample_generator
+from diffkit.atomic import UmaskSaveMixin
+from diffkit.checks import check_count
+from diffkit.conditioning import Guidance, class_guidance, num_classes
+from diffkit.denoisers import EpsModel
+from diffkit.numerics import FiniteWatch
+from diffkit.seeding import randn_for_indices, sample_generator
 from ._local import LocalFolderPipelineMixin
 
 __all__ = ["ClassConditionalPipeline", "ImagePipelineOutput", "check_output_type", "batch_of", "initial_noise",

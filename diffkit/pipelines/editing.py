@@ -44,12 +44,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffkit.conditioning import class_guidance, num_classes, prompt_guidance
+from diffkit.conditioning import class_guidance, prompt_guidance
 from diffkit.data import digits_tensors
 from diffkit.denoisers import EpsModel
 from diffkit.images import to_uint8
 from diffkit.pipelines import load_pipeline
 from diffkit.pipelines.one_step import require_diffusion_model
+from diffkit.pipelines.prompted import condition_kind, require_latent_unet
 from diffkit.samplers.inversion_base import InversionRecord, relative_error
 from diffkit.samplers.inversion_methods import InversionMethod, get_inversion_method, inversion_method_names
 
@@ -100,15 +101,6 @@ def image_size(pipe) -> tuple[int, int]:
         return int(unet.config.in_channels), int(unet.config.sample_size)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     return int(vae.config.in_channels), int(unet.config.sample_size) * factor
-
-
-def condition_kind(pipe) -> str:
-    """'class' (class-conditional UNet), 'prompt' (SD/SDXL) or 'none' (unconditional)."""
-    if num_classes(pipe.unet) > 0:
-        return "class"
-    if getattr(pipe, "text_encoder", None) is not None or getattr(pipe, "text_encoder_2", None) is not None:
-        return "prompt"
-    return "none"
 
 
 # ---------------------------------------------------------------------- image in
@@ -266,7 +258,6 @@ def _pipeline(pipe, use: str):
     if not hasattr(pipe, "unet") or not hasattr(pipe, "scheduler"):
         raise TypeError(f"pipe: expected a diffusers pipeline with a unet and a scheduler, got {type(pipe).__name__}")
     # module top once prompted.py stops importing this module (issue #18's cycle fix)
-    from diffkit.pipelines.prompted import require_latent_unet
 
     require_diffusion_model(pipe, f"{use} (inversion and regeneration along a noise grid)")
     require_latent_unet(pipe, use)

@@ -20,12 +20,21 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..seeding import randn_for_indices, sample_generator
-from .editing import condition_kind
+from diffkit.conditioning import num_classes
+from diffkit.seeding import randn_for_indices, sample_generator
 
-__all__ = ["check_condition_args", "require_latent_unet", "text_to_image", "sample_prompt", "TEXT_TO_IMAGE"]
+__all__ = ["condition_kind", "check_condition_args", "require_latent_unet", "text_to_image", "sample_prompt", "TEXT_TO_IMAGE"]
 
 TEXT_TO_IMAGE = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+
+
+def condition_kind(pipe) -> str:
+    """'class' (class-conditional UNet), 'prompt' (SD/SDXL) or 'none' (unconditional)."""
+    if num_classes(pipe.unet) > 0:
+        return "class"
+    if getattr(pipe, "text_encoder", None) is not None or getattr(pipe, "text_encoder_2", None) is not None:
+        return "prompt"
+    return "none"
 
 
 def check_condition_args(pipe, labels=None, prompt=None, label_flag: str = "--labels",

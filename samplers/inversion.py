@@ -44,19 +44,14 @@ from diffkit.conditioning import Condition, Guidance
 from diffkit.denoisers import EpsModel, to_eps_x0
 from diffkit.numerics import FiniteWatch
 
-from .bdia import bdia_inverse_step, bdia_step, check_gamma, ddim_map
+from diffkit.samplers.bdia import (InversionWarning, bdia_inverse_step, bdia_step, check_gamma, ddim_map,
+                                   warn_inversion_gamma)
 
 __all__ = ["InversionResult", "InversionWarning", "invert", "regenerate", "inversion_window", "relative_error",
            "model_input_quantum", "snap_to_grid", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
-#: below this γ the inverted latents grow like (1/γ)^n (spec: γ=0.7 at 50 steps -> |z_T| ~ 1e5)
-GAMMA_WARN_BELOW = 0.9
 _CHECK_EVERY = 8
-
-
-class InversionWarning(UserWarning):
-    pass
 
 
 def relative_error(x: torch.Tensor, reference: torch.Tensor) -> float:
@@ -240,12 +235,7 @@ def invert(model: EpsModel, clean_latent: torch.Tensor, condition=None, steps: i
     schedule = model.schedule
     window = inversion_window(schedule, steps, strength)
     n = len(window)
-    if gamma < GAMMA_WARN_BELOW:
-        warnings.warn(
-            f"gamma={gamma} < {GAMMA_WARN_BELOW} for inversion: each of the {n - 1} exact inverse steps divides by "
-            f"gamma, so the inverted latents and their round-off can grow by up to (1/gamma)^{n - 1} ≈ "
-            f"{(1 / gamma) ** (n - 1):.3g}x (measured on a toy model at 50 steps: |z_T| ~ 1e5 at gamma=0.7, 1e12 at "
-            "0.5); use gamma in [0.92, 1.0] for inversion", InversionWarning, stacklevel=2)
+    warn_inversion_gamma(gamma, n - 1, stacklevel=2)
     if not isinstance(clean_latent, torch.Tensor) or clean_latent.ndim < 2:
         raise ValueError("clean_latent must be a batched tensor (B, C, H, W)")
     ac = _levels(schedule, window)  # ac[k] for window[k], ac[n] for the clean level

@@ -25,6 +25,7 @@ __all__ = [
     "check_prediction_type",
     "to_eps_x0",
     "from_eps_x0",
+    "vp_denoised",
     "EpsModel",
     "Denoiser",
 ]
@@ -64,6 +65,15 @@ def from_eps_x0(eps: torch.Tensor, x0: torch.Tensor, alpha, std, prediction_type
     if prediction_type == "v_prediction":
         return _bcast(alpha, eps) * eps - _bcast(std, eps) * x0
     check_prediction_type(prediction_type)
+
+
+def vp_denoised(output: torch.Tensor, x: torch.Tensor, sigma_ve, prediction_type: str) -> torch.Tensor:
+    """D(x̃, sigma_ve) = x̃ − sigma_ve·ε̂ from a VP model's raw ``output`` at z = x̃/√(sigma_ve²+1)
+    (k-diffusion's VP→VE conversion); ``sigma_ve`` is a scalar or one per sample."""
+    sigma = _bcast(sigma_ve, x)
+    c_in = 1.0 / (sigma * sigma + 1).sqrt()
+    eps, _ = to_eps_x0(output, x * c_in, c_in, sigma * c_in, prediction_type)
+    return x - sigma * eps
 
 
 def _is_unet(model) -> bool:
@@ -193,6 +203,5 @@ class Denoiser(nn.Module):
         t = self.sigma_to_t(sigma)
         t = t.long() if torch.equal(t, t.round()) else t
         c_in = 1.0 / (sigma * sigma + 1).sqrt()
-        alpha, std = c_in, sigma * c_in
-        eps, _ = self.model.predict(x * _bcast(c_in, x), t.to(x.device), guidance, alpha=alpha, std=std)
-        return x - _bcast(sigma, x) * eps
+        out = self.model.raw(x * _bcast(c_in, x), t.to(x.device), guidance)
+        return vp_denoised(out, x, sigma, self.model.prediction_type)

@@ -43,13 +43,15 @@ Same config keys as ``DDIMScheduler`` plus ``gamma``, same ``step`` signature, s
   betas (:func:`diffkit.schedules.check_diffusion_config`).
 * Pipelines: StableDiffusion(XL) and their img2img variants, diffkit's ``ClassConditionalPipeline``.
   diffusers' ``DDIMPipeline`` silently converts any scheduler to ``DDIMScheduler``.
-* Refused: γ outside [0, 1]; η > 0 with γ > 0 (BDIA is deterministic; the inverse has no
+* Refused: γ outside [0, 1] (:func:`diffkit.samplers.bdia.check_gamma`, the validator of every BDIA
+  entrance; the config stores γ as a Python float); η > 0 with γ > 0 (BDIA is deterministic; the inverse has no
   noise term); zero-terminal-SNR schedules with ε-prediction when γ > 0 (x̂0 undefined at
-  ᾱ_T = 0). A non-finite model output raises :class:`NonFiniteOutputError` naming the step:
+  ᾱ_T = 0). A non-finite model output raises ``diffkit.numerics.NonFiniteOutputError`` naming the step:
   checked at once on CPU, and on accelerators every ``check_every`` steps and at the last
   grid step (a per-step check would synchronise the device every step).
 
-:meth:`BDIADDIMScheduler.inverse_step` is the exact inverse of one step. Exact inversion of
+:meth:`BDIADDIMScheduler.inverse_step` is the exact inverse of one step (γ below
+``diffkit.samplers.bdia.GAMMA_WARN_BELOW`` issues the one ``InversionWarning``). Exact inversion of
 whole images (and regeneration from the inverted latent pair) runs in
 :mod:`diffkit.samplers.inversion`, which drives the model directly, because a pipeline's
 ``__call__`` resets scheduler state.
@@ -71,17 +73,15 @@ from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, Sch
 from diffusers.utils import BaseOutput
 
 from diffkit.denoisers import to_eps_x0
-from diffkit.numerics import FiniteWatch, NonFiniteOutputError  # re-exported (moved to diffkit.numerics)
+from diffkit.numerics import FiniteWatch
+from diffkit.samplers.bdia import bdia_inverse_step, bdia_step, check_gamma, ddim_map, warn_inversion_gamma
+from diffkit.samplers.grid_cursor import GridCursor
 from diffkit.schedules import VPSchedule, check_diffusion_config
-
-from .bdia import bdia_inverse_step, bdia_step, check_gamma, ddim_map
-from .grid_cursor import GridCursor
 
 # SchedulerMixin is imported by name on purpose: a saved pipeline records this module as the
 # scheduler's library, and diffusers' loader looks for a SchedulerMixin attribute in it.
 
-__all__ = ["BDIADDIMScheduler", "BDIAInverseOutput", "ExactnessWarning", "NonFiniteOutputError", "FiniteWatch",
-           "SchedulerMixin"]
+__all__ = ["BDIADDIMScheduler", "BDIAInverseOutput", "ExactnessWarning", "SchedulerMixin"]
 
 
 class ExactnessWarning(UserWarning):
@@ -143,11 +143,13 @@ class BDIADDIMScheduler(DDIMScheduler):
             clip_sample_range=clip_sample_range, sample_max_value=sample_max_value,
             timestep_spacing=timestep_spacing, rescale_betas_zero_snr=rescale_betas_zero_snr,
         )
+        self.register_to_config(gamma=gamma)  # one Python float, whatever number type was passed
         if gamma > 0 and prediction_type == "epsilon" and bool(self.alphas_cumprod[-1] == 0):
             raise ValueError(
-                "BDIADDIMScheduler: a zero-terminal-SNR schedule (rescale_betas_zero_snr=True, alphas_cumprod[-1] == 0) "
-                "with prediction_type='epsilon' cannot be used with gamma > 0: x̂0 = (z - √(1-ᾱ)ε)/√ᾱ is undefined at "
-                "ᾱ = 0. Use a v_prediction model, a schedule without rescale_betas_zero_snr, or gamma=0 (plain DDIM)."
+                "BDIADDIMScheduler: a zero-terminal-SNR schedule (rescale_betas_zero_snr=True, "
+                "alphas_cumprod[-1] == 0) with prediction_type='epsilon' cannot be used with gamma > 0: "
+                "x̂0 = (z - √(1-ᾱ)ε)/√ᾱ is undefined at ᾱ = 0. Use a v_prediction model, a schedule without "
+                "rescale_betas_zero_snr, or gamma=0 (plain DDIM)."
             )
         # float64 levels: diffusers' float32 table upcast (identical to self.alphas_cumprod).
         self._levels = VPSchedule.from_config(dict(self.config))
@@ -354,11 +356,12 @@ class BDIADDIMScheduler(DDIMScheduler):
                 before ``timestep`` in ``timesteps`` (what a pipeline passes at the previous step).
 
         Computed in float64; returned in ``sample``'s dtype (pass float64 latents for exact
-        round trips). Requires γ > 0.
+        round trips). Requires γ > 0; γ < ``GAMMA_WARN_BELOW`` (0.9) warns (``InversionWarning``).
         """
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps before inverse_step")
         gamma = check_gamma(self.config.gamma, for_inversion=True)
+        warn_inversion_gamma(gamma, stacklevel=2)
         t = int(timestep.detach().cpu()) if isinstance(timestep, torch.Tensor) else int(timestep)
         if next_timestep is None:
             grid = self._grid.tolist()

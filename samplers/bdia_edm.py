@@ -1,9 +1,11 @@
 """BDIAEDMScheduler: BDIA on EDM-style Euler/Heun sampling as a diffusers scheduler.
 
-A thin adapter over ``diffkit.samplers.edm`` (the math lives there): the pipeline's state
-is x̃ at noise level σ; each ``step`` forms the denoiser output D(x̃, σ) from the raw model
-output, then applies the same Euler/Heun increments and BDIA update (B) as
-``sample_bdia_euler`` / ``sample_bdia_heun``, keeping the previous state x_{i+1}.
+A thin adapter: the pipeline's state is x̃ at the EDM noise level σ; each ``step`` forms the
+denoiser output D(x̃, σ) from the raw model output (``diffkit.denoisers.vp_denoised``, or
+``diffkit.samplers.edm.edm_denoised`` in EDM mode), then applies the Euler/Heun increments of
+``diffkit.samplers.edm`` and BDIA's update (B) of ``diffkit.samplers.bdia`` -- the functions
+``sample_bdia_euler`` / ``sample_bdia_heun`` use -- keeping the previous state x_{i+1}. The σ
+grids are ``diffkit.samplers.edm.sigma_grid``.
 
 Two modes, chosen by the config:
 
@@ -46,15 +48,15 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 from diffusers.utils import BaseOutput
 
-from diffkit.denoisers import check_prediction_type, to_eps_x0
-from diffkit.schedules import VPSchedule, alpha_cumprod_to_sigma_ve, check_diffusion_config, karras_sigmas
-
-from .edm import FORWARD_INCREMENTS, _check_gamma, bdia_gamma_i, bdia_update, check_sigmas, sigma_for_model, to_d
-from .grid_cursor import GridCursor
+from diffkit.denoisers import check_prediction_type, vp_denoised
+from diffkit.samplers.bdia import bdia_edm_gamma_i, bdia_edm_step, check_gamma, check_gamma_mode
+from diffkit.samplers.edm import (FORWARD_INCREMENTS, SIGMA_SCHEDULES, check_sigmas, edm_denoised, euler_increment,
+                                  heun_corrects, heun_increment, sigma_for_model, sigma_grid, to_d)
+from diffkit.samplers.grid_cursor import GridCursor
+from diffkit.schedules import VPSchedule, check_diffusion_config
 
 __all__ = ["BDIAEDMScheduler", "BDIAEDMSchedulerOutput"]
 
-SIGMA_SCHEDULES = ("karras", "exponential", "discrete")
 _EDM_KEYS = ("sigma_min", "sigma_max", "sigma_data", "rho", "sigma_schedule")
 
 
@@ -62,13 +64,6 @@ _EDM_KEYS = ("sigma_min", "sigma_max", "sigma_data", "rho", "sigma_schedule")
 class BDIAEDMSchedulerOutput(BaseOutput):
     prev_sample: torch.Tensor
     pred_original_sample: Optional[torch.Tensor] = None
-
-
-class _Range:
-    """What ``check_sigmas`` needs to know about a model's trained σ range."""
-
-    def __init__(self, lo, hi):
-        self.sigma_min, self.sigma_max = lo, hi
 
 
 class BDIAEDMScheduler(SchedulerMixin, ConfigMixin):
@@ -105,7 +100,8 @@ class BDIAEDMScheduler(SchedulerMixin, ConfigMixin):
         sigma_max: Optional[float] = None,
         sigma_data: Optional[float] = None,
     ):
-        _check_gamma(gamma, gamma_mode)
+        self.register_to_config(gamma=check_gamma(gamma))  # one Python float, whatever number type was passed
+        check_gamma_mode(gamma_mode)
         if solver not in FORWARD_INCREMENTS:
             raise ValueError(f"solver must be one of {FORWARD_INCREMENTS}, got {solver!r}")
         if sigma_schedule not in SIGMA_SCHEDULES:
@@ -122,7 +118,7 @@ class BDIAEDMScheduler(SchedulerMixin, ConfigMixin):
             if not lo * (1 - 1e-6) <= sigma_min < sigma_max <= hi * (1 + 1e-6):
                 raise ValueError(f"sigma_min={sigma_min}, sigma_max={sigma_max} must satisfy "
                                  f"{lo:.6g} <= sigma_min < sigma_max <= {hi:.6g} (the model's trained range)")
-            self._range = _Range(lo, hi)
+            self._trained = (lo, hi)
         else:
             if prediction_type not in ("epsilon", "v_prediction"):
                 raise ValueError(f"EDM mode (sigma_data set): prediction_type must be 'epsilon' (EDM's F) or "
@@ -133,7 +129,7 @@ class BDIAEDMScheduler(SchedulerMixin, ConfigMixin):
             if sigma_min is None or sigma_max is None or not 0 < sigma_min < sigma_max:
                 raise ValueError(f"EDM mode needs 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
             self.schedule = None
-            self._range = _Range(float(sigma_min), float(sigma_max))
+            self._trained = (float(sigma_min), float(sigma_max))
         self._sigma_lo, self._sigma_hi = float(sigma_min), float(sigma_max)
         self.num_inference_steps = None
         self._begin_index = None
@@ -164,22 +160,14 @@ class BDIAEDMScheduler(SchedulerMixin, ConfigMixin):
 
     # ------------------------------------------------------------------ grid
     def _grid(self, n: int) -> torch.Tensor:
-        kind = self.config.sigma_schedule
-        if kind == "karras":
-            return karras_sigmas(n, self._sigma_lo, self._sigma_hi, self.config.rho)
-        if kind == "exponential":
-            s = torch.linspace(math.log(self._sigma_hi), math.log(self._sigma_lo), n, dtype=torch.float64).exp()
-            return torch.cat([s, s.new_zeros(1)])
-        ts = torch.from_numpy(self.schedule.timesteps(n).copy())
-        levels = torch.cat([self.schedule.sigma_ve(ts),
-                            alpha_cumprod_to_sigma_ve(torch.tensor([self.schedule.final_alpha_cumprod]))])
-        return levels.to(torch.float64)
+        return sigma_grid(n, self._sigma_lo, self._sigma_hi, kind=self.config.sigma_schedule, rho=self.config.rho,
+                          schedule=self.schedule)
 
     def _sigma(self, sigma: float, dtype) -> torch.Tensor:
         """σ as the model sees it (see ``edm.sigma_for_model``)."""
         if self.edm_mode:
             return torch.tensor(sigma, dtype=dtype)
-        return sigma_for_model(sigma, dtype, self._range.sigma_min, self._range.sigma_max)
+        return sigma_for_model(sigma, dtype, *self._trained)
 
     def _model_timesteps(self, sigmas: List[float]) -> torch.Tensor:
         # t of the float32-rounded σ: exactly what Denoiser computes for a float32 state, so
@@ -204,7 +192,7 @@ class BDIAEDMScheduler(SchedulerMixin, ConfigMixin):
             grid = self._grid(int(num_inference_steps))
         else:
             grid = torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu()
-        self._sig = check_sigmas(grid, self._range)
+        self._sig = check_sigmas(grid, sigma_min=self._trained[0], sigma_max=self._trained[1])
         self.sigmas = torch.tensor(self._sig, dtype=torch.float64)  # on CPU, as diffusers keeps sigmas
         n = len(self._sig) - 1
         self.num_inference_steps = n
@@ -270,24 +258,20 @@ class BDIAEDMScheduler(SchedulerMixin, ConfigMixin):
         """D(x̃, σ) from the raw model output at the current call (x̂0 in data space)."""
         out = model_output.to(sample.dtype)
         s = self._sigma(sigma, sample.dtype).to(sample.device)
-        c_in = self._c_in(s)
         if self.edm_mode:
-            sd = self.config.sigma_data
-            c_skip = sd * sd / (s * s + sd * sd)
-            c_out = s * sd * c_in * (-1.0 if self.config.prediction_type == "v_prediction" else 1.0)
-            return c_skip * sample + c_out * out
-        # the same arithmetic as diffkit.denoisers.Denoiser: ε at z = x̃·c_in, D = x̃ - σ ε
-        eps, _ = to_eps_x0(out, sample * c_in, c_in, s * c_in, self.config.prediction_type)
-        return sample - s * eps
+            return edm_denoised(out, sample, s, self.config.sigma_data, self.config.prediction_type)
+        return vp_denoised(out, sample, s, self.config.prediction_type)
 
     def _finish_step(self, j: int, x: torch.Tensor, d: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """x_{j+1} in loop order from x_j and its forward increment: the plain step on a loop's
+        first step, else BDIA's (B) with the stored previous state (one level noisier)."""
         prev = self._x_prev
         if prev is None or prev[0] != j - 1 or prev[1].shape != x.shape:
             x_new = x + delta  # no previous state (first step): plain step
         else:
-            sp, s, sn = self._sig[j - 1], self._sig[j], self._sig[j + 1]
-            g = bdia_gamma_i(self.config.gamma, self.config.gamma_mode, sp, sn)
-            x_new = bdia_update(prev[1].to(x.dtype), x, d, delta, sp, s, g)
+            s_above, s, s_target = self._sig[j - 1], self._sig[j], self._sig[j + 1]
+            g = bdia_edm_gamma_i(self.config.gamma, self.config.gamma_mode, s_above, s_target)
+            x_new = bdia_edm_step(prev[1].to(x.dtype), x, d, delta, s_above, s, g)
         self._x_prev = (j, x)
         return x_new
 
@@ -299,21 +283,20 @@ class BDIAEDMScheduler(SchedulerMixin, ConfigMixin):
         k, starts = self._locate(timestep)
         j, stage = self._calls[k]
         sigma, sigma_next = self._sig[j], self._sig[j + 1]
-        h = sigma_next - sigma
         denoised = self.denoised(model_output, sample, self._sig[j + stage])
         if stage == 0:
             d = to_d(sample, sigma, denoised)
-            if self.config.solver == "euler" or sigma_next == 0:
-                prev_sample = self._finish_step(j, sample, d, d * h)
-            else:
+            if heun_corrects(self.config.solver, sigma_next):
                 self._heun = (sample, d)
-                prev_sample = sample + d * h  # Heun predictor; the next call corrects it
+                prev_sample = sample + euler_increment(d, sigma, sigma_next)  # predictor; the next call corrects it
+            else:
+                prev_sample = self._finish_step(j, sample, d, euler_increment(d, sigma, sigma_next))
         else:
             if self._heun is None:
                 raise RuntimeError("Heun correction call without its first call (timesteps out of order)")
             x, d = self._heun
             d_2 = to_d(sample, sigma_next, denoised)
-            prev_sample = self._finish_step(j, x, d, ((d + d_2) / 2) * h)
+            prev_sample = self._finish_step(j, x, d, heun_increment(d, d_2, sigma, sigma_next))
             self._heun = None
         self._cursor.advance(k, starts)
         self._step_index = k + 1

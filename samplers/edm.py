@@ -1,61 +1,65 @@
-"""EDM-family samplers in k-diffusion style, and BDIA on top of them.
+"""EDM samplers (Karras et al. 2022, arXiv:2206.00364, Algorithms 1 and 2) in k-diffusion style,
+and BDIA on top of them.
 
-Every sampler is a stateless function ``sample_X(model, x, sigmas, ...)`` (k-diffusion's
-contract):
+**Noise level.** σ here is EDM's noise level (σ(t) = t, scaling s(t) = 1): the state is
+x̃ = x0 + σ·n. For a VP model (``diffkit.denoisers.Denoiser``) the state is x̃ = z/√ᾱ and σ is
+sigma_ve = √((1−ᾱ)/ᾱ); ``sigmas`` grids, the ``sigma`` passed to the model and the callback's
+``sigma``/``sigma_hat`` are all this σ.
 
-* ``model(x, sigma, **extra_args)`` is a denoiser D(x̃, σ) -> x̂0, e.g.
-  ``diffkit.denoisers.Denoiser(EpsModel(unet, scheduler_config))`` with
-  ``extra_args={"guidance": g}``; ``sigma`` is passed as a per-sample tensor;
+**Contract.** Every sampler is a stateless function ``sample_X(model, x, sigmas, ...)``:
+
+* ``model(x, sigma, **extra_args)`` is a denoiser D(x̃, σ) → x̂0, e.g.
+  ``Denoiser(EpsModel(unet, scheduler_config))`` with ``extra_args={"guidance": g}``; ``sigma``
+  is passed as a per-sample tensor;
 * ``x`` is the state at ``sigmas[0]`` (noise already scaled: ``noise * sigmas[0]``, or
   ``noise * sqrt(sigmas[0]**2 + 1)`` for the VP prior z_T ~ N(0, I));
-* ``sigmas`` is strictly decreasing and ≥ 0 (``model_sigmas``: the EDM/Karras grid on the
+* ``sigmas`` is strictly decreasing and ≥ 0 (``model_sigmas``: the grid of Karras eq. 5 on the
   model's own trained range, final 0). The model is never evaluated at σ = 0.
 
-Common options: ``dtype`` (the state's dtype, e.g. ``torch.float64`` as in EDM's own
-sampler; the model still runs in its own dtype), ``callback(dict)`` before each update
-(keys x, i, sigma, sigma_hat, denoised, nfe), ``disable`` (tqdm progress bar) and
-``return_nfe`` (also return the number of model evaluations). A NaN/inf model output raises
-``diffkit.numerics.NonFiniteOutputError`` naming the step and σ (on accelerators checked once,
-at the end of the loop, instead of synchronising every step).
+Common options: ``dtype`` (the state's dtype, e.g. ``torch.float64`` as in EDM's own sampler;
+the model still runs in its own dtype), ``callback(dict)`` before each update (keys x, i, sigma,
+sigma_hat, denoised, nfe), ``disable`` (tqdm progress bar) and ``return_nfe`` (also return the
+number of model evaluations). A NaN/inf model output raises
+``diffkit.numerics.NonFiniteOutputError`` naming the step and σ (on accelerators checked once, at
+the end of the loop, instead of synchronising every step).
 
-BDIA (Zhang, Lewis & Kleijn, ECCV 2024; the generic form of their README, spec §1.1) in
-EDM coordinates. With grid index i growing with noise (x_{i+1} is the previous state),
+**The algorithm.** For i = 0 … N−1 (the grid index here grows along the loop):
+d_i = (x_i − D(x_i, σ_i))/σ_i (:func:`to_d`); the Euler increment (σ_{i+1} − σ_i)·d_i
+(:func:`euler_increment`); Heun adds a corrector with d at the Euler predictor
+(:func:`heun_increment`), skipped on a step onto σ = 0 (Alg. 1 lines 5–8). ``s_churn`` > 0 first
+raises σ_i to σ̂_i by adding noise (Alg. 2 lines 4–6).
 
-    x_{i-1} = γ_i x_{i+1} + (1 - γ_i) x_i - γ_i Δ_back(x_i) + Δ_fwd(x_i)            (B)
-
-* Δ_back = (σ_{i+1} - σ_i) d_i, d_i = (x_i - D(x_i, σ_i)) / σ_i: an Euler step back to
-  the previous level with the derivative the forward step needs anyway (no extra NFE);
-* Δ_fwd: an Euler step to σ_{i-1} (1 NFE) or EDM's Heun step (2 NFE; Euler onto σ = 0).
-
-Both increments are functions of x_i alone, so (B) solves exactly for x_{i+1} given
-(x_i, x_{i-1}) -- the exact inverse. γ_i is ``gamma`` (``gamma_mode="constant"``) or
-γ·a_{i+1}/a_{i-1} with a = 1/√(σ²+1) (``"vp"``): BDIA-DDIM of a VP model rewritten in
-x̃ = z/√ᾱ is exactly (B) with Euler increments and this γ_i (spec §10). The first step has
-no previous state and is a plain Euler/Heun step (as BDIA-DDIM's first DDIM step).
+**BDIA** (Zhang, Lewis & Kleijn, ECCV 2024, arXiv:2307.10829) replaces ``x + increment`` by the
+update (B) of :mod:`diffkit.samplers.bdia` -- its EDM form, where the math, the γ validator and
+the inversion warning live. The first step has no previous state and is a plain Euler/Heun step
+(as BDIA-DDIM's first step is a DDIM step); ``invert_bdia_*`` solve (B) for the previous state.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Callable, Optional, Sequence
 
 import torch
 from tqdm.auto import trange
 
 from diffkit.numerics import FiniteWatch
-from diffkit.schedules import karras_sigmas
+from diffkit.samplers.bdia import (bdia_edm_gamma_i, bdia_edm_inverse_step, bdia_edm_step, check_gamma,
+                                   check_gamma_mode, warn_inversion_gamma)
+from diffkit.schedules import alpha_cumprod_to_sigma_ve, karras_sigmas
 
 __all__ = [
-    "GAMMA_MODES",
     "FORWARD_INCREMENTS",
+    "SIGMA_SCHEDULES",
     "model_sigmas",
+    "sigma_grid",
     "check_sigmas",
     "to_d",
+    "euler_increment",
+    "heun_increment",
+    "heun_corrects",
+    "edm_denoised",
     "sigma_for_model",
-    "bdia_gamma_i",
-    "bdia_update",
-    "bdia_solve_previous",
     "sample_euler",
     "sample_heun",
     "sample_bdia_euler",
@@ -63,34 +67,57 @@ __all__ = [
     "invert_bdia_euler",
     "invert_bdia_heun",
     "bdia_start_pair",
+    "SAMPLERS",
 ]
 
-GAMMA_MODES = ("vp", "constant")
 FORWARD_INCREMENTS = ("euler", "heun")
+SIGMA_SCHEDULES = ("karras", "exponential", "discrete")
 # Relative slack when checking σ against the trained range (Karras endpoints are recomputed
 # through x**(1/ρ) and back).
 _RANGE_RTOL = 1e-6
 
 
 # ----------------------------------------------------------------------------- σ grids
+def sigma_grid(n: int, sigma_min: float, sigma_max: float, *, kind: str = "karras", rho: float = 7.0,
+               schedule=None) -> torch.Tensor:
+    """A descending float64 grid of ``n`` noise levels σ plus its final level.
+
+    ``"karras"``: Karras et al. 2022 eq. 5 (ρ = ``rho``) on [sigma_min, sigma_max], final 0;
+    ``"exponential"``: log-uniform on the same range, final 0; ``"discrete"``: sigma_ve at the DDIM
+    timesteps of the VP ``schedule`` (its spacing/offset), final level its ``final_alpha_cumprod``
+    (sigma_min/sigma_max unused) -- with Euler and ``gamma_mode="vp"``, BDIA on it is BDIA-DDIM.
+    """
+    if kind == "karras":
+        return karras_sigmas(n, sigma_min, sigma_max, rho)
+    if kind == "exponential":
+        s = torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp()
+        return torch.cat([s, s.new_zeros(1)])
+    if kind == "discrete":
+        if schedule is None:
+            raise ValueError("sigma_grid(kind='discrete') needs the model's VPSchedule (schedule=)")
+        ts = torch.from_numpy(schedule.timesteps(n).copy())
+        levels = torch.cat([schedule.sigma_ve(ts),
+                            alpha_cumprod_to_sigma_ve(torch.tensor([schedule.final_alpha_cumprod]))])
+        return levels.to(torch.float64)
+    raise ValueError(f"kind must be one of {SIGMA_SCHEDULES}, got {kind!r}")
+
+
 def model_sigmas(model, n: int, rho: float = 7.0, sigma_min: float | None = None,
                  sigma_max: float | None = None) -> torch.Tensor:
-    """EDM/Karras grid (ρ = 7, final 0, float64) on the model's trained σ range.
-
-    For a VP ``Denoiser`` the range is sigma_ve of the first and last training timesteps.
-    ``n`` is the number of steps (= non-zero levels).
-    """
+    """The Karras grid (Karras et al. 2022 eq. 5; ρ = 7, final 0, float64) on the model's trained
+    σ range: ``n`` steps (= non-zero levels). For a VP ``Denoiser`` the range is sigma_ve of the
+    first and last training timesteps."""
     lo = sigma_min if sigma_min is not None else getattr(model, "sigma_min", None)
     hi = sigma_max if sigma_max is not None else getattr(model, "sigma_max", None)
     if lo is None or hi is None:
         raise ValueError("model has no sigma_min/sigma_max attributes: pass sigma_min= and sigma_max= explicitly")
-    return karras_sigmas(n, float(lo), float(hi), rho)
+    return sigma_grid(n, float(lo), float(hi), rho=rho)
 
 
-def check_sigmas(sigmas, model=None) -> list[float]:
+def check_sigmas(sigmas, model=None, *, sigma_min: float | None = None, sigma_max: float | None = None) -> list[float]:
     """Validate a σ grid (1-D, ≥ 2 entries, strictly decreasing, ≥ 0, only the last may be 0,
-    inside the model's trained range when it declares one) and return it as Python floats
-    (indexing host floats avoids a device sync per step)."""
+    inside the trained range [sigma_min, sigma_max] -- by default the model's, when it declares
+    one) and return it as Python floats (indexing host floats avoids a device sync per step)."""
     s = torch.as_tensor(sigmas).detach().to("cpu", torch.float64)
     if s.ndim != 1 or s.numel() < 2:
         raise ValueError(f"sigmas must be a 1-D grid with at least 2 noise levels, got shape {tuple(s.shape)}")
@@ -100,7 +127,8 @@ def check_sigmas(sigmas, model=None) -> list[float]:
         raise ValueError(f"sigmas must be strictly decreasing (noisiest first), got {s.tolist()[:8]}...")
     if s[-1] < 0 or (s[:-1] <= 0).any():
         raise ValueError(f"sigmas must be > 0 except possibly the final level (0), got {s.tolist()[-4:]} at the end")
-    lo, hi = getattr(model, "sigma_min", None), getattr(model, "sigma_max", None)
+    lo = sigma_min if sigma_min is not None else getattr(model, "sigma_min", None)
+    hi = sigma_max if sigma_max is not None else getattr(model, "sigma_max", None)
     if lo is not None and hi is not None:
         pos = s[s > 0]
         bad = pos[(pos < lo * (1 - _RANGE_RTOL)) | (pos > hi * (1 + _RANGE_RTOL))]
@@ -112,43 +140,40 @@ def check_sigmas(sigmas, model=None) -> list[float]:
     return s.tolist()
 
 
-def _check_gamma(gamma: float, gamma_mode: str) -> float:
-    if not isinstance(gamma, (int, float)) or not 0.0 <= float(gamma) <= 1.0:
-        raise ValueError(f"gamma must be a number in [0, 1], got {gamma!r}")
-    if gamma_mode not in GAMMA_MODES:
-        raise ValueError(f"gamma_mode must be one of {GAMMA_MODES}, got {gamma_mode!r}")
-    return float(gamma)
-
-
 # ----------------------------------------------------------------------------- the math
 def to_d(x: torch.Tensor, sigma, denoised: torch.Tensor) -> torch.Tensor:
     """dx/dσ of the probability-flow ODE, (x - D(x, σ)) / σ (Karras et al. 2022, eq. 3, σ(t) = t)."""
     return (x - denoised) / sigma
 
 
-def bdia_gamma_i(gamma: float, gamma_mode: str, sigma_prev: float, sigma_next: float) -> float:
-    """γ_i used between the previous level σ_{i+1} (= ``sigma_prev``) and the target σ_{i-1}.
-
-    ``"vp"``: γ·a_{i+1}/a_{i-1} (≤ γ), which makes (B) with Euler increments BDIA-DDIM in
-    x̃ = z/a (spec §10); ``"constant"``: γ.
-    """
-    if gamma_mode == "constant":
-        return gamma
-    return gamma * math.sqrt((sigma_next * sigma_next + 1.0) / (sigma_prev * sigma_prev + 1.0))
+def euler_increment(d: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
+    """The Euler step from σ to σ_next with derivative d (Karras et al. 2022, Alg. 1 line 5)."""
+    return d * (sigma_next - sigma)
 
 
-def bdia_update(x_prev, x, d, delta_fwd, sigma_prev: float, sigma: float, gamma_i: float):
-    """(B): x_{i-1} = γ_i x_{i+1} + (1-γ_i) x_i - γ_i (σ_{i+1} - σ_i) d_i + Δ_fwd.
-
-    With γ_i = 0 this is bit-for-bit ``x + delta_fwd`` (the plain step).
-    """
-    return gamma_i * x_prev + (1.0 - gamma_i) * x - gamma_i * ((sigma_prev - sigma) * d) + delta_fwd
+def heun_corrects(forward: str, sigma_next: float) -> bool:
+    """Whether the forward step gets Heun's 2nd-order correction: ``forward == "heun"`` and not
+    onto σ = 0, where the denoiser is not evaluated (Karras et al. 2022, Alg. 1 line 6)."""
+    return forward == "heun" and sigma_next != 0
 
 
-def bdia_solve_previous(x_next, x, d, delta_fwd, sigma_prev: float, sigma: float, gamma_i: float):
-    """(B) solved for x_{i+1} (the exact inverse): needs γ_i > 0; it divides by γ_i, so
-    round-off grows like Π 1/γ_i over the steps."""
-    return (x_next - delta_fwd + gamma_i * ((sigma_prev - sigma) * d) - (1.0 - gamma_i) * x) / gamma_i
+def heun_increment(d: torch.Tensor, d_next: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
+    """Heun's step from σ to σ_next: the mean of the derivative d at x and d_next at the Euler
+    predictor x + (σ_next − σ)·d, times the step (Karras et al. 2022, Alg. 1 lines 7–8)."""
+    return ((d + d_next) / 2) * (sigma_next - sigma)
+
+
+def edm_denoised(model_output: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, sigma_data: float,
+                 prediction_type: str = "epsilon") -> torch.Tensor:
+    """D(x, σ) = c_skip·x + c_out·F of an EDM-preconditioned network output F (Karras et al. 2022,
+    Table 1: c_skip = σ_d²/(σ²+σ_d²), c_out = σ·σ_d/√(σ²+σ_d²); the network saw c_in·x,
+    c_in = 1/√(σ²+σ_d²), at c_noise = ¼ ln σ). ``prediction_type="v_prediction"`` flips c_out's
+    sign (diffusers' EDM schedulers' convention)."""
+    sd = sigma_data
+    c_in = 1.0 / (sigma * sigma + sd ** 2).sqrt()
+    c_skip = sd * sd / (sigma * sigma + sd * sd)
+    c_out = sigma * sd * c_in * (-1.0 if prediction_type == "v_prediction" else 1.0)
+    return c_skip * x + c_out * model_output
 
 
 def sigma_for_model(sigma: float, dtype: torch.dtype, sigma_min=None, sigma_max=None) -> torch.Tensor:
@@ -189,14 +214,13 @@ class _Counter:
 
 
 def _increment(D: _Counter, forward: str, x, d, sigma: float, sigma_next: float):
-    """Δ_fwd from (x, d = dx/dσ at σ) to σ_next: Euler, or EDM's Heun (Karras Alg. 1/2) whose
-    2nd-order correction is skipped onto σ = 0 (the model is not defined there)."""
-    h = sigma_next - sigma
-    if forward == "euler" or sigma_next == 0:
-        return d * h
-    x_2 = x + d * h
+    """Δ_fwd from (x, d = dx/dσ at σ) to σ_next: Euler, or Heun (one more model call) unless
+    the step lands on σ = 0."""
+    if not heun_corrects(forward, sigma_next):
+        return euler_increment(d, sigma, sigma_next)
+    x_2 = x + euler_increment(d, sigma, sigma_next)
     d_2 = to_d(x_2, sigma_next, D(x_2, sigma_next))
-    return ((d + d_2) / 2) * h
+    return heun_increment(d, d_2, sigma, sigma_next)
 
 
 def _prepare(x: torch.Tensor, dtype):
@@ -210,8 +234,9 @@ def _finish(out, D: _Counter, return_nfe: bool):
 
 # ----------------------------------------------------------------------------- plain EDM
 def _churn(x, sigma: float, n_steps: int, s_churn, s_tmin, s_tmax, s_noise, generator, sigma_cap):
-    """EDM's stochastic churn (Karras Alg. 2 lines 4-6): raise σ to σ̂ = σ(1+γ) by adding noise.
-    σ̂ is capped at the model's trained σ_max (a VP model is undefined above it)."""
+    """EDM's stochastic churn (Karras et al. 2022, Alg. 2 lines 4-6): raise σ to σ̂ = σ(1+γ) by adding
+    noise (this γ is Alg. 2's churn factor, not BDIA's). σ̂ is capped at the model's trained σ_max
+    (a VP model is undefined above it)."""
     g = min(s_churn / n_steps, math.sqrt(2.0) - 1.0) if s_tmin <= sigma <= s_tmax else 0.0
     if g <= 0:
         return x, sigma
@@ -270,8 +295,11 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, 
 # ----------------------------------------------------------------------------- BDIA
 def _sample_bdia(forward, model, x, sigmas, gamma, gamma_mode, x_prev, extra_args, callback, disable,
                  dtype, return_pair, return_nfe):
+    """The sampling loop with (B): ``x_prev`` here is the state one level noisier than ``x``
+    (x_{i+1} of :mod:`diffkit.samplers.bdia`, whose indices grow with noise)."""
     sig = check_sigmas(sigmas, model)
-    gamma = _check_gamma(gamma, gamma_mode)
+    gamma = check_gamma(gamma)
+    check_gamma_mode(gamma_mode)
     x = _prepare(x, dtype)
     start = 0
     if x_prev is not None:  # restart from a pair: x_prev at sigmas[0], x at sigmas[1]
@@ -291,28 +319,30 @@ def _sample_bdia(forward, model, x, sigmas, gamma, gamma_mode, x_prev, extra_arg
         delta = _increment(D, forward, x, d, sigma, sigma_next)
         if x_prev is None:  # first step: no previous state yet -> plain step
             x_new = x + delta
-        else:
-            g = bdia_gamma_i(gamma, gamma_mode, sig[i - 1], sigma_next)
-            x_new = bdia_update(x_prev, x, d, delta, sig[i - 1], sigma, g)
+        else:  # x_prev lives at sig[i - 1], the target at sigma_next
+            g = bdia_edm_gamma_i(gamma, gamma_mode, sig[i - 1], sigma_next)
+            x_new = bdia_edm_step(x_prev, x, d, delta, sig[i - 1], sigma, g)
         x_prev, x = x, x_new
     return _finish((x_prev, x) if return_pair else x, D, return_nfe)
-
-
-_BDIA_DOC = """
-    ``gamma`` ∈ [0, 1] (0: the plain sampler, bit for bit), ``gamma_mode`` "vp" | "constant"
-    (see the module docstring). The defaults (0.5, "vp") are the setting that was good at
-    every NFE on the digits teacher (benchmarks/bdia_edm.py); a constant γ ≥ 0.5 can be
-    unstable at few steps on a VP model's wide σ range (its leapfrog-like parasitic mode is
-    not damped). For inversion use γ near 1 and the same γ to regenerate. ``x_prev``: restart the recurrence from a pair -- then
-    ``x_prev`` is the state at ``sigmas[0]`` and ``x`` the state at ``sigmas[1]`` (what
-    ``invert_*`` returns), and no plain first step is taken. ``return_pair``: return
-    (state at sigmas[-2], state at sigmas[-1]) instead of the last state, as the inverse needs.
-"""
 
 
 @torch.no_grad()
 def sample_bdia_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, *, gamma: float = 0.5,
                       gamma_mode: str = "vp", x_prev=None, dtype=None, return_pair=False, return_nfe=False):
+    """BDIA with Euler forward and backward increments: 1 NFE per step.
+
+    ``gamma`` ∈ [0, 1] (0: EDM Euler, bit for bit; validated by
+    :func:`diffkit.samplers.bdia.check_gamma`), ``gamma_mode`` "vp" | "constant" (how γ_i follows
+    γ, :func:`diffkit.samplers.bdia.bdia_edm_gamma_i`). The defaults (0.5, "vp") were good at
+    every NFE on the digits teacher (benchmarks/bdia_edm.py); a constant γ ≥ 0.5 can be unstable at
+    few steps on a VP model's wide σ range (its leapfrog-like parasitic mode is not damped). For
+    inversion use γ near 1 and the same γ to regenerate.
+
+    ``x_prev``: restart the recurrence from a pair -- ``x_prev`` is the state at ``sigmas[0]`` and
+    ``x`` the state at ``sigmas[1]`` (what ``invert_bdia_euler`` returns); no plain first step is
+    taken. ``return_pair``: return (state at sigmas[-2], state at sigmas[-1]) instead of the last
+    state, as the inverse needs.
+    """
     return _sample_bdia("euler", model, x, sigmas, gamma, gamma_mode, x_prev, extra_args, callback, disable,
                         dtype, return_pair, return_nfe)
 
@@ -320,13 +350,14 @@ def sample_bdia_euler(model, x, sigmas, extra_args=None, callback=None, disable=
 @torch.no_grad()
 def sample_bdia_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, *, gamma: float = 0.5,
                      gamma_mode: str = "vp", x_prev=None, dtype=None, return_pair=False, return_nfe=False):
+    """BDIA with EDM's Heun forward increment and an Euler backward one: the NFE of EDM Heun
+    (2N − 1 on a grid ending in 0).
+
+    ``gamma``, ``gamma_mode``, ``x_prev`` and ``return_pair`` as in :func:`sample_bdia_euler`
+    (γ = 0: EDM Heun, bit for bit).
+    """
     return _sample_bdia("heun", model, x, sigmas, gamma, gamma_mode, x_prev, extra_args, callback, disable,
                         dtype, return_pair, return_nfe)
-
-
-sample_bdia_euler.__doc__ = "BDIA with Euler forward and backward increments: 1 NFE per step." + _BDIA_DOC
-sample_bdia_heun.__doc__ = ("BDIA with EDM's Heun forward increment and an Euler backward one: the NFE of "
-                            "EDM Heun (2N - 1 on a grid ending in 0)." + _BDIA_DOC)
 
 
 # ----------------------------------------------------------------------------- exact inverse
@@ -351,56 +382,53 @@ def bdia_start_pair(model, x, sigmas, extra_args=None, *, dtype=None, return_nfe
 
 
 def _invert_bdia(forward, model, pair, sigmas, gamma, gamma_mode, extra_args, disable, dtype, return_nfe):
+    """The sampling loop run backwards: from (x_i, x_{i-1}) recover x_{i+1} by
+    :func:`~diffkit.samplers.bdia.bdia_edm_inverse_step`, re-evaluating the model at (x_i, σ_i)."""
     sig = check_sigmas(sigmas, model)
-    gamma = _check_gamma(gamma, gamma_mode)
-    if gamma == 0:
-        raise ValueError("gamma must be > 0 for the inverse (it divides by gamma)")
-    if gamma < 0.9:
-        warnings.warn(f"inverting with gamma={gamma} < 0.9: the inverse amplifies round-off by 1/gamma_i per "
-                      "step and the inverted states can blow up (spec §1.6); prefer gamma in [0.9, 1]",
-                      stacklevel=3)
+    gamma = check_gamma(gamma, for_inversion=True)
+    check_gamma_mode(gamma_mode)
     if len(sig) < 3:
         raise ValueError("inversion needs a grid of at least 3 levels")
-    x, x_next = (_prepare(t, dtype) for t in pair)  # states at sigmas[-2], sigmas[-1]
-    if x.shape != x_next.shape:
-        raise ValueError(f"pair: the two states differ in shape ({tuple(x.shape)} vs {tuple(x_next.shape)})")
-    x_next = x_next.to(x.dtype)
+    warn_inversion_gamma(gamma, len(sig) - 2, stacklevel=4)  # the user's call (past the no_grad wrapper)
+    x, x_below = (_prepare(t, dtype) for t in pair)  # states at sigmas[-2], sigmas[-1]
+    if x.shape != x_below.shape:
+        raise ValueError(f"pair: the two states differ in shape ({tuple(x.shape)} vs {tuple(x_below.shape)})")
+    x_below = x_below.to(x.dtype)
     D = _Counter(model, extra_args)
     for i in trange(len(sig) - 2, 0, -1, disable=disable):
         D.step = i
-        sigma_prev, sigma, sigma_next = sig[i - 1], sig[i], sig[i + 1]
+        sigma_above, sigma, sigma_below = sig[i - 1], sig[i], sig[i + 1]  # noisier, here, the sampling target
         d = to_d(x, sigma, D(x, sigma))
-        delta = _increment(D, forward, x, d, sigma, sigma_next)
-        g = bdia_gamma_i(gamma, gamma_mode, sigma_prev, sigma_next)
-        x, x_next = bdia_solve_previous(x_next, x, d, delta, sigma_prev, sigma, g), x
-    return _finish((x, x_next), D, return_nfe)
-
-
-_INV_DOC = """
-    ``pair`` = (state at sigmas[-2], state at sigmas[-1]), from ``sample_*(..., return_pair=True)``
-    or ``bdia_start_pair`` for a clean sample; ``sigmas`` is the sampling grid itself and
-    ``gamma``/``gamma_mode`` must be those used (or to be used) for sampling. Returns
-    (state at sigmas[0], state at sigmas[1]); ``sample_*(model, x1, sigmas, x_prev=x0, ...)``
-    with the same γ regenerates the pair's last state up to round-off. γ must be > 0 (warns
-    below 0.9). Same NFE per step as sampling.
-"""
+        delta = _increment(D, forward, x, d, sigma, sigma_below)
+        g = bdia_edm_gamma_i(gamma, gamma_mode, sigma_above, sigma_below)
+        x, x_below = bdia_edm_inverse_step(x_below, x, d, delta, sigma_above, sigma, g), x
+    return _finish((x, x_below), D, return_nfe)
 
 
 @torch.no_grad()
 def invert_bdia_euler(model, pair: Sequence[torch.Tensor], sigmas, extra_args=None, disable=None, *,
                       gamma: float, gamma_mode: str = "vp", dtype=None, return_nfe=False):
+    """Exact inverse of :func:`sample_bdia_euler` (solves (B) for the previous state).
+
+    ``pair`` = (state at sigmas[-2], state at sigmas[-1]), from ``sample_bdia_euler(...,
+    return_pair=True)`` or :func:`bdia_start_pair` for a clean sample; ``sigmas`` is the sampling
+    grid itself and ``gamma``/``gamma_mode`` must be those used (or to be used) for sampling.
+    Returns (state at sigmas[0], state at sigmas[1]); ``sample_bdia_euler(model, x1, sigmas,
+    x_prev=x0, ...)`` with the same γ regenerates the pair's last state up to round-off. γ must be
+    > 0; below ``diffkit.samplers.bdia.GAMMA_WARN_BELOW`` an ``InversionWarning`` is issued. Same
+    NFE per step as sampling.
+    """
     return _invert_bdia("euler", model, pair, sigmas, gamma, gamma_mode, extra_args, disable, dtype, return_nfe)
 
 
 @torch.no_grad()
 def invert_bdia_heun(model, pair: Sequence[torch.Tensor], sigmas, extra_args=None, disable=None, *,
                      gamma: float, gamma_mode: str = "vp", dtype=None, return_nfe=False):
+    """Exact inverse of :func:`sample_bdia_heun`; arguments and result as in :func:`invert_bdia_euler`."""
     return _invert_bdia("heun", model, pair, sigmas, gamma, gamma_mode, extra_args, disable, dtype, return_nfe)
 
 
-invert_bdia_euler.__doc__ = "Exact inverse of ``sample_bdia_euler`` (solves (B) for the previous state)." + _INV_DOC
-invert_bdia_heun.__doc__ = "Exact inverse of ``sample_bdia_heun`` (solves (B) for the previous state)." + _INV_DOC
-
+#: the k-diffusion-style samplers by registry name
 SAMPLERS: dict[str, Callable] = {
     "edm-euler": sample_euler,
     "edm-heun": sample_heun,

@@ -40,7 +40,8 @@ import torch
 from diffkit.conditioning import Guidance
 from diffkit.denoisers import EpsModel, to_eps_x0
 from diffkit.numerics import FiniteWatch
-from diffkit.samplers.bdia import bdia_inverse_step, bdia_step, check_gamma, ddim_map
+from diffkit.samplers.bdia import (InversionWarning, bdia_inverse_step, bdia_step, check_gamma, ddim_map,
+                                   warn_inversion_gamma)
 from diffkit.samplers.inversion_base import (FORMAT_VERSION, InversionRecord, check_eps_model, dtype_name,
                                              inversion_window, model_input_quantum, relative_error,
                                              resolve_guidance, snap_to_grid, window_levels)
@@ -50,15 +51,7 @@ __all__ = ["InversionResult", "InversionWarning", "invert", "regenerate", "inver
 
 #: the options :func:`invert` takes beyond the protocol's (the method table declares them)
 OPTIONS = ("gamma",)
-#: below this γ the inverted latents grow like (1/γ)^n: measured on a toy Gaussian-mixture model at
-#: 50 steps, |z_T| ~ 1e5 at γ = 0.7 (docs/methods/bdia.md, "Inversion"); Zhang et al. (arXiv:2307.10829)
-#: use γ in [0.92, 1.0] for editing
-GAMMA_WARN_BELOW = 0.9
 _CHECK_EVERY = 8
-
-
-class InversionWarning(UserWarning):
-    pass
 
 
 def _predict(model: EpsModel, z: torch.Tensor, t: int, guidance: Guidance, quantum: Optional[float]):
@@ -120,12 +113,7 @@ def invert(model: EpsModel, clean_latent: torch.Tensor, condition=None, *, steps
     schedule = model.schedule
     window = inversion_window(schedule, steps, strength)
     n = len(window)
-    if gamma < GAMMA_WARN_BELOW:
-        warnings.warn(
-            f"gamma={gamma} < {GAMMA_WARN_BELOW} for inversion: each of the {n - 1} exact inverse steps divides by "
-            f"gamma, so the inverted latents and their round-off can grow by up to (1/gamma)^{n - 1} ≈ "
-            f"{(1 / gamma) ** (n - 1):.3g}x (measured on a toy model at 50 steps: |z_T| ~ 1e5 at gamma=0.7, 1e12 at "
-            "0.5); use gamma in [0.92, 1.0] for inversion", InversionWarning, stacklevel=2)
+    warn_inversion_gamma(gamma, n - 1, stacklevel=2)
     if not isinstance(clean_latent, torch.Tensor) or clean_latent.ndim < 2:
         raise ValueError("clean_latent must be a batched tensor (B, C, H, W)")
     ac = window_levels(schedule, window)  # ac[k] for window[k], ac[n] for the clean level

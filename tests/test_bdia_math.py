@@ -1,11 +1,19 @@
-"""BDIA-DDIM pure functions: closed forms, exact inverse, the DDIM limit, closed-form data."""
+"""BDIA pure functions: closed forms, exact inverse, the DDIM limit, closed-form data; the one γ
+validator and the one inversion warning of every BDIA entrance (DDIM and EDM forms)."""
 
 import math
+import warnings
 
+import numpy as np
 import pytest
 import torch
 
-from diffkit.samplers.bdia import bdia_coefficients, bdia_inverse_step, bdia_step, check_gamma, ddim_map
+from diffkit.denoisers import EpsModel
+from diffkit.samplers import edm, inversion
+from diffkit.samplers.bdia import (GAMMA_WARN_BELOW, InversionWarning, bdia_coefficients, bdia_inverse_step,
+                                   bdia_step, check_gamma, ddim_map)
+from diffkit.samplers.bdia_ddim import BDIADDIMScheduler
+from diffkit.samplers.bdia_edm import BDIAEDMScheduler
 from diffkit.schedules import VPSchedule
 from diffkit.testing import tiny_ddim_scheduler
 
@@ -152,3 +160,82 @@ def test_inverse_needs_positive_gamma():
     z = torch.zeros(1, 1, 2, 2, dtype=torch.float64)
     with pytest.raises(ValueError, match="gamma must be > 0"):
         bdia_inverse_step(z, z, z, 0.2, 0.3, 0.4, 0.0)
+
+
+# ----------------------------------------------------------------------------- one γ rule, both forms
+def _gauss_denoiser(x, sigma):
+    """The exact denoiser of N(0, 0.5²) data (no trained range: any grid is accepted)."""
+    s = sigma.reshape(-1, *([1] * (x.ndim - 1)))
+    return x * 0.25 / (0.25 + s * s)
+
+
+def _gamma_entrances():
+    """Every place a user hands BDIA a γ: the validator, both schedulers, the EDM-form functions."""
+    sig = edm.model_sigmas(None, 3, sigma_min=0.002, sigma_max=80.0)
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return {
+        "check_gamma": check_gamma,
+        "BDIADDIMScheduler": lambda g: BDIADDIMScheduler(gamma=g).config.gamma,
+        "BDIAEDMScheduler": lambda g: BDIAEDMScheduler(gamma=g).config.gamma,
+        "sample_bdia_euler": lambda g: edm.sample_bdia_euler(_gauss_denoiser, x, sig, disable=True, gamma=g),
+        "sample_bdia_heun": lambda g: edm.sample_bdia_heun(_gauss_denoiser, x, sig, disable=True, gamma=g),
+    }
+
+
+@pytest.mark.parametrize("gamma", [0.5, 1, 0, np.float32(0.5), np.float64(0.25), np.int64(1), np.array(0.75),
+                                   torch.tensor(0.5), torch.tensor(0.5, dtype=torch.float64), torch.tensor(1)],
+                         ids=repr)
+def test_every_bdia_entrance_accepts_the_same_gamma_types(gamma):
+    value = float(gamma)
+    for name, entrance in _gamma_entrances().items():
+        out = entrance(gamma)
+        if name.startswith("sample_"):  # the same trajectory as with the Python float
+            assert torch.equal(out, entrance(value)), name
+        else:  # the validated value (and the schedulers' config) is a Python float
+            assert type(out) is float and out == value, name
+
+
+@pytest.mark.parametrize("gamma", [True, False, np.bool_(True), "0.5", None, float("nan"), 1.5, -0.1,
+                                   np.float32(1.01), torch.tensor([0.5]), torch.tensor(True), torch.tensor(0.5j),
+                                   np.array([0.5]), [0.5]], ids=repr)
+def test_every_bdia_entrance_refuses_the_same_gamma_values(gamma):
+    for name, entrance in _gamma_entrances().items():
+        with pytest.raises(ValueError, match=r"gamma must be a number in \[0, 1\]"):
+            entrance(gamma)
+            pytest.fail(f"{name} accepted gamma={gamma!r}")
+
+
+def _inverters(tiny_unet):
+    """Every inversion entrance, as γ -> run: the DDIM form (scheduler step, whole-latent
+    inversion) and the EDM form (Euler and Heun)."""
+    sig = edm.model_sigmas(None, 4, sigma_min=0.002, sigma_max=80.0)
+    pair = tuple(torch.randn(2, 3, generator=torch.Generator().manual_seed(k), dtype=torch.float64) for k in (1, 2))
+    z = torch.zeros(1, 4, 2, 2, dtype=torch.float64)
+    model = EpsModel(tiny_unet, tiny_ddim_scheduler())
+    c = tiny_unet.config
+    clean = torch.zeros(1, c.in_channels, c.sample_size, c.sample_size)
+
+    def ddim_step(g):
+        s = BDIADDIMScheduler(gamma=g)
+        s.set_timesteps(4)
+        return s.inverse_step(z, s.timesteps[1], z, z)
+
+    return {
+        "BDIADDIMScheduler.inverse_step": ddim_step,
+        "inversion.invert": lambda g: inversion.invert(model, clean, None, steps=3, gamma=g),
+        "edm.invert_bdia_euler": lambda g: edm.invert_bdia_euler(_gauss_denoiser, pair, sig, disable=True, gamma=g),
+        "edm.invert_bdia_heun": lambda g: edm.invert_bdia_heun(_gauss_denoiser, pair, sig, disable=True, gamma=g),
+    }
+
+
+def test_both_forms_warn_with_one_class_at_one_threshold(tiny_unet):
+    assert inversion.InversionWarning is InversionWarning and issubclass(InversionWarning, UserWarning)
+    below = np.nextafter(GAMMA_WARN_BELOW, 0.0)
+    for name, run in _inverters(tiny_unet).items():
+        with pytest.warns(InversionWarning, match=rf"gamma={below} < {GAMMA_WARN_BELOW} for inversion"):
+            run(below)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # at the threshold: no warning of any kind
+            run(GAMMA_WARN_BELOW)
+        with pytest.raises(ValueError, match="gamma must be > 0"):
+            run(0.0)

@@ -8,6 +8,7 @@ import torch
 from diffkit.conditioning import class_guidance
 from diffkit.denoisers import Denoiser, EpsModel
 from diffkit.samplers import edm
+from diffkit.samplers.bdia import GAMMA_MODES
 from diffkit.testing import tiny_ddim_scheduler, tiny_unet2d
 
 
@@ -85,7 +86,7 @@ def test_gamma_zero_is_the_plain_sampler_bit_for_bit(unet_model, forward):
     x = _noise() * sig[0]
     extra = {"guidance": class_guidance(unet, [3, 7])}
     plain = getattr(edm, f"sample_{forward}")(D, x, sig, extra, disable=True)
-    for mode in edm.GAMMA_MODES:
+    for mode in GAMMA_MODES:
         bdia = getattr(edm, f"sample_bdia_{forward}")(D, x, sig, extra, disable=True, gamma=0.0, gamma_mode=mode)
         assert torch.equal(plain, bdia)
 

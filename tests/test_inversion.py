@@ -13,7 +13,8 @@ import torch
 
 from diffkit.conditioning import class_guidance, prompt_guidance
 from diffkit.denoisers import EpsModel
-from diffkit.samplers.bdia_ddim import BDIADDIMScheduler, NonFiniteOutputError
+from diffkit.numerics import NonFiniteOutputError
+from diffkit.samplers.bdia_ddim import BDIADDIMScheduler
 from diffkit.samplers.inversion import (InversionResult, InversionWarning, invert, inversion_window,
                                         model_input_quantum, regenerate, relative_error, snap_to_grid)
 from diffkit.testing import tiny_ddim_scheduler
@@ -254,7 +255,7 @@ def test_cli_invert_then_sample_from_inversion(tmp_path, tiny_class_unet, capsys
     assert "differs from the inversion's 20" in capsys.readouterr().err
     assert main(["invert", "--model", str(tmp_path / "m"), "--digit", "3", "--gamma", "1.5",
                  "--output", str(inv)]) == 1
-    assert "gamma must be in [0, 1]" in capsys.readouterr().err
+    assert "gamma must be a number in [0, 1]" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("assets", ["shipped", "missing"])

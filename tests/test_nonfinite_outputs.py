@@ -105,7 +105,7 @@ def test_discrete_pipeline_raises_on_nan_logits_and_allows_minus_inf():
 
 def test_deferred_checks_report_the_first_bad_step_at_the_end_of_the_loop(monkeypatch, tiny_class_unet):
     # the accelerator path (a device-side flag, read once after the loop), exercised on CPU
-    assert bdia_ddim.FiniteWatch is FiniteWatch and bdia_ddim.NonFiniteOutputError is NonFiniteOutputError  # one watch
+    assert bdia_ddim.FiniteWatch is FiniteWatch and edm.FiniteWatch is FiniteWatch  # one watch, from diffkit.numerics
     deferred = functools.partial(FiniteWatch, deferred=True)
     monkeypatch.setattr(edm, "FiniteWatch", deferred)
     calls = []

@@ -125,6 +125,7 @@ def config(a, arm: str, seed: int):
 def run_one(a, pipe, evaluators, arm: str, seed: int) -> dict:
     """Train (or resume) one arm × seed; returns and stores its result record."""
     from diffkit.distill.disback import DisBackTrainer
+    from diffkit.run_state import latest_checkpoint
 
     cfg = config(a, arm, seed)
     stage1 = None
@@ -135,12 +136,13 @@ def run_one(a, pipe, evaluators, arm: str, seed: int) -> dict:
         stage1 = m.directory
         t1 = float(m.info.get("wall_time_s", 0.0))
     if seed not in evaluators:
-        from diffkit.distill.disback import fid_digits_evaluator
+        from diffkit.metrics.evaluators import fid_digits_evaluator
 
         evaluators[seed] = fid_digits_evaluator(n=a.eval_n, seed=seed)
-    tr = DisBackTrainer(pipe.unet, pipe.scheduler.config, cfg, a.out / f"{arm}-seed{seed}", stage1_dir=stage1,
+    run_dir = a.out / f"{arm}-seed{seed}"
+    tr = DisBackTrainer(pipe.unet, pipe.scheduler.config, cfg, run_dir, stage1_dir=stage1,
                         evaluator=evaluators[seed], cpu=True)
-    tr.fit(resume="latest")
+    tr.fit(resume="latest" if latest_checkpoint(run_dir) else None)  # continue an interrupted run
     rec = {"arm": arm, "mode": cfg.mode, "seed": seed, "evals": tr.evals, "stage2_wall_s": round(tr.wall_time_s, 1),
            "stage1_wall_s": round(t1, 1), "stage1_steps": cfg.stage1_steps if cfg.needs_path else 0,
            "switches": [{"step": s["step"], "node": s["node"]} for s in tr.switches],

@@ -25,13 +25,13 @@ from diffkit.commands.train_teacher import SCHEDULER, build_scheduler, export_pi
 from diffkit.conditioning import Guidance, class_guidance
 from diffkit.data import digits_tensors
 from diffkit.denoisers import Denoiser, EpsModel
-from diffkit.distill.disback import (DisBackConfig, DisBackTrainer, load_path_manifest, load_strict,
-                                     state_fingerprint)
+from diffkit.distill.disback import DisBackConfig, DisBackTrainer, load_path_manifest, state_fingerprint
 from diffkit.distill.generator import OneStepGenerator
 from diffkit.distill.losses import score_loss
 from diffkit.seeding import randn_for_indices
 from diffkit.testing import tiny_unet2d
 from diffkit.train import latest_checkpoint
+from diffkit.weights import load_state_dict_strict
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = dict(batch_size=4, stage1_steps=6, path_nodes=3, steps_per_node=2, max_steps=6, checkpoint_every=0,
@@ -438,8 +438,8 @@ def test_stage2_with_missing_or_corrupt_stage1_path_fails_clearly(teacher, teach
 
     from safetensors.torch import save_file
     save_file({"conv_in.weight": torch.zeros(3)}, str(tmp_path / "wrong.safetensors"))
-    with pytest.raises(ValueError, match="does not match the model"):
-        load_strict(tiny_unet2d(num_classes=10), tmp_path / "wrong.safetensors", "node")
+    with pytest.raises(ValueError, match="wrong.safetensors does not match UNet2DModel"):
+        load_state_dict_strict(tiny_unet2d(num_classes=10), tmp_path / "wrong.safetensors")
 
 
 def test_example_script_runs(teacher_dir, tmp_path):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._outputs import OutputError, check_output_dir
+from diffkit.commands._outputs import OutputError, check_output_dir
 
 
 def add_output_arguments(p, *, command: str, what: str, run_what: str = "checkpoints and loss log") -> None:

@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 from diffkit.checks import count_arg
-
-from ._outputs import check_output_dir
-from ._training import add_output_arguments, prepare_outputs
+from diffkit.commands._outputs import check_output_dir
+from diffkit.commands._training import add_output_arguments, prepare_outputs
+from diffkit.distill.config import MODES, SPACINGS, WEIGHTINGS, DisBackConfig
 
 NAME = "distill"
 HELP = "DisBack one-step distillation of a teacher (--teacher DIR --mode disback|vanilla|warm-critic --output DIR)"
@@ -33,9 +33,6 @@ DEMO_ORDER = 35
 
 
 def add_arguments(p):
-    from diffkit.distill.disback import MODES, SPACINGS, DisBackConfig
-    from diffkit.distill.losses import WEIGHTINGS
-
     d = DisBackConfig()
     p.add_argument("--teacher", required=True, help="teacher pipeline folder or asset name (e.g. assets/digits-unet)")
     p.add_argument("--mode", choices=MODES, default=d.mode,
@@ -48,7 +45,8 @@ def add_arguments(p):
     p.add_argument("--stage", choices=("1", "2", "all"), default="all",
                    help="1: only record the Stage-1 path; 2: only Stage 2 (the path must exist); all (default)")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="continue from the latest checkpoint in --run-dir (or the given checkpoint folder)")
+                   help="continue from the latest checkpoint in --run-dir (or the given checkpoint folder); without "
+                        "it a run folder that already holds a checkpoint is refused")
     p.add_argument("--max-steps", type=int, default=d.max_steps, help="Stage-2 generator steps (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (default %(default)s)")
     p.add_argument("--stage1-steps", type=int, default=d.stage1_steps, help="K1 (default %(default)s)")
@@ -99,8 +97,6 @@ def _pair(text: str, name: str, cast):
 
 
 def config_from_args(args):
-    from diffkit.distill.disback import DisBackConfig
-
     return DisBackConfig(
         mode=args.mode, max_steps=args.max_steps, batch_size=args.batch_size, stage1_steps=args.stage1_steps,
         path_nodes=args.path_nodes, path_spacing=args.path_spacing, progress_candidates=args.progress_candidates,
@@ -116,7 +112,8 @@ def config_from_args(args):
 
 
 def run(args):
-    from diffkit.distill.disback import DisBackTrainer, fid_digits_evaluator
+    from diffkit.distill.disback import DisBackTrainer
+    from diffkit.metrics.evaluators import fid_digits_evaluator
     from diffkit.pipelines import load_pipeline
     from diffkit.pipelines.one_step import require_diffusion_model
 
@@ -140,7 +137,7 @@ def run(args):
         print(f"Stage 1: {m.num_nodes} nodes at steps {[n['step'] for n in m.nodes[1:]]}, "
               f"{m.disk_bytes / 2**20:.1f} MiB in {m.directory}")
         return 0
-    trainer.fit(resume=args.resume if args.resume else False)
+    trainer.fit(resume=args.resume)  # None: a new run (diffkit.run_loop: one meaning of resume)
     if trainer.accelerator.is_main_process:
         trainer.export(output, {"command": command, "teacher": str(args.teacher), "run_dir": str(run_dir)})
         last = trainer.log[-1] if trainer.log else {}

@@ -129,7 +129,8 @@ def list_checkpoints(run_dir) -> list[Path]:
     d = Path(run_dir) / "checkpoints"
     if not d.is_dir():
         return []
-    out = [p for p in d.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and (p / "trainer_state.json").exists()]
+    out = [p for p in d.iterdir()
+           if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and (p / "trainer_state.json").exists()]
     return sorted(out, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 

@@ -1,11 +1,12 @@
 """λ-DCE training of a character-level RADD model on the pydoc corpus (the shipped ``assets/text-radd``).
 
 The loss is RADD's ``lambda_DCE`` (Ou et al. 2024, arXiv 2406.03736, §3.3 and App. C): per
-sequence, draw λ ∈ (0, 1), mask each token independently with probability λ, and score (1/λ) Σ_{masked i} -log c_θ(x₀ⁱ | unmasked). Its
-expectation over λ ~ U(0, 1) is the any-order autoregressive NLL, an upper bound on -log p(x₀)
-(the same estimator :func:`diffkit.likelihood.lambda_dce_nll` evaluates). λ is stratified over the
-global batch as in the official code (λ = (u + g mod B)/B for global sample g), which lowers the
-variance without changing the mean. All draws are functions of (seed, stream, global sample index),
+sequence, draw λ ∈ (0, 1), mask each token independently with probability λ, and score
+(1/λ) Σ_{masked i} -log c_θ(x₀ⁱ | unmasked). Its expectation over λ ~ U(0, 1) is the any-order
+autoregressive NLL, an upper bound on -log p(x₀) (the same estimator
+:func:`diffkit.likelihood.lambda_dce_nll` evaluates). λ is stratified over the global batch as in
+the official code (λ = (u + g mod B)/B for global sample g), which lowers the variance without
+changing the mean. All draws are functions of (seed, stream, global sample index),
 so the run resumes exactly through :class:`diffkit.train.Trainer`.
 
 The batch source cuts windows of ``length`` characters at uniformly random offsets of the train
@@ -53,7 +54,8 @@ class LambdaDCELoss:
     def __init__(self, mask_token_id: int, batch_size: int, seed: int = 0, min_lambda: float = 1e-4):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.mask_id, self.batch_size, self.seed, self.min_lambda = int(mask_token_id), int(batch_size), int(seed), float(min_lambda)
+        self.mask_id, self.batch_size = int(mask_token_id), int(batch_size)
+        self.seed, self.min_lambda = int(seed), float(min_lambda)
 
     def masks(self, x0: torch.Tensor, indices) -> tuple[torch.Tensor, torch.Tensor]:
         """(λ [B] float64, mask [B, L] bool) for the given global sample indices."""
@@ -180,7 +182,8 @@ def heldout_nll_bound(model, tokenizer, draws: int = 16, max_blocks: Optional[in
                 stderr_bits=se / r.num_tokens / math.log(2), draws=draws, blocks=len(blocks), chars=r.num_tokens)
 
 
-def write_model_card(folder, draws: int = 16, steps=(16, 64, 256, 1024), prompt: str = "A list ", seed: int = 0) -> Path:
+def write_model_card(folder, draws: int = 16, steps=(16, 64, 256, 1024), prompt: str = "A list ",
+                     seed: int = 0) -> Path:
     """Evaluate the pipeline folder and write its README.md (atomically); returns its path."""
     folder = Path(folder)
     facts = json.loads((folder / "training.json").read_text())
@@ -214,7 +217,8 @@ def write_model_card(folder, draws: int = 16, steps=(16, 64, 256, 1024), prompt:
         f"{arch.get('n_heads')} heads, RoPE, no time input |",
         f"| parameters | {params:,} ({size / 2 ** 20:.2f} MiB on disk with tokenizer and corpus snapshot) |",
         f"| sequence length L | {L} characters |",
-        f"| vocabulary | {tok.vocab_size} characters (every character of the corpus) + the mask token (id {tok.vocab_size}) |",
+        f"| vocabulary | {tok.vocab_size} characters (every character of the corpus) + the mask token "
+        f"(id {tok.vocab_size}) |",
         f"| training | λ-DCE (stratified λ), {facts['steps']} steps × batch {facts['batch_size']} × {L} characters, "
         f"AdamW lr {facts['learning_rate']} (warm-up {facts['warmup_steps']}, then constant), grad clip "
         f"{facts['grad_clip']}, EMA {facts['ema_decay']} (weights shipped: EMA) |",

@@ -6,10 +6,10 @@ reasoning behind the modes and the schedule is in docs/methods/disback.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Optional
 
-__all__ = ["MODES", "SPACINGS", "WEIGHTINGS", "DEFAULT_T_RANGE", "DisBackConfig", "target_node"]
+__all__ = ["MODES", "SPACINGS", "WEIGHTINGS", "DEFAULT_T_RANGE", "DisBackConfig", "target_node", "resume_mismatch"]
 
 #: ``mode`` changes only initialisation and targets (one code path; the "warm critic" arm separates
 #: DisBack's two changes, a fake score fitted to G⁰ and the walked path):
@@ -108,3 +108,19 @@ class DisBackConfig:
     def target_node(self, step: int) -> int:
         """Path node that is the target at generator step ``step`` (0-based); 0 = the teacher."""
         return target_node(self.mode, step, self.path_nodes, self.steps_per_node)
+
+
+#: settings a resumed Stage 2 must share with the checkpoint it continues (they fix its draws and targets)
+RESUME_KEYS = ("mode", "batch_size", "fake_updates", "seed", "path_nodes", "steps_per_node", "weighting",
+               "t_range", "generator_timestep", "label_dropout", "target_guidance")
+
+
+def resume_mismatch(saved: dict, config: DisBackConfig) -> None:
+    """Raise a ValueError naming every :data:`RESUME_KEYS` setting in which the checkpoint's
+    ``saved`` config differs from ``config``."""
+    norm = lambda v: list(v) if isinstance(v, (tuple, list)) else v  # noqa: E731 (JSON has no tuples)
+    ours = asdict(config)
+    diff = [k for k in RESUME_KEYS if k in saved and norm(saved[k]) != norm(ours[k])]
+    if diff:
+        raise ValueError("cannot resume: the checkpoint was written with different settings: " +
+                         ", ".join(f"{k}={saved[k]!r} (now {ours[k]!r})" for k in diff))

@@ -55,7 +55,7 @@ from torch import nn
 from diffkit.atomic import write_text_atomically
 from diffkit.conditioning import class_guidance, num_classes
 from diffkit.denoisers import EpsModel
-from diffkit.distill.config import MODES, SPACINGS, DisBackConfig
+from diffkit.distill.config import MODES, SPACINGS, DisBackConfig, resume_mismatch
 from diffkit.distill.generator import GeneratorSource, OneStepGenerator, check_generator_timestep, check_teacher
 from diffkit.distill.losses import DistributionMatchingLoss, check_t_range, score_loss
 from diffkit.distill.path import PATH_FILE, PathManifest, load_path_manifest, state_fingerprint
@@ -72,9 +72,6 @@ __all__ = ["MODES", "SPACINGS", "DisBackConfig", "DisBackTrainer", "PathManifest
 
 LOG_FIELDS = ["step", "target_node", "loss_fake", "loss_gen", "mismatch", "grad_rms", "grad_norm_gen",
               "grad_norm_fake", "lr_gen", "lr_fake", "wall_time_s"]
-#: settings a resumed Stage 2 must share with the checkpoint it continues
-_RESUME_KEYS = ("mode", "batch_size", "fake_updates", "seed", "path_nodes", "steps_per_node", "weighting",
-                "t_range", "generator_timestep", "label_dropout", "target_guidance")
 
 
 class DisBackTrainer(Stage1Recorder, RunLoop):
@@ -95,6 +92,13 @@ class DisBackTrainer(Stage1Recorder, RunLoop):
       (recorded or given) and before the first Stage-2 step, with its :class:`PathManifest`
       (e.g. a check of the recorded path); its result is kept in the checkpoints (a resumed run
       does not call it again) and recorded under ``"stage1_check"`` in ``summary.json``.
+
+    :meth:`fit` (:meth:`diffkit.run_loop.RunLoop.fit`) runs Stage 1 if the mode needs it (an
+    unfinished Stage 1 always resumes), then Stage 2 to ``config.max_steps`` generator steps, and
+    returns the log rows; ``resume`` has the one meaning of every trainer (a run killed during
+    Stage 1 has no Stage-2 checkpoint yet, and ``resume="latest"`` then starts Stage 2 at step
+    0). SIGINT/SIGTERM in either stage finish the step in progress (its samples and evaluation
+    included), write its checkpoint and raise :class:`diffkit.run_loop.TrainingInterrupted`.
     """
 
     log_file = "log.csv"
@@ -347,20 +351,6 @@ class DisBackTrainer(Stage1Recorder, RunLoop):
         if self.evaluator is not None and (not cfg.eval_every or self.step % cfg.eval_every):
             self.evaluate()
 
-    def fit(self, resume=None, stop_at: Optional[int] = None):
-        """Run Stage 2 to ``config.max_steps`` generator steps (Stage 1 first if the mode needs it).
-
-        ``resume`` (first call only; one meaning in every trainer, :mod:`diffkit.run_loop`): None
-        or False (start; refuse a run folder holding a Stage-2 checkpoint), ``"latest"``/True
-        (continue from the latest checkpoint; a run killed during Stage 1 has none yet and starts
-        Stage 2 at step 0), or a checkpoint folder. An unfinished Stage 1 always resumes. Later
-        calls continue from memory. ``stop_at`` interrupts on purpose. SIGINT/SIGTERM during
-        Stage 1 or Stage 2 finish the step in progress (its samples and evaluation included),
-        write its checkpoint and raise :class:`diffkit.run_loop.TrainingInterrupted`; resuming
-        continues exactly. Returns the log rows.
-        """
-        return super().fit(resume=resume, stop_at=stop_at)
-
     def train(self, output=None, resume=None):
         """Stage 1 (if needed), Stage 2, and the export of the EMA generator to ``output``."""
         self.fit(resume=resume)
@@ -461,11 +451,7 @@ class DisBackTrainer(Stage1Recorder, RunLoop):
         state = json.loads((path / "trainer_state.json").read_text())
         if state.get("teacher_sha256") != self.teacher_sha256:
             raise ValueError(f"checkpoint {path} was trained from a different teacher")
-        theirs, ours = state.get("config", {}), asdict(self.config)
-        diff = [k for k in _RESUME_KEYS if k in theirs and _norm(theirs[k]) != _norm(ours[k])]
-        if diff:
-            raise ValueError("cannot resume: the checkpoint was written with different settings: " +
-                             ", ".join(f"{k}={theirs[k]!r} (now {ours[k]!r})" for k in diff))
+        resume_mismatch(state.get("config", {}), self.config)  # raises, naming the settings
         load_state_dict_strict(self.gen_unwrapped.unet, path / "generator.safetensors")
         load_state_dict_strict(self.fake_unwrapped, path / "fake.safetensors")
         self.ema.load_state_dict({"shadow": load_file(str(path / "generator_ema.safetensors")),
@@ -504,7 +490,3 @@ class DisBackTrainer(Stage1Recorder, RunLoop):
                        "disk_bytes": self.manifest.disk_bytes, "wall_time_s": self.manifest.info.get("wall_time_s")},
                    "stage1_check": self.stage1_check, "config": asdict(self.config)}
         return summary
-
-
-def _norm(v):
-    return list(v) if isinstance(v, (tuple, list)) else v

@@ -126,7 +126,8 @@ def check_teacher(unet: nn.Module, scheduler_config) -> None:
     cos = probe_prediction_type(unet, scheduler_config)
     looks_eps = cos > 0.5
     if (pt == "epsilon") != looks_eps:
-        seen = "the input noise (an ε-prediction model)" if looks_eps else "not the input noise (a v- or x0-prediction model, or an untrained network)"
+        seen = ("the input noise (an ε-prediction model)" if looks_eps
+                else "not the input noise (a v- or x0-prediction model, or an untrained network)")
         raise ValueError(
             f"teacher: its scheduler config says prediction_type={pt!r}, but at the top timestep its outputs match "
             f"{seen}: cosine(output, noise) = {cos:.3f} (ε-models give ≈1, v/x0-models ≈0). Set the scheduler "

@@ -98,7 +98,8 @@ class DistributionMatchingLoss:
     """
 
     def __init__(self, scheduler_config, seed: int = 0, t_range=DEFAULT_T_RANGE, weighting: str = "dmd2"):
-        self.schedule = scheduler_config if isinstance(scheduler_config, VPSchedule) else VPSchedule.from_config(scheduler_config)
+        self.schedule = (scheduler_config if isinstance(scheduler_config, VPSchedule)
+                         else VPSchedule.from_config(scheduler_config))
         self.t_range = check_t_range(t_range, self.schedule.num_train_timesteps)
         self.weighting = _check_weighting(weighting)
         self.seed = int(seed)

@@ -76,7 +76,8 @@ class Stage1Recorder:
                            grad_clip=cfg.grad_clip, ema_decay=0.0, seed=cfg.seed, checkpoint_every=0,
                            keep_checkpoints=1, progress=cfg.progress)
         trainer = Trainer(fake, self._score_loss("stage1-loss"), source, tcfg, d, accelerator=acc,
-                          meta={"what": "DisBack Stage 1 (degradation recording)", "teacher_sha256": self.teacher_sha256})
+                          meta={"what": "DisBack Stage 1 (degradation recording)",
+                                "teacher_sha256": self.teacher_sha256})
         progress_file = d / "progress.json"
         settings = self._stage1_settings()
         record = {"teacher_sha256": self.teacher_sha256, "settings": settings, "candidates": [], "eval_loss_0": None}
@@ -108,7 +109,8 @@ class Stage1Recorder:
             if acc.is_main_process:
                 f = cand_dir / f"cand-{b:07d}.safetensors"
                 save_module(trainer.unwrapped, f)
-                record["candidates"].append({"step": b, "file": f.name, "eval_loss": self.stage1_eval_loss(trainer.unwrapped)})
+                record["candidates"].append({"step": b, "file": f.name,
+                                             "eval_loss": self.stage1_eval_loss(trainer.unwrapped)})
                 write_text_atomically(progress_file, json.dumps(record, indent=1))
             acc.wait_for_everyone()
         if acc.is_main_process:

@@ -141,7 +141,8 @@ def run(args):
     if trainer.accelerator.is_main_process:
         trainer.export(output, {"command": command, "teacher": str(args.teacher), "run_dir": str(run_dir)})
         last = trainer.log[-1] if trainer.log else {}
-        print(f"distilled {trainer.step} generator steps ({cfg.mode}; fake loss {last.get('loss_fake', float('nan')):.4f}, "
+        print(f"distilled {trainer.step} generator steps ({cfg.mode}; "
+              f"fake loss {last.get('loss_fake', float('nan')):.4f}, "
               f"mismatch {last.get('mismatch', float('nan')):.4f}; {time.perf_counter() - t0:.0f} s this session); "
               f"wrote {output}; checkpoints in {run_dir}")
     trainer.accelerator.wait_for_everyone()

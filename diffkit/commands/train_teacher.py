@@ -137,7 +137,8 @@ def train_teacher(output, max_steps: int = 4000, seed: int = 0, resume=None, run
             "wall_time_s": round(result.wall_time_s, 1),
             "processes": trainer.accelerator.num_processes,
             "machine": f"{platform.machine()} {os.cpu_count()}-core CPU, torch {__import__('torch').__version__}",
-            "data": f"sklearn load_digits train split ({len(y)} images; every {TEST_EVERY}th image of each class held out)",
+            "data": f"sklearn load_digits train split ({len(y)} images; every {TEST_EVERY}th image of each class "
+                    "held out)",
         }
         if trainer.evals:
             facts["evals"] = trainer.evals

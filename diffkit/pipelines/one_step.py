@@ -82,13 +82,15 @@ class OneStepPipeline(UmaskSaveMixin, LocalFolderPipelineMixin, DiffusionPipelin
         if class_labels is not None and not n:
             raise ValueError("class_labels were given but the generator is not class-conditional")
         if class_labels is None and n:
-            raise ValueError(f"class_labels is required for a class-conditional generator (accepted labels: 0..{n - 1})")
+            raise ValueError(f"class_labels is required for a class-conditional generator "
+                             f"(accepted labels: 0..{n - 1})")
         class_labels, batch_size = batch_of(class_labels, batch_size, latents, num_inference_steps)
         seed = check_randomness(seed, sample_indices, generator, batch_size)
         if class_labels is not None:
             bad = class_labels[(class_labels < 0) | (class_labels >= n)]
             if bad.numel():
-                raise ValueError(f"class label(s) {sorted(set(bad.tolist()))} out of range: accepted labels are 0..{n - 1}")
+                raise ValueError(f"class label(s) {sorted(set(bad.tolist()))} out of range: accepted labels are "
+                                 f"0..{n - 1}")
             class_labels = class_labels.to(self.device)
         if latents is None:
             latents = draw_noise(self.unet, batch_size, seed, sample_indices, generator, self.device)

@@ -22,10 +22,12 @@ import sys
 import time
 from pathlib import Path
 
+from diffkit.assets import AssetError
 from diffkit.checks import count_arg
 from diffkit.commands._outputs import check_output_dir
 from diffkit.commands._training import add_output_arguments, prepare_outputs
 from diffkit.distill.config import MODES, SPACINGS, WEIGHTINGS, DisBackConfig
+from diffkit.pipelines import load_pipeline
 
 NAME = "distill"
 HELP = "DisBack one-step distillation of a teacher (--teacher DIR --mode disback|vanilla|warm-critic --output DIR)"
@@ -114,7 +116,6 @@ def config_from_args(args):
 def run(args):
     from diffkit.distill.disback import DisBackTrainer
     from diffkit.metrics.evaluators import fid_digits_evaluator
-    from diffkit.pipelines import load_pipeline
     from diffkit.pipelines.one_step import require_diffusion_model
 
     command = "diffkit distill " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else None
@@ -153,9 +154,7 @@ def demo_step(ctx):
     """One-step samples of the shipped distilled generator beside the teacher's DDIM samples."""
     import torch
 
-    from diffkit.assets import AssetError
     from diffkit.images import save_grid
-    from diffkit.pipelines import load_pipeline
 
     try:
         one, teacher = load_pipeline("digits-onestep"), load_pipeline("digits-unet")

@@ -26,8 +26,12 @@ import sys
 import time
 from pathlib import Path
 
+from diffkit.assets import AssetError
+from diffkit.atomic import replace_dir, staging_dir
 from diffkit.checks import count_arg
 from diffkit.commands._training import add_training_arguments, prepare_outputs
+from diffkit.pipelines import load_pipeline
+from diffkit.weights import MANIFEST, write_manifest
 
 NAME = "train-teacher"
 HELP = "train the class-conditional digits teacher (rebuild assets/digits-unet with --replace-asset)"
@@ -149,9 +153,7 @@ def train_teacher(output, max_steps: int = 4000, seed: int = 0, resume=None, run
 
 def export_pipeline(unet, scheduler, output, facts: dict | None = None) -> Path:
     """Write a ClassConditionalPipeline folder atomically (staging folder renamed into place)."""
-    from diffkit.atomic import replace_dir, staging_dir
     from diffkit.pipelines.class_conditional import ClassConditionalPipeline
-    from diffkit.weights import MANIFEST, write_manifest
 
     tmp = staging_dir(output)
     ClassConditionalPipeline(unet.eval(), scheduler).save_pretrained(str(tmp), safe_serialization=True)
@@ -166,10 +168,8 @@ def demo_step(ctx):
     """Per-class samples of the shipped teacher, scored by the shipped feature network."""
     import torch
 
-    from diffkit.assets import AssetError
     from diffkit.images import save_grid
     from diffkit.metrics.digits import classify, sample_digits
-    from diffkit.pipelines import load_pipeline
 
     try:
         pipe = load_pipeline("digits-unet")

@@ -1,4 +1,4 @@
-"""Does the DisBack path speed up convergence? Arms A vanilla / B warm critic / C DisBack (spec §9).
+"""Does the DisBack path speed up convergence? Arms A vanilla / B warm critic / C DisBack.
 
     python benchmarks/disback_convergence.py              # full run (resumable: rerun to continue)
     python benchmarks/disback_convergence.py --max-runs 3 # at most 3 runs this session, then stop
@@ -6,7 +6,8 @@
     python benchmarks/disback_convergence.py --report     # only summarise the finished runs
 
 One code path (``DisBackTrainer``), identical hyper-parameters; the arms differ only in the
-fake-score initialisation and the target (spec §8 item 3):
+fake-score initialisation and the target (the warm-critic arm B separates DisBack's two changes;
+docs/methods/disback.md):
 
 =====  ==========================  ===============================================
 arm    fake score init             target
@@ -27,7 +28,7 @@ seconds are recorded beside it.
 
 Thresholds are fixed here, before any result: multiples of the teacher's DDIM-50 FID-digits
 at n = 1000 (0.036 ± 0.008, seeds 0-2, assets/digits-unet/README.md), plus the rule
-"1.1 × arm A's final mean FID" (spec §9). Iterations to a threshold = the first evaluated
+"1.1 × arm A's final mean FID". Iterations to a threshold = the first evaluated
 step whose FID is at or below it (per seed; ``None`` = not reached within the run);
 speed-up = iterations(A or B) / iterations(C), per seed (paired) and as the ratio of seed
 means with a bootstrap 95 % interval over seeds.
@@ -81,7 +82,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--max-runs", type=int, default=None, help="train at most this many unfinished runs, then stop")
     p.add_argument("--report", action="store_true", help="only summarise finished runs")
-    p.add_argument("--json", default=None, help="summary JSON (default benchmarks/results/disback_convergence[_quick].json)")
+    p.add_argument("--json", default=None,
+                   help="summary JSON (default benchmarks/results/disback_convergence[_quick].json)")
     p.add_argument("--plot", default=None, help="plot PNG (default beside the JSON)")
     a = p.parse_args(argv)
     base = QUICK if a.quick else FULL
@@ -125,22 +127,25 @@ def config(a, arm: str, seed: int):
 def run_one(a, pipe, evaluators, arm: str, seed: int) -> dict:
     """Train (or resume) one arm × seed; returns and stores its result record."""
     from diffkit.distill.disback import DisBackTrainer
+    from diffkit.run_state import latest_checkpoint
 
     cfg = config(a, arm, seed)
     stage1 = None
     t1 = 0.0
     if cfg.needs_path:  # the seed's shared Stage-1 path (recorded once, resumable)
-        rec = DisBackTrainer(pipe.unet, pipe.scheduler.config, config(a, "C", seed), a.out / f"stage1-seed{seed}", cpu=True)
+        rec = DisBackTrainer(pipe.unet, pipe.scheduler.config, config(a, "C", seed), a.out / f"stage1-seed{seed}",
+                             cpu=True)
         m = rec.run_stage1()
         stage1 = m.directory
         t1 = float(m.info.get("wall_time_s", 0.0))
     if seed not in evaluators:
-        from diffkit.distill.disback import fid_digits_evaluator
+        from diffkit.metrics.evaluators import fid_digits_evaluator
 
         evaluators[seed] = fid_digits_evaluator(n=a.eval_n, seed=seed)
-    tr = DisBackTrainer(pipe.unet, pipe.scheduler.config, cfg, a.out / f"{arm}-seed{seed}", stage1_dir=stage1,
+    run_dir = a.out / f"{arm}-seed{seed}"
+    tr = DisBackTrainer(pipe.unet, pipe.scheduler.config, cfg, run_dir, stage1_dir=stage1,
                         evaluator=evaluators[seed], cpu=True)
-    tr.fit(resume="latest")
+    tr.fit(resume="latest" if latest_checkpoint(run_dir) else None)  # continue an interrupted run
     rec = {"arm": arm, "mode": cfg.mode, "seed": seed, "evals": tr.evals, "stage2_wall_s": round(tr.wall_time_s, 1),
            "stage1_wall_s": round(t1, 1), "stage1_steps": cfg.stage1_steps if cfg.needs_path else 0,
            "switches": [{"step": s["step"], "node": s["node"]} for s in tr.switches],
@@ -272,7 +277,8 @@ def print_table(summary, a) -> None:
             ct = [th["compute"][s] for s in e["seeds"]]
             cells.append(f"{arm}: {st} | {[None if v is None else round(v) for v in ct]}")
         print(f"  {name} (FID ≤ {t:.4f}):  " + ";  ".join(cells))
-    print("\nspeed-up (iterations of A or B / iterations of C; per-seed mean ± std, ratio of means [95% bootstrap CI]):")
+    print("\nspeed-up (iterations of A or B / iterations of C; per-seed mean ± std, ratio of means "
+          "[95% bootstrap CI]):")
     unreached = []
     for k, v in summary["speedups"].items():
         if v["pairs"]:

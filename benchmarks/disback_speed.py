@@ -68,7 +68,8 @@ def main(argv=None):
     args = parse_args(argv)
     import torch
 
-    from diffkit.distill.disback import DisBackConfig, DisBackTrainer, GeneratorSource
+    from diffkit.distill.disback import DisBackConfig, DisBackTrainer
+    from diffkit.distill.generator import GeneratorSource
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,11 +1,12 @@
 """λ-DCE training of a character-level RADD model on the pydoc corpus (the shipped ``assets/text-radd``).
 
-The loss is RADD's ``lambda_DCE`` (§3.3, App. C; spec §3): per sequence, draw λ ∈ (0, 1), mask each
-token independently with probability λ, and score (1/λ) Σ_{masked i} -log c_θ(x₀ⁱ | unmasked). Its
-expectation over λ ~ U(0, 1) is the any-order autoregressive NLL, an upper bound on -log p(x₀)
-(the same estimator :func:`diffkit.likelihood.lambda_dce_nll` evaluates). λ is stratified over the
-global batch as in the official code (λ = (u + g mod B)/B for global sample g), which lowers the
-variance without changing the mean. All draws are functions of (seed, stream, global sample index),
+The loss is RADD's ``lambda_DCE`` (Ou et al. 2024, arXiv 2406.03736, §3.3 and App. C): per
+sequence, draw λ ∈ (0, 1), mask each token independently with probability λ, and score
+(1/λ) Σ_{masked i} -log c_θ(x₀ⁱ | unmasked). Its expectation over λ ~ U(0, 1) is the any-order
+autoregressive NLL, an upper bound on -log p(x₀) (the same estimator
+:func:`diffkit.likelihood.lambda_dce_nll` evaluates). λ is stratified over the global batch as in
+the official code (λ = (u + g mod B)/B for global sample g), which lowers the variance without
+changing the mean. All draws are functions of (seed, stream, global sample index),
 so the run resumes exactly through :class:`diffkit.train.Trainer`.
 
 The batch source cuts windows of ``length`` characters at uniformly random offsets of the train
@@ -15,6 +16,7 @@ split (stateless: the window of sample g depends only on (seed, g)).
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -23,7 +25,18 @@ from typing import Optional
 
 import torch
 
-from .seeding import rand_for_indices, randint_for_indices
+from diffkit.assets import shipped_asset_target
+from diffkit.atomic import replace_dir, staging_dir, write_text_atomically
+from diffkit.likelihood import blocked_nll, split_blocks
+from diffkit.models.radd import RADDTransformer
+from diffkit.models.tokenizers import CharTokenizer
+from diffkit.pipelines.discrete import DiscreteDiffusionPipeline, load_text_pipeline
+from diffkit.samplers.absorbing import expected_nfe
+from diffkit.seeding import rand_for_indices, randint_for_indices
+from diffkit.text_corpus import (CORPUS_PYTHON, CORPUS_SHA256, BigramModel, corpus_alphabet, corpus_split,
+                                 unigram_entropy_bits)
+from diffkit.train import Trainer, TrainConfig, resolve_run_dir
+from diffkit.weights import MANIFEST, write_manifest
 
 __all__ = ["LambdaDCELoss", "TextWindowSource", "PRESETS", "build_text_model", "train_text_model", "export_text_model",
            "heldout_nll_bound", "write_model_card"]
@@ -41,7 +54,8 @@ class LambdaDCELoss:
     def __init__(self, mask_token_id: int, batch_size: int, seed: int = 0, min_lambda: float = 1e-4):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.mask_id, self.batch_size, self.seed, self.min_lambda = int(mask_token_id), int(batch_size), int(seed), float(min_lambda)
+        self.mask_id, self.batch_size = int(mask_token_id), int(batch_size)
+        self.seed, self.min_lambda = int(seed), float(min_lambda)
 
     def masks(self, x0: torch.Tensor, indices) -> tuple[torch.Tensor, torch.Tensor]:
         """(λ [B] float64, mask [B, L] bool) for the given global sample indices."""
@@ -79,8 +93,6 @@ class TextWindowSource:
 
 
 def build_text_model(vocab_size: int, preset: str = "text", seed: int = 0, dropout: float = 0.0):
-    from .models.radd import RADDTransformer
-
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
     with torch.random.fork_rng(devices=[]):
@@ -91,11 +103,6 @@ def build_text_model(vocab_size: int, preset: str = "text", seed: int = 0, dropo
 def export_text_model(model, tokenizer, output, facts: Optional[dict] = None) -> Path:
     """Write a DiscreteDiffusionPipeline folder (transformer/, scheduler/, tokenizer/) atomically,
     keeping files of an existing folder that the export does not produce (corpus/, README.md, ...)."""
-    from .pipelines.discrete import DiscreteDiffusionPipeline
-
-    from .atomic import replace_dir, staging_dir
-    from .weights import MANIFEST, write_manifest
-
     tmp = staging_dir(output)
     DiscreteDiffusionPipeline.from_model(model.eval(), tokenizer).save_pretrained(str(tmp), safe_serialization=True)
     if facts is not None:
@@ -112,11 +119,6 @@ def train_text_model(output, max_steps: int = 20000, max_minutes: Optional[float
     """Train (or resume) with λ-DCE and export the EMA model to ``output``. ``max_minutes`` stops
     at the first checkpoint boundary after that much wall time of this session (the step reached is
     recorded; the learning rate is constant after warm-up, so ``--max-steps N`` reproduces it)."""
-    from .models.tokenizers import CharTokenizer
-    from .text_corpus import CORPUS_PYTHON, CORPUS_SHA256, corpus_alphabet, corpus_split
-    from .assets import shipped_asset_target
-    from .train import Trainer, TrainConfig, resolve_run_dir
-
     output = Path(output)
     run_dir = resolve_run_dir(output, run_dir)
     tok = CharTokenizer(corpus_alphabet(corpus_path), unk=" ")
@@ -172,11 +174,6 @@ def heldout_nll_bound(model, tokenizer, draws: int = 16, max_blocks: Optional[in
     :func:`diffkit.likelihood.blocked_nll` (block k with seed ``seed + k``, the rule of
     ``diffkit text nll``). ``estimator``: ``"k-dce"`` (default; finite variance) or ``"lambda-dce"``
     (the training loss; the shipped card's figure)."""
-    import math
-
-    from .likelihood import blocked_nll, split_blocks
-    from .text_corpus import corpus_split
-
     L = int(model.config.length)
     blocks = split_blocks(tokenizer.encode(corpus_split("heldout", corpus_path)), L, drop_last=True)[:max_blocks]
     r = blocked_nll(model, blocks, estimator, draws, seed=seed, batch_size=64)
@@ -185,14 +182,9 @@ def heldout_nll_bound(model, tokenizer, draws: int = 16, max_blocks: Optional[in
                 stderr_bits=se / r.num_tokens / math.log(2), draws=draws, blocks=len(blocks), chars=r.num_tokens)
 
 
-def write_model_card(folder, draws: int = 16, steps=(16, 64, 256, 1024), prompt: str = "A list ", seed: int = 0) -> Path:
+def write_model_card(folder, draws: int = 16, steps=(16, 64, 256, 1024), prompt: str = "A list ",
+                     seed: int = 0) -> Path:
     """Evaluate the pipeline folder and write its README.md (atomically); returns its path."""
-    import math
-
-    from .pipelines.discrete import load_text_pipeline
-    from .samplers.absorbing import expected_nfe
-    from .text_corpus import BigramModel, corpus_alphabet, corpus_split, unigram_entropy_bits
-
     folder = Path(folder)
     facts = json.loads((folder / "training.json").read_text())
     pipe = load_text_pipeline(str(folder))
@@ -225,7 +217,8 @@ def write_model_card(folder, draws: int = 16, steps=(16, 64, 256, 1024), prompt:
         f"{arch.get('n_heads')} heads, RoPE, no time input |",
         f"| parameters | {params:,} ({size / 2 ** 20:.2f} MiB on disk with tokenizer and corpus snapshot) |",
         f"| sequence length L | {L} characters |",
-        f"| vocabulary | {tok.vocab_size} characters (every character of the corpus) + the mask token (id {tok.vocab_size}) |",
+        f"| vocabulary | {tok.vocab_size} characters (every character of the corpus) + the mask token "
+        f"(id {tok.vocab_size}) |",
         f"| training | λ-DCE (stratified λ), {facts['steps']} steps × batch {facts['batch_size']} × {L} characters, "
         f"AdamW lr {facts['learning_rate']} (warm-up {facts['warmup_steps']}, then constant), grad clip "
         f"{facts['grad_clip']}, EMA {facts['ema_decay']} (weights shipped: EMA) |",
@@ -251,9 +244,7 @@ def write_model_card(folder, draws: int = 16, steps=(16, 64, 256, 1024), prompt:
                   s["text"], "```", ""]
     lines += ["Machine for the timings: " + facts["machine"].split(" (")[0] + ", 1 torch thread.", ""]
     card = folder / "README.md"
-    tmp = card.with_name(f".README.md.tmp-{os.getpid()}")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, card)
+    write_text_atomically(card, "\n".join(lines))
     eval_facts = dict(heldout=bound, samples=samples)
-    (folder / "evaluation.json").write_text(json.dumps(eval_facts, indent=1) + "\n")
+    write_text_atomically(folder / "evaluation.json", json.dumps(eval_facts, indent=1) + "\n")
     return card

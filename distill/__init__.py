@@ -1,22 +1,32 @@
 """diffkit.distill: score distillation into one-step generators.
 
+Method math (no training):
+
+- ``config``: ``DisBackConfig``, the modes and the target-node rule (torch-free).
 - ``losses``: the score networks' DDPM loss and the generator's distribution-matching
   gradient (DMD2 normaliser / Diff-Instruct weighting).
-- ``generator``: the one-step generator G(z[, c]) and its export as a diffusers folder.
-- ``disback``: ``DisBackTrainer`` (Stage 1 path recording, Stage 2 backtracking; modes
-  disback / vanilla / warm-critic).
+- ``generator``: the one-step generator G(z[, c]), its fresh samples, the teacher check.
+- ``path``: Stage 1's records (snapshot steps, node selection, the ``path.json`` manifest).
+
+Trainers (on :class:`diffkit.run_loop.RunLoop`, like :class:`diffkit.train.Trainer`):
+
+- ``stage1``: Stage 1, degradation recording.
+- ``disback``: ``DisBackTrainer`` (Stage 2 backtracking; modes disback / vanilla / warm-critic).
+
+The export of a generator as a diffusers folder is ``diffkit.pipelines.one_step.export_generator``.
+Method notes: docs/methods/disback.md.
 """
 
 _EXPORTS = {
-    "DisBackConfig": "disback", "DisBackTrainer": "disback", "load_path_manifest": "disback",
-    "OneStepGenerator": "generator", "export_generator": "generator",
+    "DisBackConfig": "config", "DisBackTrainer": "disback", "load_path_manifest": "path",
+    "OneStepGenerator": "generator",
     "DistributionMatchingLoss": "losses", "dm_gradient": "losses", "score_loss": "losses",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):  # lazy: importing diffkit.distill.generator need not load the trainer
+def __getattr__(name):  # lazy: importing diffkit.distill.config must not load torch or the trainer
     if name in _EXPORTS:
         import importlib
 

@@ -2,7 +2,7 @@
 generator's distribution-matching gradient.
 
 * **One loss for every score network** (Stage-1 path, online "fake" score): the teacher's
-  own DDPM loss, i.e. :class:`diffkit.train.DDPMEpsLoss` (L_simple, Ho et al. 2020 Eq. 14)
+  own DDPM loss, i.e. :class:`DDPMEpsLoss` (L_simple, Ho et al. 2020 Eq. 14)
   on generator samples, restricted to t ∈ {20..980} and with label dropout kept so the
   null class stays trained. :func:`score_loss` returns exactly that object for an
   ε-prediction teacher; a v- or x0-prediction teacher gets the same draws with its own
@@ -19,7 +19,7 @@ generator's distribution-matching gradient.
   normaliser), ``"di"`` w = 1 (Diff-Instruct: w(σ) = σ² in score units).
   The gradient is applied through the surrogate ½‖x − sg(x − g)‖² summed over a sample's
   pixels and averaged over the batch, so ∂L/∂x_b = g_b / B (not divided by the pixel count;
-  spec pitfall 1 — harmless under Adam, but it keeps the scale meaningful under SGD).
+  harmless under Adam, but it keeps the scale meaningful under SGD).
 """
 
 from __future__ import annotations
@@ -30,16 +30,13 @@ from typing import Optional
 import torch
 
 from diffkit.denoisers import from_eps_x0
+from diffkit.distill.config import DEFAULT_T_RANGE, WEIGHTINGS
 from diffkit.schedules import VPSchedule, config_to_dict
-from diffkit.seeding import randint_for_indices, randn_for_indices
-from diffkit.train import DDPMEpsLoss
+from diffkit.seeding import rand_for_indices, randint_for_indices, randn_for_indices
 
 __all__ = ["WEIGHTINGS", "DEFAULT_T_RANGE", "dm_gradient", "dm_surrogate", "DMStats",
-           "DistributionMatchingLoss", "DDPMLoss", "score_loss"]
+           "DistributionMatchingLoss", "DDPMEpsLoss", "DDPMLoss", "score_loss"]
 
-WEIGHTINGS = ("dmd2", "di")
-#: DMD2's timestep range for both the generator gradient and the score networks (0.02T..0.98T).
-DEFAULT_T_RANGE = (20, 980)
 
 
 def _check_weighting(weighting: str) -> str:
@@ -101,7 +98,8 @@ class DistributionMatchingLoss:
     """
 
     def __init__(self, scheduler_config, seed: int = 0, t_range=DEFAULT_T_RANGE, weighting: str = "dmd2"):
-        self.schedule = scheduler_config if isinstance(scheduler_config, VPSchedule) else VPSchedule.from_config(scheduler_config)
+        self.schedule = (scheduler_config if isinstance(scheduler_config, VPSchedule)
+                         else VPSchedule.from_config(scheduler_config))
         self.t_range = check_t_range(t_range, self.schedule.num_train_timesteps)
         self.weighting = _check_weighting(weighting)
         self.seed = int(seed)
@@ -128,8 +126,59 @@ class DistributionMatchingLoss:
 
 
 # ---------------------------------------------------------------------------- score loss
+class DDPMEpsLoss:
+    """ε-prediction DDPM loss, L_simple of Ho et al. 2020 (Eq. 14): E‖ε − ε_θ(√ᾱ_t x0 + √(1−ᾱ_t) ε, t)‖².
+
+    Batches are ``x0`` or ``(x0, labels)``. With labels, each label is replaced by the null
+    class with probability ``label_dropout`` (classifier-free guidance training; null class
+    = ``num_class_embeds - 1``). t ~ U{0..T-1}, ε ~ N(0, I) and the dropout coin are drawn
+    per global sample index. ``t_range=(lo, hi)`` restricts t to U{lo..hi} (DisBack/DMD2
+    train their score networks on t ∈ {20..980}); the default is the full grid.
+    """
+
+    def __init__(self, scheduler_config, seed: int = 0, label_dropout: float = 0.1, null_class: Optional[int] = None,
+                 t_range: Optional[tuple] = None):
+        if not 0.0 <= label_dropout <= 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1], got {label_dropout}")
+        self.schedule = VPSchedule.from_config(scheduler_config)
+        if self.schedule.prediction_type != "epsilon":
+            raise ValueError(f"DDPMEpsLoss trains ε-prediction; the scheduler says {self.schedule.prediction_type!r}")
+        self.seed, self.label_dropout, self.null_class = int(seed), float(label_dropout), null_class
+        T = self.schedule.num_train_timesteps
+        lo, hi = (0, T - 1) if t_range is None else (int(t_range[0]), int(t_range[1]))
+        if not 0 <= lo <= hi <= T - 1:
+            raise ValueError(f"t_range must satisfy 0 <= lo <= hi <= {T - 1} (num_train_timesteps - 1), got {t_range}")
+        self.t_range = (lo, hi)
+
+    def noisy(self, x0: torch.Tensor, indices) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(z_t, t, ε) for the given global sample indices."""
+        lo, hi = self.t_range
+        t = randint_for_indices(lo, hi + 1, indices, self.seed, stream="train-timestep")
+        eps = randn_for_indices(x0.shape[1:], indices, self.seed, stream="train-noise", dtype=x0.dtype)
+        ac = self.schedule.alphas_cumprod[t].to(x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
+        return (ac.sqrt() * x0.cpu() + (1 - ac).sqrt() * eps).to(x0.device), t.to(x0.device), eps.to(x0.device)
+
+    def drop_labels(self, labels: torch.Tensor, indices) -> torch.Tensor:
+        if self.null_class is None or self.label_dropout == 0:
+            return labels
+        coin = rand_for_indices((), indices, self.seed, stream="train-label-dropout").to(labels.device)
+        return torch.where(coin < self.label_dropout, torch.full_like(labels, self.null_class), labels)
+
+    def __call__(self, model, batch, indices, step):
+        x0, labels = (batch, None) if isinstance(batch, torch.Tensor) else batch
+        z, t, eps = self.noisy(x0, indices)
+        kw = {}
+        if labels is not None:
+            kw["class_labels"] = self.drop_labels(labels, indices)
+        out = model(z, t, **kw)
+        out = out.sample if hasattr(out, "sample") else out
+        return torch.mean((out.float() - eps.float()) ** 2)
+
+
+
+
 class DDPMLoss(DDPMEpsLoss):
-    """:class:`~diffkit.train.DDPMEpsLoss`'s draws (t, ε, label dropout per global index) with
+    """:class:`DDPMEpsLoss`'s draws (t, ε, label dropout per global index) with
     the regression target in the model's own parameterisation (v = √ᾱ ε − √(1-ᾱ) x0, or x0).
 
     For ε-prediction use ``DDPMEpsLoss`` itself (:func:`score_loss` does).

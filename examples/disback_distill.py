@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from diffkit.distill.disback import DisBackConfig, DisBackTrainer
+from diffkit.run_state import latest_checkpoint
 from diffkit.images import save_grid
 from diffkit.pipelines import load_pipeline
 
@@ -36,7 +37,8 @@ def main():
                         checkpoint_every=100, progress=False)
     run_dir = Path(args.output).with_name(Path(args.output).name + "-run")
     trainer = DisBackTrainer(teacher.unet, teacher.scheduler.config, cfg, run_dir)
-    trainer.train(output=args.output)          # resumes from run_dir if it was interrupted
+    resume = "latest" if latest_checkpoint(run_dir) else None
+    trainer.train(output=args.output, resume=resume)   # continues an interrupted run
 
     if trainer.manifest is not None:
         m = trainer.manifest

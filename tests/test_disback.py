@@ -25,13 +25,13 @@ from diffkit.commands.train_teacher import SCHEDULER, build_scheduler, export_pi
 from diffkit.conditioning import Guidance, class_guidance
 from diffkit.data import digits_tensors
 from diffkit.denoisers import Denoiser, EpsModel
-from diffkit.distill.disback import (DisBackConfig, DisBackTrainer, load_path_manifest, load_strict,
-                                     state_fingerprint)
+from diffkit.distill.disback import DisBackConfig, DisBackTrainer, load_path_manifest, state_fingerprint
 from diffkit.distill.generator import OneStepGenerator
 from diffkit.distill.losses import score_loss
 from diffkit.seeding import randn_for_indices
 from diffkit.testing import tiny_unet2d
 from diffkit.train import latest_checkpoint
+from diffkit.weights import load_state_dict_strict
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = dict(batch_size=4, stage1_steps=6, path_nodes=3, steps_per_node=2, max_steps=6, checkpoint_every=0,
@@ -50,9 +50,9 @@ def _train_tiny(prediction_type="epsilon", steps=20, seed=0):
     opt = torch.optim.Adam(unet.parameters(), lr=3e-3)
     for s in range(steps):
         idx = torch.arange(s * 16, s * 16 + 16)
-        l = loss(unet, (x[idx % len(x)], y[idx % len(x)]), idx, s)
+        value = loss(unet, (x[idx % len(x)], y[idx % len(x)]), idx, s)
         opt.zero_grad()
-        l.backward()
+        value.backward()
         opt.step()
     return unet.eval().requires_grad_(False)
 
@@ -181,7 +181,7 @@ def test_kill_and_resume_equals_uninterrupted_run(teacher, shared_path, tmp_path
         trainer(teacher, tmp_path / "b", shared_path, **kw).fit()
     monkeypatch.setattr(DisBackTrainer, "train_step", real)
     b = trainer(teacher, tmp_path / "b", shared_path, **kw)
-    b.fit()                                              # resumes from checkpoints/step-0000002
+    b.fit(resume="latest")                               # resumes from checkpoints/step-0000002
     assert b.step == a.step == 4
     assert _equal_states(b.gen_unwrapped.unet.state_dict(), a.gen_unwrapped.unet.state_dict())
     assert _equal_states(b.ema.shadow, a.ema.shadow)
@@ -231,7 +231,7 @@ def test_sigint_in_stage2_checkpoints_that_step_and_resume_equals_uninterrupted_
     assert (tmp_path / "b" / "samples" / "step-0000002.png").exists()   # the step's own work was done
     monkeypatch.setattr(DisBackTrainer, "train_step", real)
     b = trainer(teacher, tmp_path / "b", shared_path, **kw)
-    b.fit()
+    b.fit(resume="latest")
     assert b.step == a.step == 4
     assert _equal_states(b.gen_unwrapped.unet.state_dict(), a.gen_unwrapped.unet.state_dict())
     assert _equal_states(b.ema.shadow, a.ema.shadow)
@@ -285,7 +285,8 @@ def test_one_and_two_processes_give_the_same_losses(teacher, teacher_dir, tmp_pa
             "--no-progress", "--stage1-eval-samples", "8"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "diffkit.cli", *argv, "--output", str(tmp_path / "g2"), "--run-dir", str(tmp_path / "r2")],
+                        "-m", "diffkit.cli", *argv, "--output", str(tmp_path / "g2"),
+                        "--run-dir", str(tmp_path / "r2")],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     args = build_parser().parse_args(argv + ["--output", str(tmp_path / "g1")])
@@ -438,8 +439,8 @@ def test_stage2_with_missing_or_corrupt_stage1_path_fails_clearly(teacher, teach
 
     from safetensors.torch import save_file
     save_file({"conv_in.weight": torch.zeros(3)}, str(tmp_path / "wrong.safetensors"))
-    with pytest.raises(ValueError, match="does not match the model"):
-        load_strict(tiny_unet2d(num_classes=10), tmp_path / "wrong.safetensors", "node")
+    with pytest.raises(ValueError, match="wrong.safetensors does not match UNet2DModel"):
+        load_state_dict_strict(tiny_unet2d(num_classes=10), tmp_path / "wrong.safetensors")
 
 
 def test_example_script_runs(teacher_dir, tmp_path):
@@ -447,7 +448,8 @@ def test_example_script_runs(teacher_dir, tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "examples" / "disback_distill.py"), "--teacher", str(teacher_dir),
                         "--output", str(out), "--max-steps", "2", "--stage1-steps", "2", "--path-nodes", "2",
                         "--steps-per-node", "1", "--batch-size", "4"],
-                       capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+                       capture_output=True, text=True,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "NFE 1" in r.stdout and (out / "samples.png").exists() and (out / "model_index.json").exists()

@@ -51,7 +51,7 @@ def _class_pipeline(out):
 
 
 def _one_step_export(out):
-    from diffkit.distill.generator import export_generator
+    from diffkit.pipelines.one_step import export_generator
 
     export_generator(tiny_unet2d(num_classes=10), tiny_ddim_scheduler(), out, timestep=399, facts={"steps": 0})
 

@@ -16,8 +16,8 @@ from safetensors.torch import load_file, save_file
 import diffkit.weights as weights
 from diffkit.assets import REBUILD, AssetError, asset_path
 from diffkit.commands.train_teacher import export_pipeline
-from diffkit.distill import disback
-from diffkit.distill.generator import export_generator
+from diffkit.distill import path as disback_path
+from diffkit.pipelines.one_step import export_generator
 from diffkit.metrics import digits
 from diffkit.metrics.features import DigitsFeatures
 from diffkit.models.digits_features import load_feature_net
@@ -154,7 +154,7 @@ def test_one_hash_helper_hashes_each_file_once_per_process(tmp_path, monkeypatch
     hashed = []
     real = weights._hash_file
     monkeypatch.setattr(weights, "_hash_file", lambda p: hashed.append(Path(p).name) or real(p))
-    assert disback.file_sha256 is weights.file_sha256
+    assert disback_path.file_sha256 is weights.file_sha256  # the path records hash with the one helper
     d = _copy("digits-features", tmp_path, manifest=False)
     f = d / "model.safetensors"
     os.utime(f)  # as if just written (copytree kept the shipped file's old mtime)

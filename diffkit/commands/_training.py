@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._outputs import OutputError, check_output_dir
+from diffkit.assets import REBUILD, assets_root, shipped_asset_target
+from diffkit.commands._outputs import OutputError, check_output_dir
 
 
 def add_output_arguments(p, *, command: str, what: str, run_what: str = "checkpoints and loss log") -> None:
@@ -55,8 +56,7 @@ def prepare_outputs(args, command: str) -> tuple[Path, Path]:
     * ``--run-dir`` is never the output folder or inside it, nor in the shipped assets.
     * both can be written (:mod:`diffkit.commands._outputs`).
     """
-    from diffkit.assets import REBUILD, assets_root, shipped_asset_target
-    from diffkit.train import resolve_run_dir
+    from diffkit.train import resolve_run_dir  # torch: imported when a command runs, not for --help
 
     output = Path(args.output)
     target = shipped_asset_target(output)

@@ -22,10 +22,12 @@ import sys
 import time
 from pathlib import Path
 
+from diffkit.assets import AssetError
 from diffkit.checks import count_arg
-
-from ._outputs import check_output_dir
-from ._training import add_output_arguments, prepare_outputs
+from diffkit.commands._outputs import check_output_dir
+from diffkit.commands._training import add_output_arguments, prepare_outputs
+from diffkit.distill.config import MODES, SPACINGS, WEIGHTINGS, DisBackConfig
+from diffkit.pipelines import load_pipeline
 
 NAME = "distill"
 HELP = "DisBack one-step distillation of a teacher (--teacher DIR --mode disback|vanilla|warm-critic --output DIR)"
@@ -33,9 +35,6 @@ DEMO_ORDER = 35
 
 
 def add_arguments(p):
-    from diffkit.distill.disback import MODES, SPACINGS, DisBackConfig
-    from diffkit.distill.losses import WEIGHTINGS
-
     d = DisBackConfig()
     p.add_argument("--teacher", required=True, help="teacher pipeline folder or asset name (e.g. assets/digits-unet)")
     p.add_argument("--mode", choices=MODES, default=d.mode,
@@ -48,7 +47,8 @@ def add_arguments(p):
     p.add_argument("--stage", choices=("1", "2", "all"), default="all",
                    help="1: only record the Stage-1 path; 2: only Stage 2 (the path must exist); all (default)")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="continue from the latest checkpoint in --run-dir (or the given checkpoint folder)")
+                   help="continue from the latest checkpoint in --run-dir (or the given checkpoint folder); without "
+                        "it a run folder that already holds a checkpoint is refused")
     p.add_argument("--max-steps", type=int, default=d.max_steps, help="Stage-2 generator steps (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (default %(default)s)")
     p.add_argument("--stage1-steps", type=int, default=d.stage1_steps, help="K1 (default %(default)s)")
@@ -99,8 +99,6 @@ def _pair(text: str, name: str, cast):
 
 
 def config_from_args(args):
-    from diffkit.distill.disback import DisBackConfig
-
     return DisBackConfig(
         mode=args.mode, max_steps=args.max_steps, batch_size=args.batch_size, stage1_steps=args.stage1_steps,
         path_nodes=args.path_nodes, path_spacing=args.path_spacing, progress_candidates=args.progress_candidates,
@@ -116,8 +114,8 @@ def config_from_args(args):
 
 
 def run(args):
-    from diffkit.distill.disback import DisBackTrainer, fid_digits_evaluator
-    from diffkit.pipelines import load_pipeline
+    from diffkit.distill.disback import DisBackTrainer
+    from diffkit.metrics.evaluators import fid_digits_evaluator
     from diffkit.pipelines.one_step import require_diffusion_model
 
     command = "diffkit distill " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else None
@@ -140,11 +138,12 @@ def run(args):
         print(f"Stage 1: {m.num_nodes} nodes at steps {[n['step'] for n in m.nodes[1:]]}, "
               f"{m.disk_bytes / 2**20:.1f} MiB in {m.directory}")
         return 0
-    trainer.fit(resume=args.resume if args.resume else False)
+    trainer.fit(resume=args.resume)  # None: a new run (diffkit.run_loop: one meaning of resume)
     if trainer.accelerator.is_main_process:
         trainer.export(output, {"command": command, "teacher": str(args.teacher), "run_dir": str(run_dir)})
         last = trainer.log[-1] if trainer.log else {}
-        print(f"distilled {trainer.step} generator steps ({cfg.mode}; fake loss {last.get('loss_fake', float('nan')):.4f}, "
+        print(f"distilled {trainer.step} generator steps ({cfg.mode}; "
+              f"fake loss {last.get('loss_fake', float('nan')):.4f}, "
               f"mismatch {last.get('mismatch', float('nan')):.4f}; {time.perf_counter() - t0:.0f} s this session); "
               f"wrote {output}; checkpoints in {run_dir}")
     trainer.accelerator.wait_for_everyone()
@@ -155,9 +154,7 @@ def demo_step(ctx):
     """One-step samples of the shipped distilled generator beside the teacher's DDIM samples."""
     import torch
 
-    from diffkit.assets import AssetError
     from diffkit.images import save_grid
-    from diffkit.pipelines import load_pipeline
 
     try:
         one, teacher = load_pipeline("digits-onestep"), load_pipeline("digits-unet")

@@ -26,7 +26,12 @@ import sys
 import time
 from pathlib import Path
 
-from ._training import add_training_arguments, prepare_outputs
+from diffkit.assets import AssetError
+from diffkit.atomic import replace_dir, staging_dir
+from diffkit.checks import count_arg
+from diffkit.commands._training import add_training_arguments, prepare_outputs
+from diffkit.pipelines import load_pipeline
+from diffkit.weights import MANIFEST, write_manifest
 
 NAME = "train-teacher"
 HELP = "train the class-conditional digits teacher (rebuild assets/digits-unet with --replace-asset)"
@@ -52,6 +57,13 @@ def add_arguments(p):
     add_training_arguments(p, command=NAME, what="pipeline folder", max_steps=4000, batch_size=128, lr=1e-3,
                            checkpoint_every=500)
     p.add_argument("--preset", choices=sorted(PRESETS), default="digits", help="UNet size (tiny: tests)")
+    p.add_argument("--eval-every", type=count_arg(0), default=0,
+                   help="FID-digits of the EMA teacher every N steps and at the end (0: none; needs "
+                        "assets/digits-features)")
+    p.add_argument("--eval-n", type=count_arg(1), default=1000,
+                   help="images per FID-digits evaluation (default %(default)s)")
+    p.add_argument("--eval-steps", type=count_arg(1), default=50,
+                   help="DDIM steps of the evaluation samples (default %(default)s)")
 
 
 def unet_config(preset: str = "digits") -> dict:
@@ -80,9 +92,15 @@ def build_scheduler():
 
 def train_teacher(output, max_steps: int = 4000, seed: int = 0, resume=None, run_dir=None, batch_size: int = 128,
                   lr: float = 1e-3, preset: str = "digits", checkpoint_every: int = 500, keep_checkpoints: int = 2,
-                  progress: bool = True, accelerator=None, command: str | None = None):
-    """Train (or resume) the teacher and export its EMA weights to ``output``; returns the TrainResult."""
+                  progress: bool = True, accelerator=None, command: str | None = None, evaluator=None,
+                  eval_every: int = 0):
+    """Train (or resume) the teacher and export its EMA weights to ``output``; returns the TrainResult.
+
+    ``evaluator(pipe, step) -> dict`` (e.g. :func:`diffkit.metrics.evaluators.fid_digits_evaluator`)
+    gets a ClassConditionalPipeline of the EMA weights every ``eval_every`` steps and at the end;
+    the results go to ``train_summary.json`` and ``training.json``."""
     from diffkit.data import NUM_CLASSES, TEST_EVERY, digits_tensors
+    from diffkit.pipelines.class_conditional import ClassConditionalPipeline
     from diffkit.train import DDPMEpsLoss, IndexedDataSource, Trainer, TrainConfig, resolve_run_dir
 
     output = Path(output)
@@ -92,10 +110,18 @@ def train_teacher(output, max_steps: int = 4000, seed: int = 0, resume=None, run
     cfg = TrainConfig(max_steps=max_steps, batch_size=batch_size, lr=lr, warmup_steps=200, grad_clip=1.0,
                       ema_decay=0.999, seed=seed, checkpoint_every=checkpoint_every,
                       keep_checkpoints=keep_checkpoints, progress=progress)
+    model_evaluator = None
+    if evaluator is not None:
+        def model_evaluator(model, step):  # the trainer hands over the EMA model; the metric wants a pipeline
+            pipe = ClassConditionalPipeline(model, scheduler)
+            pipe.set_progress_bar_config(disable=True)
+            return evaluator(pipe, step)
+
     trainer = Trainer(build_unet(preset, seed), DDPMEpsLoss(scheduler.config, seed=seed, label_dropout=LABEL_DROPOUT,
                                                             null_class=NUM_CLASSES),
                       IndexedDataSource(x, y, seed=seed), cfg, run_dir, accelerator=accelerator,
-                      meta={"preset": preset, "what": "digits teacher"})
+                      meta={"preset": preset, "what": "digits teacher"}, evaluator=model_evaluator,
+                      eval_every=eval_every)
     result = trainer.fit(resume=resume)
     if trainer.accelerator.is_main_process:
         facts = {
@@ -115,19 +141,19 @@ def train_teacher(output, max_steps: int = 4000, seed: int = 0, resume=None, run
             "wall_time_s": round(result.wall_time_s, 1),
             "processes": trainer.accelerator.num_processes,
             "machine": f"{platform.machine()} {os.cpu_count()}-core CPU, torch {__import__('torch').__version__}",
-            "data": f"sklearn load_digits train split ({len(y)} images; every {TEST_EVERY}th image of each class held out)",
+            "data": f"sklearn load_digits train split ({len(y)} images; every {TEST_EVERY}th image of each class "
+                    "held out)",
         }
+        if trainer.evals:
+            facts["evals"] = trainer.evals
         export_pipeline(trainer.ema_model(), scheduler, output, facts)
     trainer.accelerator.wait_for_everyone()
     return result
 
 
 def export_pipeline(unet, scheduler, output, facts: dict | None = None) -> Path:
-    """Write a ClassConditionalPipeline folder atomically (tmp folder + os.replace)."""
+    """Write a ClassConditionalPipeline folder atomically (staging folder renamed into place)."""
     from diffkit.pipelines.class_conditional import ClassConditionalPipeline
-
-    from diffkit.atomic import replace_dir, staging_dir
-    from diffkit.weights import MANIFEST, write_manifest
 
     tmp = staging_dir(output)
     ClassConditionalPipeline(unet.eval(), scheduler).save_pretrained(str(tmp), safe_serialization=True)
@@ -142,10 +168,8 @@ def demo_step(ctx):
     """Per-class samples of the shipped teacher, scored by the shipped feature network."""
     import torch
 
-    from diffkit.assets import AssetError
     from diffkit.images import save_grid
     from diffkit.metrics.digits import classify, sample_digits
-    from diffkit.pipelines import load_pipeline
 
     try:
         pipe = load_pipeline("digits-unet")
@@ -169,11 +193,17 @@ def demo_step(ctx):
 def run(args):
     command = "diffkit train-teacher " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else None
     output, run_dir = prepare_outputs(args, NAME)
+    evaluator = None
+    if args.eval_every:
+        from diffkit.metrics.evaluators import fid_digits_evaluator
+
+        evaluator = fid_digits_evaluator(n=args.eval_n, steps=args.eval_steps)
     t0 = time.perf_counter()
     res = train_teacher(output, max_steps=args.max_steps, seed=args.seed, resume=args.resume,
                         run_dir=run_dir, batch_size=args.batch_size, lr=args.lr, preset=args.preset,
                         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
-                        progress=not args.no_progress, command=command)
+                        progress=not args.no_progress, command=command, evaluator=evaluator,
+                        eval_every=args.eval_every)
     loss = "n/a" if res.final_loss is None else f"{res.final_loss:.4f}"
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained {res.step} steps (final loss {loss}, {res.wall_time_s:.0f} s of training, "

@@ -13,19 +13,25 @@ evaluate a denoiser along a noise grid refuse it (:func:`require_diffusion_model
 
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
 from diffusers import DiffusionPipeline
+from torch import nn
 
-from ..atomic import UmaskSaveMixin
-from ..conditioning import num_classes
-from ..numerics import FiniteWatch
-from ._local import LocalFolderPipelineMixin
-from .class_conditional import RANDOMNESS_DOC, batch_of, check_output_type, check_randomness, draw_noise, to_output
+from diffkit.atomic import UmaskSaveMixin, replace_dir, staging_dir
+from diffkit.conditioning import num_classes
+from diffkit.distill.generator import OneStepGenerator
+from diffkit.numerics import FiniteWatch
+from diffkit.pipelines._local import LocalFolderPipelineMixin
+from diffkit.pipelines.class_conditional import (RANDOMNESS_DOC, batch_of, check_output_type, check_randomness,
+                                                 draw_noise, to_output)
+from diffkit.weights import MANIFEST, write_manifest
 
-__all__ = ["OneStepPipeline", "require_diffusion_model"]
+__all__ = ["OneStepPipeline", "require_diffusion_model", "export_generator"]
 
 
 def require_diffusion_model(pipe, use: str) -> None:
@@ -56,9 +62,7 @@ class OneStepPipeline(UmaskSaveMixin, LocalFolderPipelineMixin, DiffusionPipelin
     def num_classes(self) -> int:
         return num_classes(self.unet)
 
-    def generator(self):
-        from ..distill.generator import OneStepGenerator
-
+    def generator(self) -> OneStepGenerator:
         return OneStepGenerator(self.unet, self.scheduler.config, self.config.generator_timestep)
 
     @torch.no_grad()
@@ -78,13 +82,15 @@ class OneStepPipeline(UmaskSaveMixin, LocalFolderPipelineMixin, DiffusionPipelin
         if class_labels is not None and not n:
             raise ValueError("class_labels were given but the generator is not class-conditional")
         if class_labels is None and n:
-            raise ValueError(f"class_labels is required for a class-conditional generator (accepted labels: 0..{n - 1})")
+            raise ValueError(f"class_labels is required for a class-conditional generator "
+                             f"(accepted labels: 0..{n - 1})")
         class_labels, batch_size = batch_of(class_labels, batch_size, latents, num_inference_steps)
         seed = check_randomness(seed, sample_indices, generator, batch_size)
         if class_labels is not None:
             bad = class_labels[(class_labels < 0) | (class_labels >= n)]
             if bad.numel():
-                raise ValueError(f"class label(s) {sorted(set(bad.tolist()))} out of range: accepted labels are 0..{n - 1}")
+                raise ValueError(f"class label(s) {sorted(set(bad.tolist()))} out of range: accepted labels are "
+                                 f"0..{n - 1}")
             class_labels = class_labels.to(self.device)
         if latents is None:
             latents = draw_noise(self.unet, batch_size, seed, sample_indices, generator, self.device)
@@ -94,3 +100,20 @@ class OneStepPipeline(UmaskSaveMixin, LocalFolderPipelineMixin, DiffusionPipelin
         return to_output(images, output_type, 1, return_dict, self.numpy_to_pil)
 
     __call__.__doc__ += RANDOMNESS_DOC
+
+
+def export_generator(unet: nn.Module, scheduler, output, timestep: Optional[int] = None,
+                     facts: Optional[dict] = None) -> Path:
+    """Write a ``OneStepPipeline`` folder (``unet/``, ``scheduler/``, ``model_index.json``) atomically.
+
+    ``scheduler`` is the teacher's scheduler (it defines ᾱ for the x̂0 conversion);
+    ``facts`` go to ``distill.json``. Loadable with ``diffkit.pipelines.load_pipeline``.
+    """
+    tmp = staging_dir(output)
+    unet = copy.deepcopy(unet).cpu().eval()
+    OneStepPipeline(unet, scheduler, generator_timestep=timestep).save_pretrained(str(tmp), safe_serialization=True)
+    if facts is not None:
+        (tmp / "distill.json").write_text(json.dumps(facts, indent=1) + "\n")
+    write_manifest(tmp)  # SHA256SUMS of the weights and configs, checked on load
+    # a model card or sample PNGs written beside the export survive a re-export
+    return replace_dir(tmp, output, produced=("unet", "scheduler", "model_index.json", "distill.json", MANIFEST))

@@ -174,7 +174,7 @@ def card(facts: dict, res: dict) -> str:
         note = (f"\nThe shipped weights were exported with `{cmd}` from the step-{facts['steps']} checkpoint of a "
                 f"run started with a larger `--max-steps` and stopped there. The learning rate is constant after "
                 f"warm-up and every random draw is keyed to (seed, sample index), so this equals the uninterrupted "
-                f"command above (resume exactness is tested in `tests/test_train.py`).\n")
+                f"command above (resume exactness is tested in `tests/train/test_train.py`).\n")
     s = res["summary"]
     mem = s["memorisation_ratio"]
     g = res["guidance"]

@@ -51,8 +51,8 @@ def main():
     base, t_plain = runs[False]
     for k, text in enumerate(out.texts or out.sequences.tolist()):
         print(f"--- sample {k} ---\n{text!r}")
-    l = int(out.num_generated.float().mean())
-    print(f"E-NFE law for l = {l}, n = {args.steps}: {expected_nfe(args.steps, l):.1f}")
+    length = int(out.num_generated.float().mean())
+    print(f"E-NFE law for l = {length}, n = {args.steps}: {expected_nfe(args.steps, length):.1f}")
     print(f"cached:   NFE {out.nfe:.1f} forward rows/sample ({out.nfe_changes:.1f} steps with a change), "
           f"{t_cached:.2f} s")
     print(f"no cache: NFE {base.nfe:.1f}, {t_plain:.2f} s")

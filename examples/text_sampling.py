@@ -36,8 +36,8 @@ def main():
         t0 = time.perf_counter()
         out = pipe(batch_size=1, num_inference_steps=n, prompt=args.prompt, top_p=args.top_p, seed=args.seed)
         dt = time.perf_counter() - t0
-        l = int(out.num_generated[0])
-        print(f"=== {n} steps: NFE {out.nfe:.0f} (law {expected_nfe(n, l):.1f} for l = {l}), {dt:.2f} s ===")
+        length = int(out.num_generated[0])
+        print(f"=== {n} steps: NFE {out.nfe:.0f} (law {expected_nfe(n, length):.1f} for l = {length}), {dt:.2f} s ===")
         print(out.texts[0])
     ids = out.sequences[0]
     r = lambda_dce_nll(pipe.transformer, ids, num_draws=16, seed=args.seed)

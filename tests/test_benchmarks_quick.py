@@ -9,11 +9,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 QUICK = {  # script -> a result its JSON must hold; ~80 s for all six on 1 thread
     "bdia_overhead": "round_trip",

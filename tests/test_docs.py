@@ -4,11 +4,10 @@ docs nor the code cite documents outside the repository (a private spec, a machi
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted([ROOT / "README.md", ROOT / "CONTRIBUTING.md", *(ROOT / "docs").rglob("*.md")])
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 #: citations of documents that are not shipped: "spec §3", "the project spec", "radd.md §2", a machine path

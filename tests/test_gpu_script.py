@@ -8,8 +8,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu" / "run.py"
 
 EXPECTED = [  # the rows: attention, repeatability, BDIA, RADD (two settings), DisBack

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 #: source folder -> the package it is installed as (pyproject.toml's package-dir)
 SOURCES = {"diffkit": "diffkit", "samplers": "diffkit.samplers", "distill": "diffkit.distill",
@@ -59,6 +59,8 @@ LAYERS = {
     "diffkit.distill": METHOD,  # the package index (lazy exports only)
     "diffkit.distill.losses": METHOD,
     "diffkit.distill.generator": METHOD,
+    "diffkit.distill.config": METHOD,  # settings and their checks (no torch)
+    "diffkit.distill.path": METHOD,  # Stage-1 path records: manifest, nodes, boundaries
     "diffkit.likelihood": METHOD,
     "diffkit.analysis.*": METHOD,
     # L2 pipelines and the sampling driver
@@ -69,6 +71,9 @@ LAYERS = {
     "diffkit.train": TRAINER,
     "diffkit.text_train": TRAINER,
     "diffkit.distill.disback": TRAINER,
+    "diffkit.distill.stage1": TRAINER,
+    "diffkit.run_loop": TRAINER,  # the one run loop both trainers use
+    "diffkit.run_state": TRAINER,  # checkpoints, EMA, RNG state, run folders
     # L4 metrics, evaluators, reports
     "diffkit.metrics.*": METRIC,
     "diffkit.analysis.report": METRIC,

@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 CHECK = (
     "import importlib.util as u, json; "
     "print(json.dumps({n: (u.find_spec(n) is not None) for n in "

@@ -27,10 +27,11 @@ from diffkit.pipelines import load_pipeline
 from diffkit.pipelines.discrete import load_text_pipeline
 from diffkit.testing import tiny_unet2d
 from diffkit.text_train import export_text_model
+from helpers import ASSETS
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
-SHIPPED = Path(__file__).resolve().parent.parent / "assets"
+SHIPPED = ASSETS
 # asset -> its main weights file (relative) and how diffkit loads it
 ASSETS = {
     "digits-unet": ("unet/diffusion_pytorch_model.safetensors", load_pipeline),

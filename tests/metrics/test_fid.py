@@ -7,7 +7,6 @@ import subprocess
 import sys
 import urllib.request
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +17,8 @@ from diffkit.assets import AssetError
 from diffkit.metrics import (FIDStats, InceptionWeightsError, ModelSamples, ProtocolWarning, compute_fid,
                              compute_kid, compute_stats, load_stats, save_stats)
 from diffkit.metrics.folders import save_image_folder
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("diffkit", "clean-fid", "torchmetrics")
 
 
@@ -503,13 +502,6 @@ def test_cli_fid_folders_stats_and_json(folders, tmp_path, monkeypatch, capsys):
 
 
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-
-
-def test_example_fid_folders_runs(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "examples" / "fid_folders.py"), "--n", "100",
-                          "--output", str(tmp_path)], capture_output=True, text=True, timeout=180, env=SUBPROCESS_ENV)
-    assert out.returncode == 0, out.stderr
-    assert "clean-fid" in out.stdout and "torchmetrics" in out.stdout
 
 
 def test_benchmark_quick_runs_or_skips_with_a_message():

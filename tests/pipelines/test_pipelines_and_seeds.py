@@ -94,7 +94,8 @@ def test_sd_pipeline_with_diffkit_scheduler_saves_and_reloads(name, tiny_sd, tmp
     from diffusers import StableDiffusionPipeline
 
     entry = get_sampler(name)
-    pipe = StableDiffusionPipeline(**{**tiny_sd.components, "scheduler": make_scheduler(name, tiny_sd.scheduler.config)})
+    scheduler = make_scheduler(name, tiny_sd.scheduler.config)
+    pipe = StableDiffusionPipeline(**{**tiny_sd.components, "scheduler": scheduler})
     pipe.save_pretrained(tmp_path / "sd")
     index = json.loads((tmp_path / "sd" / "model_index.json").read_text())
     module = entry.target.partition(":")[0]

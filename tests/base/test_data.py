@@ -17,7 +17,8 @@ def test_split_is_a_stratified_partition_of_load_digits():
     assert xa.shape == (1797, 1, 8, 8) and len(ytr) + len(yte) == 1797
     np.testing.assert_array_equal(xa[:, 0], raw.images / 8 - 1)
     # Partition: every image is in exactly one split (rows of "all" matched as multisets).
-    key = lambda x, y: sorted(map(bytes, np.concatenate([x.reshape(len(x), -1), y[:, None]], 1).astype(np.float32)))
+    def key(x, y):
+        return sorted(map(bytes, np.concatenate([x.reshape(len(x), -1), y[:, None]], 1).astype(np.float32)))
     assert key(np.concatenate([xtr, xte]), np.concatenate([ytr, yte])) == key(xa, ya)
     # Documented rule: every TEST_EVERY-th image of each class (in load_digits order) is a test image.
     for c in range(NUM_CLASSES):

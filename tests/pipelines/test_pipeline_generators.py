@@ -49,8 +49,9 @@ def test_generator_matches_diffusers_ddim_pipeline_with_eta(tiny_unet):
     sched = DDIMScheduler()
     ours = ClassConditionalPipeline(tiny_unet, sched)(batch_size=2, eta=0.7,
                                                       generator=torch.Generator().manual_seed(3), **KW).images
-    theirs = DDIMPipeline(tiny_unet, DDIMScheduler())(batch_size=2, num_inference_steps=3, eta=0.7,
-                                                     generator=torch.Generator().manual_seed(3), output_type="np").images
+    theirs = DDIMPipeline(tiny_unet, DDIMScheduler())(
+        batch_size=2, num_inference_steps=3, eta=0.7, generator=torch.Generator().manual_seed(3),
+        output_type="np").images
     assert torch.equal((ours / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1), torch.from_numpy(theirs))
 
 

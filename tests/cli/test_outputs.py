@@ -14,11 +14,10 @@ import pytest
 from diffkit.assets import REBUILD
 from diffkit.cli import main
 from diffkit.weights import MANIFEST, check_manifest, manifest_text
+from helpers import ASSETS, ROOT
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
-ROOT = Path(__file__).resolve().parent.parent
-ASSETS = ROOT / "assets"
 TINY_TEACHER = ["--preset", "tiny", "--max-steps", "2", "--batch-size", "8", "--no-progress"]
 TINY_FEATURES = ["--max-steps", "2", "--batch-size", "8", "--no-progress"]
 TINY_TEXT = ["--preset", "tiny", "--max-steps", "2", "--batch-size", "4", "--warmup-steps", "1", "--no-progress"]

@@ -2,7 +2,6 @@
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from diffkit.metrics.digits import (PROTOCOL, balanced_labels, classify, compute
 from diffkit.metrics.frechet import feature_stats, frechet_distance
 from diffkit.models.digits_features import load_feature_net
 from diffkit.pipelines import load_pipeline
+from helpers import ASSETS
 
 TEACHER_CMD = "diffkit train-teacher"
 FEATURES_CMD = "diffkit train-features"
@@ -144,7 +144,7 @@ def test_missing_or_corrupted_teacher_names_path_and_rebuild_command(tmp_path, m
     with pytest.raises(AssetError, match=f"nowhere/digits-unet.*{TEACHER_CMD}"):
         load_pipeline("digits-unet")
     bad = tmp_path / "digits-unet"
-    shutil.copytree(asset_path(Path(__file__).resolve().parent.parent / "assets" / "digits-unet"), bad)
+    shutil.copytree(asset_path(ASSETS / "digits-unet"), bad)
     w = bad / "unet" / "diffusion_pytorch_model.safetensors"
     w.write_bytes(w.read_bytes()[:1000])
     with pytest.raises(AssetError, match=f"{bad}.*corrupted.*{TEACHER_CMD}"):

@@ -4,15 +4,15 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from diffkit.conditioning import Condition, Guidance, class_guidance, prompt_guidance
+from diffkit.conditioning import Guidance, class_guidance, prompt_guidance
 from diffkit.denoisers import Denoiser, EpsModel, from_eps_x0, to_eps_x0
-from diffkit.schedules import VPSchedule
 
 
 @pytest.mark.parametrize("ptype", ["epsilon", "v_prediction", "sample"])
 def test_conversions_round_trip_float64(ptype):
     g = torch.Generator().manual_seed(0)
-    z, eps = torch.randn(5, 3, 4, 4, generator=g, dtype=torch.float64), torch.randn(5, 3, 4, 4, generator=g, dtype=torch.float64)
+    z = torch.randn(5, 3, 4, 4, generator=g, dtype=torch.float64)
+    eps = torch.randn(5, 3, 4, 4, generator=g, dtype=torch.float64)
     ac = torch.rand(5, generator=g, dtype=torch.float64) * 0.98 + 0.01
     a, s = ac.sqrt(), (1 - ac).sqrt()
     x0 = (z - s.view(-1, 1, 1, 1) * eps) / a.view(-1, 1, 1, 1)  # consistent triple

@@ -9,10 +9,10 @@ import pytest
 
 from diffkit.assets import AssetError, asset_path, assets_root
 from diffkit.cli import main
+from helpers import ROOT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -51,7 +51,8 @@ def test_pipelines_are_exported_lazily_from_the_package():
 
     assert {c.__name__ for c in (ClassConditionalPipeline, DiscreteDiffusionPipeline, OneStepPipeline)} == \
         {"ClassConditionalPipeline", "DiscreteDiffusionPipeline", "OneStepPipeline"} and callable(load_pipeline)
-    code = "import json, sys, diffkit.pipelines; print(json.dumps([m for m in ('torch', 'diffusers') if m in sys.modules]))"
+    code = ("import json, sys, diffkit.pipelines; "
+            "print(json.dumps([m for m in ('torch', 'diffusers') if m in sys.modules]))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0 and json.loads(r.stdout) == [], r.stderr
 

@@ -65,7 +65,8 @@ def test_failing_op_warns_and_falls_back(tiny_unet, tmp_path, monkeypatch):
         def memory_efficient_attention(q, k, v, **kw):
             raise NotImplementedError('No operator found for memory_efficient_attention_forward')
     """)
-    with pytest.warns(UserWarning, match=r"probe op failed on cpu/torch.float32: NotImplementedError: No operator found"):
+    with pytest.warns(UserWarning,
+                      match=r"probe op failed on cpu/torch.float32: NotImplementedError: No operator found"):
         choice = attention.enable_best(tiny_unet)
     assert choice.backend == "sdpa" and _all_sdpa(tiny_unet)
 
@@ -76,7 +77,8 @@ def test_working_op_is_used_when_diffusers_accepts_it(tiny_unet, tmp_path, monke
     _fake_xformers(tmp_path, monkeypatch, "", """
         import torch
         def memory_efficient_attention(q, k, v, **kw):
-            return torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+            sdpa = torch.nn.functional.scaled_dot_product_attention
+            return sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
     """)
     ok, reason = attention.probe_xformers("cpu", torch.float32)
     assert ok, reason

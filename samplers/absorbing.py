@@ -118,7 +118,8 @@ def psi_euler(schedule, t: float, s: float) -> float:
 
 def transition_probs(schedule, times: Sequence[float], method: str = "tweedie") -> list[float]:
     """ψ_i for each step t_i -> t_{i+1}, clamped to [0, 1] (Euler's ψ exceeds 1 on coarse grids); the
-    last step is forced to 1 so that every remaining mask is filled without an extra network call (RADD's final step)."""
+    last step is forced to 1 so that every remaining mask is filled without an extra network call
+    (RADD's final step)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     fn = psi_tweedie if method == "tweedie" else psi_euler

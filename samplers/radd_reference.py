@@ -3,7 +3,9 @@
 Reimplemented from a description of the official sampler (``DiffusionSampler`` with the
 ``direct`` strategy; arXiv:2406.03736 App. D.4 for the step law), not from the official code.
 Per masked position the official sampler builds a (V+1)-vector -- ψ·p(v) on the real tokens
-and 1 - ψ in the mask column (ψ = 1 + 1e-3 at the last step, so the mask weight is negative there) -- stores it in a **float16** buffer, and draws the winner of an exponential race
+and 1 - ψ in the mask column (ψ = 1 + 1e-3 at the last step, so the mask weight is negative there) --
+stores it in a **float16**
+buffer, and draws the winner of an exponential race
 in **float32**: argmax_j q_j / E_j with E_j = 1e-10 - log(U_j + 1e-10).
 
 Because a float32 uniform is at most 1 - 2⁻²⁴, E_j >= ~6e-8: a real token whose ψ·p is below

@@ -89,6 +89,14 @@ SHARED_COMMAND_HELPERS = {"diffkit.commands._outputs", "diffkit.commands._traini
 #: modules that may import the project's own modules inside functions: the CLI, so that
 #: ``diffkit --help`` does not load torch and every method
 CLI_MODULES = ("diffkit.cli", "diffkit.commands.*")
+#: light indexes the CLI reads at start-up (argument choices, folder detection), each allowed to import
+#: ONE heavier own module inside the function that needs it, so ``diffkit --help`` stays free of torch
+LIGHT_INDEXES = {
+    # load_pipeline's UNet2DModel-folder branch builds a ClassConditionalPipeline (imports diffusers)
+    ("diffkit.pipelines", "diffkit.pipelines.class_conditional"),
+    # the method table gives `--method` choices; load_record needs the record base (imports torch)
+    ("diffkit.samplers.inversion_methods", "diffkit.samplers.inversion_base"),
+}
 
 
 def _match(name: str, pattern: str) -> bool:
@@ -262,7 +270,8 @@ def _describe_cycle(comp, imps) -> str:
 
 def local_own_imports(imps) -> list:
     return [f"{_where(i)}  (inside a function in {i.source})" for i in imps
-            if i.local and not any(_match(i.source, p) for p in CLI_MODULES)]
+            if i.local and not any(_match(i.source, p) for p in CLI_MODULES)
+            and (i.source, i.target) not in LIGHT_INDEXES]
 
 
 def climbing_relative(imps) -> list:

@@ -32,6 +32,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from diffkit.assets import asset_path
+from diffkit.data import GREY_LEVELS
+from diffkit.metrics import digits
+from diffkit.models.digits_features import REQUIRED_FILES, load_feature_net
 from diffkit.weights import file_sha256
 
 __all__ = [
@@ -273,11 +277,6 @@ class DigitsFeatures(FeatureExtractor):
 
     def __init__(self, net="digits-features"):
         super().__init__()
-        from diffkit.assets import asset_path
-        from diffkit.data import GREY_LEVELS
-        from diffkit.models.digits_features import REQUIRED_FILES, load_feature_net
-        from . import digits
-
         self._digits = digits
         self.levels = int(GREY_LEVELS)
         if isinstance(net, nn.Module):

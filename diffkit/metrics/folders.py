@@ -16,6 +16,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from diffkit.images import save_png_atomic
+
 __all__ = ["IMAGE_EXTENSIONS", "FolderInfo", "list_images", "scan_folder", "load_images", "quantize_images",
            "save_image_folder"]
 
@@ -130,8 +132,6 @@ def save_image_folder(images: torch.Tensor, folder, start_index: int = 0, levels
     ``levels`` < 256 snaps to that grey-level grid first (17 for FID-digits), so reading
     the PNGs back and re-quantising gives exactly the same images.
     """
-    from diffkit.images import save_png_atomic
-
     arr = quantize_images(images, levels, "images").round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     os.makedirs(folder, exist_ok=True)
     width = max(6, len(str(start_index + len(arr))))

@@ -51,7 +51,8 @@ def pipeline_class(name: str):
     try:
         module, _, attr = PIPELINES[name].partition(":")
     except KeyError:
-        raise ValueError(f"unknown pipeline class {name!r}; diffkit pipelines: {', '.join(sorted(PIPELINES))}") from None
+        raise ValueError(f"unknown pipeline class {name!r}; diffkit pipelines: "
+                         f"{', '.join(sorted(PIPELINES))}") from None
     return getattr(importlib.import_module(module), attr)
 
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from diffkit.assets import asset_path
+
 __all__ = ["LocalFolderPipelineMixin", "local_folder"]
 
 
 def local_folder(name_or_path) -> Path:
     """The pipeline folder for a path or shipped asset name; an AssetError (naming the folder and,
     for a shipped asset, the command that rebuilds it) when there is none. Never the network."""
-    from diffkit.assets import asset_path
-
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"pretrained_model_name_or_path: expected a folder path or a shipped asset name, "
                         f"got {type(name_or_path).__name__}")

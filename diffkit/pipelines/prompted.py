@@ -23,7 +23,8 @@ import torch
 from diffkit.conditioning import num_classes
 from diffkit.seeding import randn_for_indices, sample_generator
 
-__all__ = ["condition_kind", "check_condition_args", "require_latent_unet", "text_to_image", "sample_prompt", "TEXT_TO_IMAGE"]
+__all__ = ["condition_kind", "check_condition_args", "require_latent_unet", "text_to_image", "sample_prompt",
+           "TEXT_TO_IMAGE"]
 
 TEXT_TO_IMAGE = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 

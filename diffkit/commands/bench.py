@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import runpy
+import shlex
 import sys
 from pathlib import Path
 
 NAME = "bench"
+#: environment variable naming the bench command line (read by benchmarks/_results.py)
+COMMAND_ENV = "DIFFKIT_BENCH_COMMAND"
 HELP = "run a benchmark script from benchmarks/ (diffkit bench --list)"
 
 
@@ -34,9 +38,15 @@ def run(args):
     script = benchmarks_dir() / f"{args.topic.replace('-', '_')}.py"
     if not script.exists():
         raise ValueError(f"unknown benchmark {args.topic!r}; available: {', '.join(topics()) or '(none yet)'}")
-    old = sys.argv
+    old, old_env = sys.argv, os.environ.get(COMMAND_ENV)
     sys.argv = [str(script), *args.args]
+    # benchmarks/_results.write_results records this and writes into benchmarks/results/ only when set
+    os.environ[COMMAND_ENV] = shlex.join(["diffkit", "bench", script.stem, *args.args])
     try:
         runpy.run_path(str(script), run_name="__main__")
     finally:
         sys.argv = old
+        if old_env is None:
+            os.environ.pop(COMMAND_ENV, None)
+        else:
+            os.environ[COMMAND_ENV] = old_env

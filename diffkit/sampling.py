@@ -39,9 +39,8 @@ from diffkit.conditioning import Guidance, class_guidance
 from diffkit.data import NUM_CLASSES
 from diffkit.denoisers import Denoiser, EpsModel
 from diffkit.pipelines.editing import decode_latent, make_condition
-from diffkit.pipelines.prompted import condition_kind
 from diffkit.pipelines.one_step import require_diffusion_model
-from diffkit.pipelines.prompted import require_latent_unet, sample_prompt
+from diffkit.pipelines.prompted import condition_kind, require_latent_unet, sample_prompt
 from diffkit.registry import SamplerEntry, entry_for_scheduler, get_sampler, image_samplers, pipeline_with_sampler
 from diffkit.samplers.edm import model_sigmas
 from diffkit.seeding import randn_for_indices

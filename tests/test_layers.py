@@ -85,7 +85,7 @@ LAYERS = {
 }
 
 #: command modules every command may import
-SHARED_COMMAND_HELPERS = {"diffkit.commands._outputs", "diffkit.commands._training"}
+SHARED_COMMAND_HELPERS = {"diffkit.commands._outputs", "diffkit.commands._training", "diffkit.commands._demo"}
 #: modules that may import the project's own modules inside functions: the CLI, so that
 #: ``diffkit --help`` does not load torch and every method
 CLI_MODULES = ("diffkit.cli", "diffkit.commands.*")

@@ -8,28 +8,14 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 
 from diffkit.atomic import write_text_atomically
+from diffkit.commands._demo import DemoContext, demo_teacher
 from diffkit.commands._outputs import check_output_dir
 
 NAME = "demo"
 HELP = "run every capability on the shipped models (offline, CPU) and write PNGs + report.md"
 DEMO_ORDER = 0
-
-
-@dataclass
-class DemoContext:
-    output: str
-    quick: bool = False
-    report: list = field(default_factory=list)
-
-    def path(self, name: str) -> str:
-        return os.path.join(self.output, name)
-
-    def say(self, line: str = "") -> None:
-        print(line)
-        self.report.append(line)
 
 
 def add_arguments(p):
@@ -43,22 +29,10 @@ def add_arguments(p):
 
 def demo_step(ctx: DemoContext):
     """Sampling: DDIM on the digits teacher if shipped, else on a tiny random UNet (the one driver)."""
-    from diffusers import DDIMScheduler
-
-    from diffkit.assets import AssetError
     from diffkit.images import save_grid
-    from diffkit.pipelines import load_pipeline
-    from diffkit.pipelines.class_conditional import ClassConditionalPipeline
     from diffkit.sampling import generate
-    from diffkit.testing import tiny_unet2d
 
-    try:
-        pipe = load_pipeline("digits-unet")
-        what = "the shipped digits teacher"
-    except AssetError:
-        pipe = ClassConditionalPipeline(tiny_unet2d(num_classes=10), DDIMScheduler())
-        what = "a tiny random-weight UNet (assets/digits-unet not available yet)"
-    pipe.set_progress_bar_config(disable=True)
+    pipe, what = demo_teacher()
     steps = 10 if ctx.quick else 50
     t0 = time.perf_counter()
     out = generate(pipe, None, steps=steps, n=20, seed=0)  # labels k % C, noise from (0, k)

@@ -138,24 +138,14 @@ def demo_step(ctx):
     import time
 
     import torch
-    from diffusers import DDIMScheduler
-
-    from diffkit.assets import AssetError
+    from diffkit.commands._demo import demo_teacher
     from diffkit.conditioning import class_guidance
     from diffkit.denoisers import Denoiser, EpsModel
     from diffkit.images import save_grid
-    from diffkit.pipelines import load_pipeline
-    from diffkit.pipelines.class_conditional import ClassConditionalPipeline
     from diffkit.samplers import edm
     from diffkit.sampling import generate
-    from diffkit.testing import tiny_unet2d
 
-    try:
-        pipe = load_pipeline("digits-unet")
-        what = "the digits teacher"
-    except AssetError:
-        pipe = ClassConditionalPipeline(tiny_unet2d(num_classes=10), DDIMScheduler())
-        what = "a tiny random-weight UNet (assets/digits-unet not available yet)"
+    pipe, what = demo_teacher()
     for sampler, opts in (("edm-heun", {}), ("bdia-euler", {"gamma": 0.5, "gamma_mode": "vp"})):
         t0 = time.perf_counter()
         out = generate(pipe, sampler, nfe=17, n=20, guidance_scale=1.0, options=opts)

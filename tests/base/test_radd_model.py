@@ -27,13 +27,7 @@ CONFIG = {"tokens": V, "model": {"hidden_size": H, "n_heads": HEADS, "n_blocks":
           "training": {"loss_type": "lambda_DCE", "ema": 0.9999}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models, many small ops: one intra-op thread is fastest and robust on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def official_state(seed=0, vocab=V, with_inv_freq=True):

@@ -77,7 +77,7 @@ def test_shipped_onestep_asset_loads_and_draws_the_requested_classes():
 
 
 def test_demo_step_shows_onestep_beside_teacher(tmp_path):
-    from diffkit.commands.demo import DemoContext
+    from diffkit.commands._demo import DemoContext
     from diffkit.commands.distill import demo_step
 
     ctx = DemoContext(str(tmp_path), quick=True)

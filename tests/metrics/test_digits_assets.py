@@ -189,7 +189,7 @@ def test_stats_from_another_net_are_refused(tmp_path):
 # ---------------------------------------------------------------------------- demo
 def test_demo_step_writes_the_per_class_grid(tmp_path):
     from diffkit.commands import train_teacher
-    from diffkit.commands.demo import DemoContext
+    from diffkit.commands._demo import DemoContext
 
     ctx = DemoContext(str(tmp_path), quick=True)
     train_teacher.demo_step(ctx)

@@ -17,13 +17,7 @@ from helpers import ROOT
 TOL = 1e-10  # acceptance: latent round trip with the float64 state
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # the tiny models are latency-bound: one thread is several times faster on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +157,7 @@ def test_cli_edit_writes_before_after_png(tmp_path, capsys):
 
 def test_demo_step(tmp_path):
     from diffkit.commands import edit as edit_cmd
-    from diffkit.commands.demo import DemoContext
+    from diffkit.commands._demo import DemoContext
 
     ctx = DemoContext(str(tmp_path), quick=True)
     edit_cmd.demo_step(ctx)

@@ -23,13 +23,7 @@ from diffkit.samplers.radd import RADDScheduler
 V = 24
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models, many small ops: one intra-op thread is fastest and robust on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

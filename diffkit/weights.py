@@ -67,6 +67,19 @@ def _hash_file(path) -> str:
     return h.hexdigest()
 
 
+def state_dict_sha256(module) -> str:
+    """SHA-256 over a module's state_dict (sorted keys, names, dtypes, shapes and bytes): the one
+    fingerprint of in-memory weights (DisBack path nodes, feature networks of cached FID stats)."""
+    import torch  # weights.py stays importable without torch
+
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        v = v.detach().cpu().contiguous()
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()
+
+
 _hashes: dict[str, tuple[tuple, str]] = {}
 
 

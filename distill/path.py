@@ -8,31 +8,20 @@ with the SHA-256 of its file, so Stage 2 can refuse a corrupt or foreign path.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import torch
-from torch import nn
 
-from diffkit.weights import file_sha256
+from diffkit.weights import file_sha256, state_dict_sha256
 
 __all__ = ["PATH_FILE", "PathManifest", "load_path_manifest", "stage1_boundaries", "select_nodes",
            "state_fingerprint"]
 
 PATH_FILE = "path.json"
-
-
-def state_fingerprint(module: nn.Module) -> str:
-    """SHA-256 over a module's state_dict (sorted keys, names, dtypes, shapes and bytes)."""
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        v = v.detach().cpu().contiguous()
-        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
-        h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b"")
-    return h.hexdigest()
+#: the fingerprint of a node's weights (one helper: diffkit.weights.state_dict_sha256)
+state_fingerprint = state_dict_sha256
 
 
 def stage1_boundaries(stage1_steps: int, path_nodes: int, spacing: str, progress_candidates: int) -> list[int]:

@@ -23,7 +23,6 @@ Give the file (or its folder) as ``inception_weights=`` / ``--inception-weights`
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import os
@@ -36,7 +35,7 @@ from diffkit.assets import asset_path
 from diffkit.data import GREY_LEVELS
 from diffkit.metrics import digits
 from diffkit.models.digits_features import REQUIRED_FILES, load_feature_net
-from diffkit.weights import file_sha256
+from diffkit.weights import file_sha256, state_dict_sha256
 
 __all__ = [
     "FeatureExtractor",
@@ -125,11 +124,8 @@ class ModuleFeatures(FeatureExtractor):
 
     def describe(self) -> dict:
         # a fingerprint of the weights, so stats cached with another network are flagged
-        h = hashlib.sha256()
-        for k, v in sorted(self.module.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-        return {**super().describe(), "input_range": list(self.input_range), "weights_sha256": h.hexdigest()}
+        return {**super().describe(), "input_range": list(self.input_range),
+                "weights_sha256": state_dict_sha256(self.module)}
 
     def _channels(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]

@@ -106,7 +106,7 @@ def main(argv=None):
     fid = mean_std([r["fid"] for r in per_seed])
     top1 = mean_std([r["top1"] for r in per_seed])
     ratio = fid[0] / teacher_q["fid"][0]
-    model = str(d.relative_to(ROOT)) if d.resolve().is_relative_to(ROOT) else str(d)
+    model = str(d.resolve().relative_to(ROOT)) if d.resolve().is_relative_to(ROOT) else str(d)
     res = {"model": model, "n": a.n, "seeds": seeds, "per_seed": per_seed,
            "fid": fid, "kid": mean_std([r["kid"] for r in per_seed]), "top1": top1, "memorisation": mem,
            "images_per_s": {"one_step": ips_one, "teacher_ddim50": ips_teacher, "batch": a.speed_batch,

@@ -52,18 +52,19 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description="quality and speed of the one-step digits generator")
     p.add_argument("--model", default="digits-onestep")
     p.add_argument("--teacher", default="digits-unet")
-    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--n", type=int, default=None, help="samples per seed (default 1000; --quick 100)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--speed-batch", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--quick", action="store_true", help="n=100, seed 0, batch 20")
+    p.add_argument("--quick", action="store_true", help="n=100 (unless --n), seed 0, batch 20, no card")
     p.add_argument("--write-card", action="store_true")
     p.add_argument("--note", default="", help="extra line for the card's Training section (e.g. a second phase)")
     p.add_argument("--json", default=None,
                    help="results file (default benchmarks/results/digits_onestep.json; --quick: none)")
     a = p.parse_args(argv)
     if a.quick:
-        a.n, a.seeds, a.speed_batch = 100, "0", 20
+        a.seeds, a.speed_batch, a.write_card = "0", 20, False
+    a.n = a.n or (100 if a.quick else 1000)
     a.json = a.json or default_json("digits_onestep", a.quick)
     return a
 

@@ -57,6 +57,9 @@ def parse(argv=None):
     p.add_argument("--speed-batch", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="n=100 (unless --n), seed 0, batch 20, no card")
+    p.add_argument("--teacher-n", type=int, default=0,
+                   help="also score the teacher's DDIM-50 at this n (seed = the first seed): an equal-n comparison "
+                        "(FID-digits falls with n; the card's teacher figure is at n = 1000)")
     p.add_argument("--write-card", action="store_true")
     p.add_argument("--note", default="", help="extra line for the card's Training section (e.g. a second phase)")
     p.add_argument("--json", default=None,
@@ -98,6 +101,12 @@ def main(argv=None):
             m = memorisation_ratio(x)
             mem = {"ratio": m.ratio, "median_generated": m.median_generated, "median_test": m.median_test, "n": m.n}
         print(f"seed {s}: FID-digits {r.fid:.4f}, KID {r.kid:.5f}, top-1 {per_seed[-1]['top1']:.3f}", flush=True)
+    same_n = None
+    if a.teacher_n:
+        tl = balanced_labels(a.teacher_n)
+        same_n = {"n": a.teacher_n, "seed": seeds[0], "fid": fid_digits(sample_digits(teacher, tl, seed=seeds[0]),
+                                                                          net, ref).fid}
+        print(f"teacher DDIM-50 at n = {a.teacher_n}, seed {seeds[0]}: FID-digits {same_n['fid']:.4f}", flush=True)
     sl = balanced_labels(a.speed_batch)
     ips_one = images_per_second(pipe, sl, 1, 5)
     ips_teacher = images_per_second(teacher, sl, 50, 1 if a.quick else 2)
@@ -112,7 +121,7 @@ def main(argv=None):
            "fid": fid, "kid": mean_std([r["kid"] for r in per_seed]), "top1": top1, "memorisation": mem,
            "images_per_s": {"one_step": ips_one, "teacher_ddim50": ips_teacher, "batch": a.speed_batch,
                             "speedup": ips_one / ips_teacher},
-           "teacher_fid_ddim50": teacher_q, "fid_ratio_teacher": ratio,
+           "teacher_fid_ddim50": teacher_q, "fid_ratio_teacher": ratio, "teacher_same_n": same_n,
            "acceptance": {**ACCEPT, "fid_ratio_ok": ratio <= ACCEPT["fid_ratio_max"],
                           "fid_ratio_goal_met": ratio <= ACCEPT["fid_ratio_goal"],
                           "top1_ok": top1[0] >= ACCEPT["top1_min"],

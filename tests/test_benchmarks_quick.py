@@ -8,7 +8,8 @@ results, and its headline holds qualitatively (loose bounds, issue #19 item 4).
 - Headlines: ``CHECKS`` below, each reading a few keys of the quick JSON (one line to change when a
   benchmark renames a key).
 
-The benches run two at a time (each on one thread): about 70 CPU-seconds in all.
+The benches run two at a time (each on one thread, longest first): about 180 CPU-seconds in all, ~90 s
+on the 2-core machine when it is otherwise idle.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ class Bench:
 
 BENCHES = {
     "bdia_edm": Bench(committed=("bdia_edm",), data_keyed=("sweep", "sweep.*", "best", "fid")),
-    "bdia_overhead": Bench(pending="written by helper C3 (#19 item 6: step/floor per shape)"),
     "digits_quality": Bench(committed=("digits_quality",), data_keyed=("guidance",), quick_lacks=(
         ("$.per_seed[].equal_n", "$.per_seed[].fid_equal_n", "$.per_seed[].kid_equal_n", "$.summary.fid_equal_n",
          "$.summary.kid_equal_n"), "--quick skips the equal-n comparison (helper C3 owns digits_quality.py)")),
@@ -48,8 +48,12 @@ BENCHES = {
     "radd_cache": Bench(pending="written by helper C4 (tiny RADD cache and E-NFE)"),
     "radd_text": Bench(committed=("radd_text_a", "radd_text_b", "radd_text_cd")),
 }
+#: CPU-seconds of each quick run on this machine (1 thread), to start the longest first
+COST = {"radd_cache": 49, "digits_onestep_card": 28, "radd_text": 27, "bdia_edm": 22, "editing": 22,
+        "disback_speed": 15, "digits_quality": 14}
 # not run here: fid_small_n (its own test, tests/metrics), disback_convergence (tests/distill; a minute of
-# training), gpu/run.py (tests/test_gpu_script.py)
+# training), gpu/run.py (tests/test_gpu_script.py), bdia_overhead (10 CPU-s more than the budget allows; it
+# gets its row here with its committed results, helper C3, #19 item 6)
 
 
 def run_quick(name, out):
@@ -70,7 +74,7 @@ def quick(tmp_path_factory):
         return name, (r, json.loads(out.read_text()) if out.exists() else None)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(pool.map(one, sorted(BENCHES)))
+        return dict(pool.map(one, sorted(BENCHES, key=lambda n: -COST.get(n, 0))))
 
 
 # ---------------------------------------------------------------------------------------------- schema
@@ -167,7 +171,7 @@ def test_quick_run_writes_the_committed_schema(name, quick):
 def test_the_table_names_every_committed_results_file():
     """A bench marked pending has no committed file; every committed file belongs to a bench here or to the
     listed ones that run elsewhere."""
-    elsewhere = {"disback_convergence", "digits_quality_quick", "fid_small_n", "gpu"}
+    elsewhere = {"disback_convergence", "digits_quality_quick", "fid_small_n", "gpu", "bdia_overhead"}
     named = {s for b in BENCHES.values() for s in b.committed}
     stems = {p.stem for p in RESULTS.glob("*.json")}
     assert not (stems - named - elsewhere), f"results without a quick-schema check: {sorted(stems - named - elsewhere)}"

@@ -1,13 +1,16 @@
 """Quality and speed of the shipped one-step digits generator (assets/digits-onestep).
 
-    python benchmarks/digits_onestep_card.py --write-card     # evaluate, rewrite README.md + samples.png
-    python benchmarks/digits_onestep_card.py --quick          # small n, no card: a smoke run
+    diffkit bench digits_onestep_card --write-card     # evaluate, write results + card (README.md, samples.png)
+    diffkit bench digits_onestep_card --quick --json /tmp/x.json   # small n, no card: a smoke run
 
 FID-digits protocol ``fid-digits/v1`` (diffkit.metrics.digits): n class-balanced one-step
 samples per seed (sample k's noise from (seed, k)), FID/KID against the train split,
 feature-net top-1; the memorisation ratio on seed 0's samples; images per second of the
 one-step generator and of the teacher's DDIM-50 sampler at the same batch and thread
-count. Results go to benchmarks/results/digits_onestep.json.
+count. The teacher's FID-digits is read (unrounded) from benchmarks/results/digits_quality.json,
+and the card's ratio is computed here from unrounded values and stored in the JSON.
+Results go to benchmarks/results/digits_onestep.json (``--quick`` writes only to ``--json``).
+Full size (n = 1000 × 3 seeds): about 1 CPU-minute on this 2-core machine, 1 thread.
 """
 
 from __future__ import annotations
@@ -23,26 +26,49 @@ from pathlib import Path
 
 import torch
 
+from diffkit.assets import asset_path
+from diffkit.images import save_grid
+from diffkit.metrics.digits import (balanced_labels, fid_digits, load_reference_stats, mean_std, memorisation_ratio,
+                                    sample_digits, top1_accuracy)
+from diffkit.models.digits_features import load_feature_net
+from diffkit.pipelines import load_pipeline
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import default_json, load_results, write_results  # noqa: E402  (sibling module of the scripts)
+
 ROOT = Path(__file__).resolve().parent.parent
-TEACHER_FID = (0.036, 0.008)  # DDIM-50, n = 1000, seeds 0,1,2 (assets/digits-unet/README.md)
+#: the card's acceptance bounds (stored in the JSON with the verdicts)
+ACCEPT = {"fid_ratio_max": 3.0, "fid_ratio_goal": 2.0, "top1_min": 0.9, "memorisation_min": 0.8}
+
+
+def teacher_fid(name: str = "digits_quality") -> dict:
+    """The teacher's DDIM-50 FID-digits (mean, std over seeds), unrounded, from its committed results."""
+    q = load_results(name)
+    mean, std = q["summary"]["fid"][:2]
+    return {"fid": [mean, std], "n": q["n"], "seeds": q["seeds"], "source": f"benchmarks/results/{name}.json"}
 
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description="quality and speed of the one-step digits generator")
     p.add_argument("--model", default="digits-onestep")
     p.add_argument("--teacher", default="digits-unet")
-    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--n", type=int, default=None, help="samples per seed (default 1000; --quick 100)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--speed-batch", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--quick", action="store_true", help="n=100, seed 0, batch 20")
+    p.add_argument("--quick", action="store_true", help="n=100 (unless --n), seed 0, batch 20, no card")
+    p.add_argument("--teacher-n", type=int, default=0,
+                   help="also score the teacher's DDIM-50 at this n (seed = the first seed): an equal-n comparison "
+                        "(FID-digits falls with n; the card's teacher figure is at n = 1000)")
     p.add_argument("--write-card", action="store_true")
     p.add_argument("--note", default="", help="extra line for the card's Training section (e.g. a second phase)")
-    p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "digits_onestep.json"))
+    p.add_argument("--json", default=None,
+                   help="results file (default benchmarks/results/digits_onestep.json; --quick: none)")
     a = p.parse_args(argv)
     if a.quick:
-        a.n, a.seeds, a.speed_batch = 100, "0", 20
-        a.json = str(Path(a.json).with_name("digits_onestep_quick.json"))
+        a.seeds, a.speed_batch, a.write_card = "0", 20, False
+    a.n = a.n or (100 if a.quick else 1000)
+    a.json = a.json or default_json("digits_onestep", a.quick)
     return a
 
 
@@ -59,14 +85,6 @@ def images_per_second(pipe, labels, steps, reps):
 def main(argv=None):
     a = parse(argv)
     torch.set_num_threads(a.threads)
-    from diffkit.assets import asset_path
-    from diffkit.atomic import write_json_atomically
-    from diffkit.images import save_grid
-    from diffkit.metrics.digits import (balanced_labels, fid_digits, load_reference_stats, mean_std,
-                                        memorisation_ratio, sample_digits, top1_accuracy)
-    from diffkit.models.digits_features import load_feature_net
-    from diffkit.pipelines import load_pipeline
-
     d = asset_path(a.model, required=("model_index.json",))
     pipe, teacher = load_pipeline(str(d)), load_pipeline(a.teacher)
     for p in (pipe, teacher):
@@ -83,20 +101,36 @@ def main(argv=None):
             m = memorisation_ratio(x)
             mem = {"ratio": m.ratio, "median_generated": m.median_generated, "median_test": m.median_test, "n": m.n}
         print(f"seed {s}: FID-digits {r.fid:.4f}, KID {r.kid:.5f}, top-1 {per_seed[-1]['top1']:.3f}", flush=True)
+    same_n = None
+    if a.teacher_n:
+        tl = balanced_labels(a.teacher_n)
+        same_n = {"n": a.teacher_n, "seed": seeds[0], "fid": fid_digits(sample_digits(teacher, tl, seed=seeds[0]),
+                                                                          net, ref).fid}
+        print(f"teacher DDIM-50 at n = {a.teacher_n}, seed {seeds[0]}: FID-digits {same_n['fid']:.4f}", flush=True)
     sl = balanced_labels(a.speed_batch)
     ips_one = images_per_second(pipe, sl, 1, 5)
     ips_teacher = images_per_second(teacher, sl, 50, 1 if a.quick else 2)
     machine = (f"{platform.machine()} {os.cpu_count()}-core CPU (shared), torch {torch.__version__}, "
                f"{torch.get_num_threads()} thread(s)")
-    res = {"model": str(d), "n": a.n, "seeds": seeds, "per_seed": per_seed,
-           "fid": mean_std([r["fid"] for r in per_seed]), "kid": mean_std([r["kid"] for r in per_seed]),
-           "top1": mean_std([r["top1"] for r in per_seed]), "memorisation": mem,
+    teacher_q = teacher_fid()
+    fid = mean_std([r["fid"] for r in per_seed])
+    top1 = mean_std([r["top1"] for r in per_seed])
+    ratio = fid[0] / teacher_q["fid"][0]
+    model = str(d.resolve().relative_to(ROOT)) if d.resolve().is_relative_to(ROOT) else str(d)
+    res = {"model": model, "n": a.n, "seeds": seeds, "per_seed": per_seed,
+           "fid": fid, "kid": mean_std([r["kid"] for r in per_seed]), "top1": top1, "memorisation": mem,
            "images_per_s": {"one_step": ips_one, "teacher_ddim50": ips_teacher, "batch": a.speed_batch,
                             "speedup": ips_one / ips_teacher},
-           "teacher_fid_ddim50": TEACHER_FID, "machine": machine}
-    write_json_atomically(a.json, res)
+           "teacher_fid_ddim50": teacher_q, "fid_ratio_teacher": ratio, "teacher_same_n": same_n,
+           "acceptance": {**ACCEPT, "fid_ratio_ok": ratio <= ACCEPT["fid_ratio_max"],
+                          "fid_ratio_goal_met": ratio <= ACCEPT["fid_ratio_goal"],
+                          "top1_ok": top1[0] >= ACCEPT["top1_min"],
+                          "memorisation_ok": mem["ratio"] >= ACCEPT["memorisation_min"]},
+           "machine": machine}
+    if a.json:
+        write_results(res, a.json, script=__file__, argv=argv)
     f, t = res["fid"], res["top1"]
-    print(f"FID-digits {f[0]:.4f} ± {f[1]:.4f} (n={a.n}, seeds {seeds}; {f[0] / TEACHER_FID[0]:.2f}× the teacher's "
+    print(f"FID-digits {f[0]:.4f} ± {f[1]:.4f} (n={a.n}, seeds {seeds}; {ratio:.2f}× the teacher's "
           f"DDIM-50), top-1 {t[0]:.3f} ± {t[1]:.3f}, memorisation ratio {mem['ratio']:.3f}; images/s one-step "
           f"{ips_one:.0f} vs DDIM-50 {ips_teacher:.1f} ({ips_one / ips_teacher:.0f}×) at batch {a.speed_batch}")
     if a.write_card:
@@ -112,6 +146,7 @@ def card(d: Path, res: dict, note: str = "") -> str:
     cfg = facts.get("config", {})
     s1 = facts.get("stage1") or {}
     f, k, t, m, ips = res["fid"], res["kid"], res["top1"], res["memorisation"], res["images_per_s"]
+    tq, acc, ratio = res["teacher_fid_ddim50"], res["acceptance"], res["fid_ratio_teacher"]
     n_params = None
     try:
         from safetensors.torch import load_file
@@ -121,6 +156,10 @@ def card(d: Path, res: dict, note: str = "") -> str:
         pass
     ok = lambda c: "yes" if c else "no"  # noqa: E731
     rows = [f"| {r['seed']} | {r['fid']:.4f} | {r['kid']:.5f} | {r['top1']:.3f} |" for r in res["per_seed"]]
+    steps_row = (f"{facts.get('generator_steps')} × {cfg.get('batch_size')} ({cfg.get('fake_updates')} fake-score "
+                 f"update(s) per step)")
+    lr_row = (f"generator {cfg.get('lr_generator')}, fake score {cfg.get('lr_fake')} (Adam β {cfg.get('betas')}, "
+              f"warm-up {cfg.get('warmup_steps')} steps, clip {cfg.get('grad_clip')})")
     stage1_line = (f"{s1.get('stage1_steps')} steps, {s1.get('nodes')} nodes, {s1.get('wall_time_s')} s"
                    if s1 else "none (mode without a path)")
     return f"""# digits-onestep: a one-step generator distilled from the digits teacher
@@ -144,39 +183,50 @@ images = pipe(class_labels=[0, 1, 2], seed=0, output_type="pt").images   # [-1, 
 ## Quality (FID-digits protocol `fid-digits/v1`)
 
 One-step samples, class-balanced labels, n = {res['n']} per seed, noise of sample k from (seed, k); features
-of `assets/digits-features`; reference statistics of the train split. Teacher (DDIM-50, same protocol,
-n = 1000, seeds 0,1,2): FID-digits {res['teacher_fid_ddim50'][0]} ± {res['teacher_fid_ddim50'][1]}.
+of `assets/digits-features`; reference statistics of the train split. Teacher: DDIM-50, same protocol,
+n = {tq['n']}, seeds {','.join(map(str, tq['seeds']))} (`{tq['source']}`). Figures from
+`benchmarks/results/digits_onestep.json`:
+
+<!-- fig:digits_onestep -->
+Teacher FID-digits {tq['fid'][0]:.4f} ± {tq['fid'][1]:.4f}.
 
 | seed | FID-digits | KID | feature-net top-1 |
 |---|---|---|---|
 {chr(10).join(rows)}
 | **mean ± std** | **{f[0]:.4f} ± {f[1]:.4f}** | {k[0]:.5f} ± {k[1]:.5f} | **{t[0]:.3f} ± {t[1]:.3f}** |
 
-- FID-digits / teacher's DDIM-50 FID-digits: **{f[0] / res['teacher_fid_ddim50'][0]:.2f}×**
-  (acceptance ≤ 3×: {ok(f[0] <= 3 * res['teacher_fid_ddim50'][0])}; goal ≤ 2×: {ok(f[0] <= 2 * res['teacher_fid_ddim50'][0])}).
-- Feature-net top-1 {t[0]:.3f} (acceptance ≥ 0.90: {ok(t[0] >= 0.9)}).
+- FID-digits / teacher's DDIM-50 FID-digits: **{ratio:.2f}×**
+  (acceptance ≤ {acc['fid_ratio_max']:g}×: {ok(acc['fid_ratio_ok'])}; goal ≤ {acc['fid_ratio_goal']:g}×:
+  {ok(acc['fid_ratio_goal_met'])}).
+- Feature-net top-1 {t[0]:.3f} (acceptance ≥ {acc['top1_min']:.2f}: {ok(acc['top1_ok'])}).
 - Memorisation ratio (median nearest-train-image distance of seed {res['seeds'][0]}'s samples / that of the test
-  split): **{m['ratio']:.3f}** ({m['median_generated']:.3f} / {m['median_test']:.3f}; acceptance ≥ 0.8:
-  {ok(m['ratio'] >= 0.8)}).
+  split): **{m['ratio']:.3f}** ({m['median_generated']:.3f} / {m['median_test']:.3f}; acceptance ≥
+  {acc['memorisation_min']:g}: {ok(acc['memorisation_ok'])}).
+<!-- /fig -->
 
 ## Speed
 
-Images per second at batch {ips['batch']}, {res['machine']}, median of timed calls:
+Images per second at batch {ips['batch']}, {res['machine']}, median of timed calls
+(the teacher samples with DDIM, 50 network evaluations per image; this generator with 1):
 
-| sampler | network evaluations | images/s |
-|---|---|---|
-| this one-step generator | 1 | {ips['one_step']:.0f} |
-| teacher, DDIM-50 | 50 | {ips['teacher_ddim50']:.1f} |
+<!-- fig:digits_onestep -->
+| sampler | images/s |
+|---|---|
+| this one-step generator | {ips['one_step']:.0f} |
+| teacher, DDIM-50 | {ips['teacher_ddim50']:.1f} |
 
-Speed-up **{ips['speedup']:.0f}×** (the machine is shared; absolute numbers vary with load, the ratio less).
+Speed-up **{ips['speedup']:.0f}×**.
+<!-- /fig -->
+
+(The machine is shared; absolute numbers vary with load, the ratio less.)
 
 ## Training
 
 | | |
 |---|---|
 | method | {facts.get('method')} |
-| generator steps × batch | {facts.get('generator_steps')} × {cfg.get('batch_size')} ({cfg.get('fake_updates')} fake-score update(s) per step) |
-| learning rates | generator {cfg.get('lr_generator')}, fake score {cfg.get('lr_fake')} (Adam β {cfg.get('betas')}, warm-up {cfg.get('warmup_steps')} steps, clip {cfg.get('grad_clip')}) |
+| generator steps × batch | {steps_row} |
+| learning rates | {lr_row} |
 | DM weighting / t-range | {cfg.get('weighting')} / {cfg.get('t_range')} |
 | EMA | {cfg.get('ema_decay')} (the exported weights) |
 | Stage 1 | {stage1_line} |
@@ -187,7 +237,7 @@ Speed-up **{ips['speedup']:.0f}×** (the machine is shared; absolute numbers var
 {note}
 
 Settings were chosen by the convergence experiment (`benchmarks/disback_convergence.py`, README section
-"DisBack convergence"). Evaluate again with `python benchmarks/digits_onestep_card.py --write-card`.
+"DisBack convergence"). Evaluate again with `diffkit bench digits_onestep_card --write-card`.
 """
 
 

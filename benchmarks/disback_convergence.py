@@ -1,9 +1,12 @@
 """Does the DisBack path speed up convergence? Arms A vanilla / B warm critic / C DisBack.
 
-    python benchmarks/disback_convergence.py              # full run (resumable: rerun to continue)
-    python benchmarks/disback_convergence.py --max-runs 3 # at most 3 runs this session, then stop
-    python benchmarks/disback_convergence.py --quick      # tiny settings, about a minute; CI plumbing check
-    python benchmarks/disback_convergence.py --report     # only summarise the finished runs
+    diffkit bench disback_convergence              # full run (resumable: rerun to continue)
+    diffkit bench disback_convergence --max-runs 3 # at most 3 runs this session, then stop
+    diffkit bench disback_convergence --quick --json X.json  # tiny settings, about a minute; CI plumbing check
+    diffkit bench disback_convergence --report     # only summarise the finished runs
+
+Full size: 9 runs, about 40 CPU-minutes of training plus evaluation on this 2-core machine
+(1 thread; 39 min measured on the shared machine), outside the ~2 CPU-hour regeneration budget.
 
 One code path (``DisBackTrainer``), identical hyper-parameters; the arms differ only in the
 fake-score initialisation and the target (the warm-critic arm B separates DisBack's two changes;
@@ -35,7 +38,8 @@ means with a bootstrap 95 % interval over seeds.
 
 Results: ``<out>/results/<arm>-seed<k>.json`` per finished run (a rerun skips those and
 resumes unfinished ones from the trainer's checkpoints), the summary in
-benchmarks/results/disback_convergence.json and the plot disback_convergence.png.
+benchmarks/results/disback_convergence.json (with its provenance, through ``_results.write_results``)
+and the plot disback_convergence.png; ``--quick`` writes a summary only to an explicit ``--json``.
 """
 
 from __future__ import annotations
@@ -48,8 +52,17 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from diffkit.atomic import write_json_atomically
+from diffkit.distill.disback import DisBackConfig, DisBackTrainer
 from diffkit.metrics.digits import mean_std
+from diffkit.metrics.evaluators import fid_digits_evaluator
+from diffkit.pipelines import load_pipeline
+from diffkit.run_state import latest_checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import default_json, write_results  # noqa: E402  (sibling module of the scripts)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,7 +96,7 @@ def parse_args(argv=None):
     p.add_argument("--max-runs", type=int, default=None, help="train at most this many unfinished runs, then stop")
     p.add_argument("--report", action="store_true", help="only summarise finished runs")
     p.add_argument("--json", default=None,
-                   help="summary JSON (default benchmarks/results/disback_convergence[_quick].json)")
+                   help="summary JSON (default benchmarks/results/disback_convergence.json; --quick: none)")
     p.add_argument("--plot", default=None, help="plot PNG (default beside the JSON)")
     a = p.parse_args(argv)
     base = QUICK if a.quick else FULL
@@ -92,8 +105,8 @@ def parse_args(argv=None):
             setattr(a, k, v)
     suffix = "_quick" if a.quick else ""
     a.out = Path(a.out or ROOT / "runs" / f"disback_convergence{suffix}")
-    a.json = Path(a.json or ROOT / "benchmarks" / "results" / f"disback_convergence{suffix}.json")
-    a.plot = Path(a.plot or a.json.with_suffix(".png"))
+    a.json = Path(a.json) if a.json else default_json("disback_convergence", a.quick)
+    a.plot = Path(a.plot) if a.plot else (a.json or a.out / "disback_convergence.json").with_suffix(".png")
     a.seed_list = [int(s) for s in str(a.seeds).split(",")]
     a.arm_list = [s.strip() for s in a.arms.split(",")]
     bad = [x for x in a.arm_list if x not in ARMS]
@@ -114,8 +127,6 @@ def stage1_cost_ratio(fake_updates: int) -> float:
 
 
 def config(a, arm: str, seed: int):
-    from diffkit.distill.disback import DisBackConfig
-
     return DisBackConfig(mode=ARMS[arm], max_steps=a.max_steps, batch_size=a.batch_size, fake_updates=a.fake_updates,
                          stage1_steps=a.stage1_steps, path_nodes=a.path_nodes, steps_per_node=a.steps_per_node,
                          lr_generator=a.lr_generator, lr_fake=a.lr_fake, warmup_steps=a.warmup_steps,
@@ -126,9 +137,6 @@ def config(a, arm: str, seed: int):
 
 def run_one(a, pipe, evaluators, arm: str, seed: int) -> dict:
     """Train (or resume) one arm × seed; returns and stores its result record."""
-    from diffkit.distill.disback import DisBackTrainer
-    from diffkit.run_state import latest_checkpoint
-
     cfg = config(a, arm, seed)
     stage1 = None
     t1 = 0.0
@@ -139,8 +147,6 @@ def run_one(a, pipe, evaluators, arm: str, seed: int) -> dict:
         stage1 = m.directory
         t1 = float(m.info.get("wall_time_s", 0.0))
     if seed not in evaluators:
-        from diffkit.metrics.evaluators import fid_digits_evaluator
-
         evaluators[seed] = fid_digits_evaluator(n=a.eval_n, seed=seed)
     run_dir = a.out / f"{arm}-seed{seed}"
     tr = DisBackTrainer(pipe.unet, pipe.scheduler.config, cfg, run_dir, stage1_dir=stage1,
@@ -326,11 +332,8 @@ def plot(summary, a) -> None:
 
 def main(argv=None):
     a = parse_args(argv)
-    import torch
-
     torch.set_num_threads(a.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from diffkit.pipelines import load_pipeline
 
     t0 = time.perf_counter()
     recs, todo = [], []
@@ -368,10 +371,11 @@ def main(argv=None):
            "total_train_wall_s": round(sum(r["stage2_wall_s"] for r in recs) +
                                        sum({r["seed"]: r["stage1_wall_s"] for r in recs}.values()), 1),
            **summary, "runs": recs}
-    write_json_atomically(a.json, out)
+    if a.json:
+        write_results(out, a.json, script=__file__, argv=argv)
     print_table(summary, a)
     plot(summary, a)
-    print(f"\nmachine: {machine}; wrote {a.json} and {a.plot}")
+    print(f"\nmachine: {machine}; wrote {a.json or '(no JSON: --quick without --json)'} and {a.plot}")
     return 0
 
 

@@ -7,20 +7,34 @@ forward/backward. Timings are wall-clock medians over ``--steps`` steps after
 ``--warmup`` steps, on the machine and thread count printed with the table (mode
 ``vanilla``: Stage 2 costs the same in every mode; Stage 1 is timed separately).
 
-    python benchmarks/disback_speed.py                 # digits teacher, batch 32, F = 1 and 5
-    python benchmarks/disback_speed.py --quick         # tiny random UNet, seconds; CI
+    diffkit bench disback_speed --threads 1            # digits teacher, batch 32, F = 1 and 5
+    diffkit bench disback_speed --quick --json X.json  # tiny random UNet, seconds; CI
+
+Full size writes benchmarks/results/disback_speed.json (``--quick`` writes only to ``--json``);
+about 1 CPU-minute on this 2-core machine with 1 thread.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+import torch
+
+from diffkit.commands.train_teacher import SCHEDULER
+from diffkit.distill.disback import DisBackConfig, DisBackTrainer
+from diffkit.distill.generator import GeneratorSource
+from diffkit.pipelines import load_pipeline
+from diffkit.testing import tiny_unet2d
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import default_json, write_results  # noqa: E402  (sibling module of the scripts)
 
 
 def parse_args(argv=None):
@@ -32,18 +46,16 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=None, help="timed steps per setting (default 10; quick 2)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--json", default=None, help="write the results here")
-    return p.parse_args(argv)
+    p.add_argument("--json", default=None,
+                   help="results file (default benchmarks/results/disback_speed.json; --quick: none)")
+    a = p.parse_args(argv)
+    a.json = a.json or default_json("disback_speed", a.quick)
+    return a
 
 
 def _teacher(args):
     if args.quick:
-        from diffkit.commands.train_teacher import SCHEDULER
-        from diffkit.testing import tiny_unet2d
-
         return tiny_unet2d(num_classes=10), SCHEDULER, "tiny_unet2d (random)", False
-    from diffkit.pipelines import load_pipeline
-
     pipe = load_pipeline(args.teacher)
     return pipe.unet, dict(pipe.scheduler.config), str(args.teacher), True
 
@@ -66,11 +78,6 @@ def _timed_steps(fn, warmup, steps):
 
 def main(argv=None):
     args = parse_args(argv)
-    import torch
-
-    from diffkit.distill.disback import DisBackConfig, DisBackTrainer
-    from diffkit.distill.generator import GeneratorSource
-
     if args.threads:
         torch.set_num_threads(args.threads)
     steps = args.steps or (2 if args.quick else 10)
@@ -115,9 +122,9 @@ def main(argv=None):
         fu = "-" if r["fake_updates"] is None else str(r["fake_updates"])
         print(f"{r['stage']:>5} {fu:>12} {r['s_per_step']:>8.3f} {r['steps_per_s']:>8.2f} {r['cpu_s_per_step']:>10.3f}")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"teacher": name, "parameters": params, "batch_size": args.batch_size, "steps": steps,
-                       "machine": machine, "rows": rows}, fh, indent=1)
+        write_results({"teacher": name, "parameters": params, "batch_size": args.batch_size, "steps": steps,
+                       "warmup": args.warmup, "machine": machine, "load_average": load, "rows": rows},
+                      args.json, script=__file__, argv=argv)
     return 0
 
 

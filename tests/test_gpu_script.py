@@ -11,6 +11,7 @@ from pathlib import Path
 from helpers import ROOT
 
 SCRIPT = ROOT / "benchmarks" / "gpu" / "run.py"
+SECTIONS = ROOT / "benchmarks" / "gpu" / "sections.py"  # the measurements, imported by run.py after its set-up
 
 EXPECTED = [  # the rows: attention, repeatability, BDIA, RADD (two settings), DisBack
     "attention.choice", "attention.sdpa.forward_ms", "attention.sdpa.peak_mem_gib", "attention.xformers.forward_ms",
@@ -53,6 +54,8 @@ def test_tiny_run_reports_every_row_and_the_fallback(tmp_path):
     rows = {row["id"]: row for row in data["rows"]}
     assert sorted(rows) == sorted(EXPECTED)
     assert data["env"]["tiny"] is True and "hidden" in data["env"]["xformers"]
+    prov = data["provenance"]  # written through benchmarks/_results.py
+    assert prov["script"] == "benchmarks/gpu/run.py" and prov["argv"][:1] == ["--tiny"] and prov["machine"]
 
     # the fallback is reported, never a failure
     assert rows["attention.choice"]["value"] == "sdpa"
@@ -75,6 +78,8 @@ def test_tiny_run_reports_every_row_and_the_fallback(tmp_path):
     assert rows["bdia.roundtrip.state64"]["value"] <= 1e-10
     assert rows["bdia.roundtrip.state64"]["value"] < rows["bdia.roundtrip.state32"]["value"] < 1e-3
     for b in ("b1", "b8"):
+        # the forward timing's closure gets this batch's ids (it once read a name the loop deletes)
+        assert rows[f"radd.forward_ms.{b}"]["status"] == "ok" and rows[f"radd.forward_ms.{b}"]["value"] > 0
         assert 1 <= rows[f"radd.{b}.nfe"]["value"] <= 256
         assert rows[f"radd.{b}.cached_s"]["value"] > 0
 
@@ -107,7 +112,7 @@ def test_imports_diffkit_from_a_bare_checkout():
 def test_results_markdown_names_card_driver_torch_and_date():
     import runpy
 
-    ns = runpy.run_path(str(SCRIPT))
+    ns = runpy.run_path(str(SECTIONS))
     rep = ns["Report"]()
     rep.add("bdia.loop_ratio", "BDIA/DDIM loop wall time", 1.05, goal="≤ 1.02", met=False)
     rep.fill("disback", "error", "RuntimeError: boom")

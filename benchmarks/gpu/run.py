@@ -26,28 +26,27 @@ Timings: CUDA events after warm-up (medians over the repeats that fit the sectio
 perf_counter on CPU. Every section is guarded: a failure becomes an ``error`` row, the run goes on.
 ``--tiny`` runs the same code at toy sizes (float32 on CPU); its numbers only show the code runs --
 the goals apply to the CUDA run.
+
+This file is the launcher: it makes diffkit importable from a bare checkout and keeps a broken
+xformers out of the process, and only then imports the measurements (``sections.py`` beside it,
+which imports diffkit and diffusers at its top) -- that one import is deferred on purpose.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib
 import importlib.util
-import json
-import math
 import os
-import platform
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # a bare checkout: diffkit is importable from here, not installed
+    sys.path.insert(0, str(ROOT))
+import diffkit  # noqa: E402  (the package root is light: no torch, no diffusers)
 
 
 def ensure_diffkit() -> None:
@@ -56,10 +55,6 @@ def ensure_diffkit() -> None:
     pyproject maps ``diffkit.samplers``/``diffkit.distill`` to the top-level folders
     ``samplers/``/``distill/``; an editable install provides that mapping, a bare checkout
     on a machine we do not control does not, so the two subpackages are registered here."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    import diffkit
-
     for sub in ("samplers", "distill"):
         name = f"diffkit.{sub}"
         if name in sys.modules or importlib.util.find_spec(name) is not None:
@@ -121,512 +116,8 @@ def hide_xformers() -> None:
     sys.modules["xformers"] = None
 
 
-# ---------------------------------------------------------------------------- sizes
-SD15_UNET = dict(  # Stable Diffusion 1.5's UNet config (sample_size only names the 1024 px latent)
-    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32)
-TINY_UNET = dict(
-    sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=16, attention_head_dim=2, norm_num_groups=8)
-SD15_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                      set_alpha_to_one=False, steps_offset=1)
-RADD_SMALL = dict(vocab_size=50257, hidden_size=768, n_heads=12, n_blocks=12, length=1024)
-RADD_TINY = dict(vocab_size=256, hidden_size=32, n_heads=2, n_blocks=2, length=64)
-
-
-@dataclass
-class Sizes:
-    unet: dict
-    latent: int
-    text_len: int
-    fwd_reps: int
-    loop_steps: int
-    loop_pairs: int  # A-B-B-A pairs of sampling loops (the cap may stop earlier; at least one)
-    rt_steps: int
-    radd: dict
-    radd_runs: tuple  # ((label, n, batch), ...)
-    radd_fwd_reps: int
-    disback_teacher: str
-    disback_batch: int
-    disback_steps: int
-    disback_warmup: int
-    caps: dict = field(default_factory=dict)  # section -> seconds of repeated measurements
-
-
-REAL = Sizes(unet=SD15_UNET, latent=128, text_len=77, fwd_reps=5, loop_steps=50, loop_pairs=2, rt_steps=20,
-             radd=RADD_SMALL, radd_runs=(("b1", 4096, 1), ("b8", 1024, 8)), radd_fwd_reps=10,
-             disback_teacher="digits-unet", disback_batch=32, disback_steps=20, disback_warmup=3,
-             caps=dict(attention=15, bdia_loop=35, radd_fwd=5, disback=10))
-TINY = Sizes(unet=TINY_UNET, latent=16, text_len=8, fwd_reps=3, loop_steps=20, loop_pairs=1, rt_steps=10,
-             radd=RADD_TINY, radd_runs=(("b1", 256, 1), ("b8", 64, 8)), radd_fwd_reps=3,
-             disback_teacher="digits-unet", disback_batch=8, disback_steps=2, disback_warmup=1,
-             caps=dict(attention=3, bdia_loop=6, radd_fwd=2, disback=4))
-
-GAMMA = 0.94  # BDIA's γ for sampling and inversion (the inversion module's default)
-GUIDANCE = 7.5  # CFG scale of the sampling loop (SD's default)
-RT_GUIDANCE = 3.0  # CFG scale of the round trip (as in benchmarks/bdia_overhead.py)
-
-# Every row the report always contains (a failed or skipped section still lists its rows).
-ROWS = {
-    "attention": ["attention.choice", "attention.sdpa.forward_ms", "attention.sdpa.peak_mem_gib",
-                  "attention.xformers.forward_ms", "attention.xformers.peak_mem_gib", "attention.xformers.rel_diff"],
-    "repeat": ["repeat.bitwise"],
-    "bdia": ["bdia.step_us.ddim", "bdia.step_us.bdia", "bdia.step_share", "bdia.loop_s.ddim", "bdia.loop_s.bdia",
-             "bdia.loop_ratio", "bdia.roundtrip.state64", "bdia.roundtrip.state32"],
-    "radd": ["radd.forward_ms.b1", "radd.forward_ms.b8",
-             "radd.b1.cached_s", "radd.b1.nfe", "radd.b1.uncached_s", "radd.b1.speedup",
-             "radd.b8.cached_s", "radd.b8.nfe", "radd.b8.uncached_s", "radd.b8.speedup"],
-    "disback": ["disback.steps_per_s"],
-}
-STATUSES = ("ok", "miss", "fallback", "unavailable", "error", "skipped")
-
-
-# ---------------------------------------------------------------------------- report
-class Report:
-    def __init__(self):
-        self.rows: dict[str, dict] = {}
-        self.sections: dict[str, dict] = {}
-
-    def add(self, id, metric, value, unit="", goal=None, met=None, status=None, note=""):
-        """One row; ``met`` (goal met?) turns into status ok/miss unless ``status`` is given."""
-        if status is None:
-            status = "ok" if met in (None, True) else "miss"
-        if isinstance(value, float) and not math.isfinite(value) and status == "ok":
-            status = "error"
-            note = (note + "; " if note else "") + "non-finite value"
-        self.rows[id] = dict(id=id, section=id.split(".")[0], metric=metric, value=value, unit=unit, goal=goal,
-                             status=status, note=note)
-
-    def fill(self, section, status, note):
-        for rid in ROWS[section]:
-            if rid not in self.rows:
-                self.rows[rid] = dict(id=rid, section=section, metric=rid, value=None, unit="", goal=None,
-                                      status=status, note=note)
-
-    def ordered(self):
-        ids = [r for sec in ROWS.values() for r in sec]
-        return [self.rows[i] for i in ids if i in self.rows] + [r for i, r in self.rows.items() if i not in ids]
-
-
-def fmt(v) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        if v == 0 or 1e-3 <= abs(v) < 1e5:
-            return f"{v:.4g}"
-        return f"{v:.2e}"
-    return str(v)
-
-
-def table(report: Report) -> str:
-    lines = ["| metric | value | unit | goal | status | note |", "|---|---|---|---|---|---|"]
-    for r in report.ordered():
-        note = str(r["note"]).replace("|", "/").replace("\n", " ")
-        lines.append(f"| {r['metric']} | {fmt(r['value'])} | {r['unit']} | {r['goal'] or ''} | {r['status']} "
-                     f"| {note} |")
-    return "\n".join(lines)
-
-
-def _atomic_write(path, text: str) -> None:
-    path = Path(path)
-    from diffkit.atomic import write_text_atomically  # diffkit is importable only after the sys.path setup above
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(path, text)
-
-
-# ---------------------------------------------------------------------------- timing
-class Clock:
-    """Seconds of a call: CUDA events on a GPU (the call's span on the stream, host gaps
-    included), perf_counter on CPU."""
-
-    def __init__(self, device):
-        import torch
-
-        self.torch, self.cuda = torch, device.type == "cuda"
-
-    def sync(self):
-        if self.cuda:
-            self.torch.cuda.synchronize()
-
-    def time(self, fn):
-        if self.cuda:
-            start, end = (self.torch.cuda.Event(enable_timing=True) for _ in range(2))
-            start.record()
-            out = fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 1e3, out
-        t0 = time.perf_counter()
-        out = fn()
-        return time.perf_counter() - t0, out
-
-    def repeat(self, fn, warmup: int, reps: int, cap_s: float) -> list[float]:
-        """``warmup`` untimed calls, then up to ``reps`` timed ones while within ``cap_s`` (at least one)."""
-        for _ in range(warmup):
-            fn()
-        self.sync()
-        times, t0 = [], time.perf_counter()
-        while len(times) < reps and (not times or time.perf_counter() - t0 < cap_s):
-            times.append(self.time(fn)[0])
-        return times
-
-    def peak_gib(self, fn):
-        """Peak allocated GPU memory during one call (None on CPU)."""
-        if not self.cuda:
-            return None
-        self.sync()
-        self.torch.cuda.reset_peak_memory_stats()
-        fn()
-        self.sync()
-        return self.torch.cuda.max_memory_allocated() / 2**30
-
-
-def rel_diff(a, b) -> float:
-    a, b = a.float(), b.float()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
-
-
-# ---------------------------------------------------------------------------- environment
-def environment(device, tiny: bool, xformers_hidden: str | None = None) -> dict:
-    import torch
-
-    env = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               python=platform.python_version(), torch=torch.__version__, cuda=torch.version.cuda,
-               device=str(device), tiny=tiny, host=platform.node(), cpu_threads=torch.get_num_threads())
-    if device.type == "cuda":
-        p = torch.cuda.get_device_properties(device)
-        env.update(card=p.name, memory_gib=round(p.total_memory / 2**30, 1))
-        try:
-            env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                           capture_output=True, text=True, timeout=20).stdout.split("\n")[0].strip()
-        except Exception as e:  # no nvidia-smi on PATH: say so, do not fail
-            env["driver"] = f"unknown ({type(e).__name__})"
-    else:
-        env.update(card=f"CPU ({platform.machine()}, {os.cpu_count()} cores)", driver=None)
-    from importlib import metadata
-
-    for mod in ("diffusers", "xformers", "numpy", "accelerate", "transformers"):
-        try:  # the installed distribution's version: nothing is imported (xformers may be broken)
-            env[mod] = metadata.version(mod)
-        except metadata.PackageNotFoundError:
-            env[mod] = "absent"
-    if xformers_hidden:
-        env["xformers"] += f" (hidden: {xformers_hidden})"
-    return env
-
-
-# ---------------------------------------------------------------------------- sections
-class Ctx:
-    """What the sections share: device, dtype, sizes, clock, report, the UNet and its inputs."""
-
-    def __init__(self, args, report):
-        import torch
-
-        self.torch = torch
-        self.args, self.report = args, report
-        self.device = torch.device(args.device)
-        self.sizes = TINY if args.tiny else REAL
-        # fp16 is the point on a GPU; CPU kernels for fp16 convolutions are slow or missing
-        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        self.dname = str(self.dtype).replace("torch.", "")
-        self.clock = Clock(self.device)
-        self.xformers_hidden = None
-        self._unet = None
-
-    def generator(self, seed=0):
-        return self.torch.Generator(self.device).manual_seed(seed)
-
-    def unet(self):
-        """The SD-shaped UNet (built once) and CFG-batch inputs (z, t, text states)."""
-        torch = self.torch
-        if self._unet is None:
-            from diffusers import UNet2DConditionModel
-
-            s = self.sizes
-            torch.manual_seed(0)
-            with torch.device(self.device):  # initialise on the device: seconds instead of a minute on CPU
-                unet = UNet2DConditionModel(**s.unet)
-            unet = unet.to(self.dtype).eval().requires_grad_(False)
-            g = self.generator(1)
-            z = torch.randn(2, 4, s.latent, s.latent, generator=g, device=self.device, dtype=self.dtype)
-            ehs = torch.randn(2, s.text_len, s.unet["cross_attention_dim"], generator=g, device=self.device,
-                              dtype=self.dtype)
-            t = torch.full((2,), 981, device=self.device, dtype=torch.long)
-            self._unet = (unet, z, t, ehs)
-        return self._unet
-
-    def drop_unet(self):
-        self._unet = None
-        if self.device.type == "cuda":
-            self.torch.cuda.empty_cache()
-
-
-def section_attention(ctx: Ctx):
-    from diffkit.attention import enable_best, probe_xformers
-
-    torch, rep, clock, s = ctx.torch, ctx.report, ctx.clock, ctx.sizes
-    unet, z, t, ehs = ctx.unet()
-    with warnings.catch_warnings():  # the fallback is reported in the table instead
-        warnings.simplefilter("ignore")
-        choice = enable_best(unet)
-    why = choice.reason
-    if ctx.xformers_hidden:  # kept out of this process before diffusers was imported
-        why = f"xformers installed but {ctx.xformers_hidden}; hidden from this process"
-    rep.add("attention.choice", "enable_best(unet) backend", choice.backend, note=why)
-
-    def fwd():
-        with torch.no_grad():
-            return unet(z, t, encoder_hidden_states=ehs, return_dict=False)[0]
-
-    shape = f"{ctx.dname}, latent {s.latent}², CFG batch 2"
-    enable_best(unet, prefer="sdpa")
-    times = clock.repeat(fwd, 2, s.fwd_reps, s.caps["attention"])
-    ref = fwd()
-    ms = 1e3 * statistics.median(times)
-    rep.add("attention.sdpa.forward_ms", "UNet forward, SDPA", ms, "ms",
-            note=f"{shape}; median of {len(times)}; output std {float(ref.float().std()):.3g}")
-    rep.add("attention.sdpa.peak_mem_gib", "peak memory, SDPA", clock.peak_gib(fwd), "GiB",
-            note="n/a on CPU" if not clock.cuda else "")
-
-    usable, reason = probe_xformers(ctx.device, ctx.dtype)
-    if ctx.xformers_hidden:
-        reason = f"installed but {ctx.xformers_hidden}"
-    if usable:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                got = enable_best(unet, prefer="xformers")
-            if got.backend != "xformers":
-                usable, reason = False, got.reason
-            else:
-                xt = clock.repeat(fwd, 2, s.fwd_reps, s.caps["attention"])
-                out = fwd()
-                xms = 1e3 * statistics.median(xt)
-                rep.add("attention.xformers.forward_ms", "UNet forward, xformers", xms, "ms",
-                        note=f"{shape}; median of {len(xt)}; SDPA/xformers time {ms / xms:.3f}")
-                rep.add("attention.xformers.peak_mem_gib", "peak memory, xformers", clock.peak_gib(fwd), "GiB")
-                d = rel_diff(out, ref)
-                rep.add("attention.xformers.rel_diff", "‖xformers − SDPA‖ / ‖SDPA‖", d, goal="≤ 1e-2", met=d <= 1e-2)
-        except Exception as e:  # a kernel that fails at this size is a fallback, not a crash
-            usable, reason = False, f"xformers failed at SD size: {type(e).__name__}: {e}"
-        finally:
-            enable_best(unet, prefer="sdpa")
-    if not usable:
-        for rid, metric in (("attention.xformers.forward_ms", "UNet forward, xformers"),
-                            ("attention.xformers.peak_mem_gib", "peak memory, xformers"),
-                            ("attention.xformers.rel_diff", "‖xformers − SDPA‖ / ‖SDPA‖")):
-            rep.rows.pop(rid, None)
-            rep.add(rid, metric, None, status="fallback", note=f"xformers unusable ({reason}); SDPA used")
-
-
-def section_repeat(ctx: Ctx):
-    torch, rep = ctx.torch, ctx.report
-    unet, z, t, ehs = ctx.unet()
-    with torch.no_grad():
-        outs = [unet(z, t, encoder_hidden_states=ehs, return_dict=False)[0] for _ in range(3)]
-    same = all(torch.equal(outs[0], o) for o in outs[1:])
-    diff = max(float((outs[0].float() - o.float()).abs().max()) for o in outs[1:])
-    rep.add("repeat.bitwise", f"{ctx.dname} UNet forward bitwise repeatable (3 calls)", same, goal="yes", met=same,
-            note=f"max abs difference {diff:.3g}")
-
-
-def section_bdia(ctx: Ctx):
-    from diffusers import DDIMScheduler
-
-    from diffkit.conditioning import Condition, Guidance
-    from diffkit.denoisers import EpsModel
-    from diffkit.samplers.bdia_ddim import BDIADDIMScheduler
-    from diffkit.samplers.inversion import invert, regenerate, relative_error
-
-    torch, rep, clock, s = ctx.torch, ctx.report, ctx.clock, ctx.sizes
-    unet, z2, _, ehs = ctx.unet()
-    ddim = DDIMScheduler(**SD15_SCHEDULER)
-    scheds = {"ddim": ddim, "bdia": BDIADDIMScheduler.from_config(ddim.config, gamma=GAMMA)}
-    n = s.loop_steps
-
-    # step alone: model output precomputed, the whole grid of calls timed at once
-    g = ctx.generator(2)
-    x = torch.randn(1, 4, s.latent, s.latent, generator=g, device=ctx.device, dtype=ctx.dtype)
-    eps = torch.randn(x.shape, generator=g, device=ctx.device, dtype=ctx.dtype)
-
-    def steps_only(sched):
-        sched.set_timesteps(n, device=ctx.device)
-        zz = x
-        for tt in sched.timesteps:
-            zz = sched.step(eps, tt, zz, return_dict=False)[0]
-        return zz
-
-    step_us = {}
-    for name, sched in scheds.items():
-        times = clock.repeat(lambda: steps_only(sched), 1, 3, 10.0)
-        step_us[name] = 1e6 * statistics.median(times) / n
-        rep.add(f"bdia.step_us.{name}", f"{name.upper()} scheduler.step", step_us[name], "µs",
-                note=f"latent (1, 4, {s.latent}, {s.latent}) {ctx.dname}; mean over {n} steps, median of {len(times)}")
-
-    # the sampling loop: UNet (CFG batch 2) + guidance + step, as a pipeline runs it without VAE/text encoder
-    def loop(sched, steps=n):
-        sched.set_timesteps(steps, device=ctx.device)
-        zz = x
-        with torch.no_grad():
-            for tt in sched.timesteps:
-                out = unet(torch.cat([zz, zz]), tt, encoder_hidden_states=ehs, return_dict=False)[0]
-                u, c = out.chunk(2)
-                zz = sched.step(u + GUIDANCE * (c - u), tt, zz, return_dict=False)[0]
-        return zz
-
-    for sched in scheds.values():  # warm-up
-        loop(sched, 3)
-    clock.sync()
-    loop_s = {"ddim": [], "bdia": []}
-    t0 = time.perf_counter()
-    for _ in range(s.loop_pairs):
-        for name in ("ddim", "bdia", "bdia", "ddim"):  # A-B-B-A: a linear drift cancels in the medians
-            loop_s[name].append(clock.time(lambda: loop(scheds[name]))[0])
-        if time.perf_counter() - t0 > s.caps["bdia_loop"]:
-            break
-    med = {k: statistics.median(v) for k, v in loop_s.items()}
-    reps = len(loop_s["ddim"])
-    for name in ("ddim", "bdia"):
-        rep.add(f"bdia.loop_s.{name}", f"{n}-step loop, {name.upper()}", med[name], "s",
-                note=f"UNet CFG batch 2 + step, guidance {GUIDANCE}; median of {reps} (A-B-B-A)")
-    ratio = med["bdia"] / med["ddim"]
-    rep.add("bdia.loop_ratio", "BDIA/DDIM loop wall time", ratio, goal="≤ 1.02", met=ratio <= 1.02)
-    share = step_us["bdia"] * 1e-6 / (med["bdia"] / n)
-    rep.add("bdia.step_share", "BDIA step share of a loop step", 100 * share, "%", goal="≤ 2 %", met=share <= 0.02,
-            note=f"step µs / (BDIA loop s / {n}); loop step {1e3 * med['bdia'] / n:.3g} ms")
-
-    # exact-inversion round trip: invert a random 'clean' latent, regenerate, compare
-    model = EpsModel(unet, ddim.config)
-    cond = Guidance(cond=Condition(encoder_hidden_states=ehs[1:]), uncond=Condition(encoder_hidden_states=ehs[:1]),
-                    scale=RT_GUIDANCE)
-    clean = torch.randn(1, 4, s.latent, s.latent, generator=ctx.generator(3), device=ctx.device, dtype=torch.float64)
-    k = s.rt_steps
-    t_rt, res = clock.time(lambda: invert(model, clean, cond, steps=k, gamma=GAMMA))
-    t_rg, back = clock.time(lambda: regenerate(model, res, cond))
-    err = relative_error(back, clean)
-    rep.add("bdia.roundtrip.state64", f"round trip rel. error, {ctx.dname} UNet + float64 state", err,
-            goal="≤ 1e-10", met=err <= 1e-10,
-            note=f"{k} steps, γ {GAMMA}, guidance {RT_GUIDANCE}; invert {t_rt:.2f} s, regenerate {t_rg:.2f} s")
-    t32, err32 = clock.time(lambda: round_trip_low_precision_state(model, clean, cond, k, GAMMA, torch.float32))
-    rep.add("bdia.roundtrip.state32", f"round trip rel. error, {ctx.dname} UNet + float32 state", err32,
-            note=f"same grid and model; {t32:.2f} s")
-
-
-def round_trip_low_precision_state(model, clean, guidance, steps, gamma, state_dtype):
-    """The round trip of ``invert`` + ``regenerate`` with the state held in ``state_dtype``.
-
-    Same grid, first DDIM-inversion step and BDIA recurrence (the pure functions of
-    :mod:`diffkit.samplers.bdia`); only the latents that carry the state are rounded to
-    ``state_dtype`` -- which is what float64 state avoids. Returns the relative error."""
-    import torch
-
-    from diffkit.samplers.bdia import bdia_inverse_step, bdia_step, ddim_map
-    from diffkit.samplers.inversion import inversion_window, relative_error
-
-    window = inversion_window(model.schedule, steps)
-    n = len(window)
-    ac = [float(model.schedule.alpha_cumprod(t)) for t in window] + [float(model.schedule.final_alpha_cumprod)]
-    with torch.no_grad():
-        z_lower = clean.to(state_dtype)
-        eps, x0 = model.predict(z_lower, 0, guidance)
-        z = ddim_map(x0, eps, ac[n - 1])
-        for k in range(n - 1, 0, -1):
-            eps, x0 = model.predict(z, window[k], guidance)
-            z, z_lower = bdia_inverse_step(z_lower, z, eps, ac[k - 1], ac[k], ac[k + 1], gamma, x0=x0), z
-        z_upper, z = z, z_lower
-        for k in range(1, n):
-            eps, x0 = model.predict(z, window[k], guidance)
-            z, z_upper = bdia_step(z_upper, z, eps, ac[k - 1], ac[k], ac[k + 1], gamma, x0=x0), z
-    return relative_error(z, clean)
-
-
-def section_radd(ctx: Ctx):
-    from diffkit.models.radd import RADDTransformer
-    from diffkit.pipelines.discrete import DiscreteDiffusionPipeline
-    from diffkit.samplers.absorbing import expected_nfe
-
-    torch, rep, clock, s = ctx.torch, ctx.report, ctx.clock, ctx.sizes
-    ctx.drop_unet()
-    cfg = s.radd
-    # bf16 autocast as the official RADD; RADDTransformer only autocasts on CUDA
-    autocast = "bfloat16" if ctx.device.type == "cuda" else "float32"
-    torch.manual_seed(0)
-    with torch.device(ctx.device):
-        model = RADDTransformer(**cfg, dropout=0.0, autocast_dtype=autocast)
-    with torch.no_grad():  # the official output layer starts at zero (uniform conditionals): randomise it
-        w = model.output_layer.linear.weight
-        w.normal_(0.0, 2.0 / math.sqrt(2 * cfg["hidden_size"]), generator=ctx.generator(4))
-    model = model.eval().requires_grad_(False)
-    pipe = DiscreteDiffusionPipeline.from_model(model)
-    L, V = cfg["length"], cfg["vocab_size"]
-    arch = f"H {cfg['hidden_size']}, {cfg['n_blocks']} blocks, L {L}, V {V}, {autocast}"
-
-    fwd = {}
-    for label, _, B in s.radd_runs:
-        ids = torch.randint(0, V, (B, L), generator=ctx.generator(5), device=ctx.device)
-
-        def call():
-            with torch.no_grad():
-                return model(ids)
-
-        times = clock.repeat(call, 2, s.radd_fwd_reps, s.caps["radd_fwd"])
-        fwd[label] = statistics.median(times)
-        rep.add(f"radd.forward_ms.{label}", f"RADD forward, batch {B}", 1e3 * fwd[label], "ms",
-                note=f"{arch}; median of {len(times)}")
-        del ids
-
-    pipe(batch_size=1, num_inference_steps=8, output_type="ids", seed=0)  # warm-up of the sampler's kernels
-    for label, n, B in s.radd_runs:
-        t, out = clock.time(lambda: pipe(batch_size=B, num_inference_steps=n, output_type="ids", seed=0))
-        law = expected_nfe(n, L)
-        rep.add(f"radd.{label}.cached_s", f"cached sampler, n = {n}, batch {B}", t, "s",
-                note=f"one run; {out.forward_calls} network calls")
-        rep.add(f"radd.{label}.nfe", f"NFE per sample, n = {n}, batch {B}", float(out.nfe),
-                note=f"law n(1-(1-1/n)^L) = {law:.1f}")
-        unc = n * fwd[label]
-        rep.add(f"radd.{label}.uncached_s", f"uncached estimate n × forward, n = {n}, batch {B}", unc, "s")
-        rep.add(f"radd.{label}.speedup", f"cache speed-up, n = {n}, batch {B}", unc / t, "×",
-                note=f"ideal n / E-NFE = {n / law:.2f}×")
-        del out
-
-
-def section_disback(ctx: Ctx):
-    torch, rep, clock, s = ctx.torch, ctx.report, ctx.clock, ctx.sizes
-    ctx.drop_unet()
-    rid, metric = "disback.steps_per_s", f"DisBack generator steps/s, batch {s.disback_batch}"
-    from diffkit.pipelines import load_pipeline
-
-    teacher = load_pipeline(s.disback_teacher)
-    unet, sched_cfg = teacher.unet, dict(teacher.scheduler.config)
-    with tempfile.TemporaryDirectory(prefix="diffkit-gpu-disback-") as tmp:
-        try:  # the trainer is finished elsewhere: an API that is not there is 'unavailable', not an error
-            from diffkit.distill.disback import DisBackConfig, DisBackTrainer
-
-            cfg = DisBackConfig(mode="vanilla", max_steps=10**6, batch_size=s.disback_batch, fake_updates=1,
-                                checkpoint_every=0, progress=False)
-            tr = DisBackTrainer(unet, sched_cfg, cfg, tmp, cpu=ctx.device.type == "cpu")
-            tr.fit(stop_at=0)  # sets up Stage 2 (vanilla mode has no Stage 1)
-            step = tr.train_step
-        except (ImportError, AttributeError, TypeError) as e:
-            rep.add(rid, metric, None, status="unavailable",
-                    note=f"DisBackTrainer API not there: {type(e).__name__}: {e}")
-            return
-        times = clock.repeat(step, s.disback_warmup, s.disback_steps, s.caps["disback"])
-    med = statistics.median(times)
-    params = sum(p.numel() for p in unet.parameters())
-    rep.add(rid, metric, 1 / med, "steps/s",
-            note=f"{s.disback_teacher} ({params / 1e6:.2f} M params), vanilla Stage 2, 1 fake update; "
-                 f"median of {len(times)} ({1e3 * med:.1f} ms/step)")
-
-
-SECTIONS = [("attention", section_attention), ("repeat", section_repeat), ("bdia", section_bdia),
-            ("radd", section_radd), ("disback", section_disback)]
+#: the measured sections, in order (sections.SECTIONS holds their functions)
+SECTION_NAMES = ("attention", "repeat", "bdia", "radd", "disback")
 
 
 # ---------------------------------------------------------------------------- main
@@ -640,11 +131,11 @@ def parse_args(argv=None):
                    help="write the markdown report here (only for a CUDA run at real sizes)")
     p.add_argument("--budget", type=float, default=150.0,
                    help="seconds; sections not started within it are reported as skipped (default 150)")
-    p.add_argument("--only", default=None, help=f"comma-separated sections ({', '.join(n for n, _ in SECTIONS)})")
+    p.add_argument("--only", default=None, help=f"comma-separated sections ({', '.join(SECTION_NAMES)})")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default 1 on CPU: toy-sized ops on a shared machine)")
     a = p.parse_args(argv)
-    names = [n for n, _ in SECTIONS]
+    names = list(SECTION_NAMES)
     a.only = names if a.only is None else [x.strip() for x in a.only.split(",") if x.strip()]
     bad = [x for x in a.only if x not in names]
     if bad:
@@ -688,59 +179,11 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
 
-    report = Report()
-    env = environment(torch.device(args.device), args.tiny, hidden)
-    print(f"diffkit GPU check ({'tiny' if args.tiny else 'real sizes'}) on {env['card']}; torch {env['torch']}, "
-          f"CUDA {env['cuda']}, driver {env['driver']}, diffusers {env['diffusers']}, xformers {env['xformers']}; "
-          f"{env['date']}", flush=True)
-    ctx = Ctx(args, report)
-    ctx.xformers_hidden = hidden
-    for name, fn in SECTIONS:
-        if name not in args.only:
-            continue
-        t0 = time.perf_counter()
-        if t0 - t_start > args.budget:
-            report.fill(name, "skipped", f"time budget of {args.budget:.0f} s spent")
-            report.sections[name] = dict(status="skipped", seconds=0.0)
-            continue
-        try:
-            fn(ctx)
-            status, error = "ok", None
-        except Exception as e:  # one section's failure becomes error rows; the others still run
-            status, error = "error", f"{type(e).__name__}: {e}"
-            report.fill(name, "error", error[:300])
-        finally:
-            if ctx.device.type == "cuda":
-                torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        report.sections[name] = dict(status=status, seconds=round(dt, 2), error=error)
-        print(f"  [{name}: {status}, {dt:.1f} s]" + (f" {error}" if error else ""), flush=True)
-    if ctx.device.type == "cuda":
-        env["peak_mem_gib_total"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    total = time.perf_counter() - t_start
-    env["total_s"] = round(total, 1)
+    # diffkit and diffusers may be imported from here on (the measurements import them at their top)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import sections
 
-    text = table(report)
-    print()
-    print(text)
-    print(f"\ntotal {total:.1f} s" + ("  (tiny sizes: goals apply to the CUDA run)" if args.tiny else ""))
-    if args.out:
-        data = dict(env=env, sections=report.sections, rows=report.ordered(), expected_rows=ROWS)
-        _atomic_write(args.out, json.dumps(data, indent=1, default=str) + "\n")
-    if args.results_md:
-        if args.tiny or ctx.device.type != "cuda":
-            print(f"(--results-md {args.results_md} not written: only a CUDA run at real sizes goes there)")
-        else:
-            _atomic_write(args.results_md, markdown(env, text))
-    return 0
-
-
-def markdown(env: dict, text: str) -> str:
-    head = (f"# GPU check results\n\nWritten by `benchmarks/gpu/run.py` ({env['date']}).\n\n"
-            f"- card: {env['card']} ({env.get('memory_gib', '?')} GiB), driver {env['driver']}\n"
-            f"- torch {env['torch']} (CUDA {env['cuda']}), Python {env['python']}, diffusers {env['diffusers']}, "
-            f"xformers {env['xformers']}\n- total wall time {env['total_s']} s\n\n")
-    return head + text + "\n"
+    return sections.run_checks(args, hidden, t_start)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,10 @@ torch.set_num_threads(1)
 
 def train(out_dir):
     from diffkit.train import make_accelerator
-    from test_train import _setup, _state
+    from helpers import tiny_trainer, trainer_state
 
     acc = make_accelerator(cpu=True)
-    tr = _setup(Path(out_dir) / "run2", max_steps=3, batch_size=8, checkpoint_every=0, accelerator=acc)
+    tr = tiny_trainer(Path(out_dir) / "run2", max_steps=3, batch_size=8, checkpoint_every=0, accelerator=acc)
     res = tr.fit()
 
     # SIGTERM to rank 1 alone during step 2: every rank finishes that step, one checkpoint is
@@ -42,30 +42,31 @@ def train(out_dir):
     run = Path(out_dir) / "run2-interrupted"
     stopped = None
     try:
-        _setup(run, max_steps=3, batch_size=8, checkpoint_every=0, accelerator=acc, loss_wrap=sigterm_on_rank1).fit()
+        tiny_trainer(run, max_steps=3, batch_size=8, checkpoint_every=0, accelerator=acc,
+                     loss_wrap=sigterm_on_rank1).fit()
     except KeyboardInterrupt as e:  # diffkit.train.TrainingInterrupted
         stopped = [getattr(e, "signum", None), getattr(e, "step", None)]
     listing = sorted(p.name for p in (run / "checkpoints").iterdir())
     files = sorted(p.name for p in (run / "checkpoints" / "step-0000002").iterdir())
     (Path(out_dir) / f"stopped-rank{acc.process_index}.json").write_text(json.dumps(stopped))
-    resumed = _setup(run, max_steps=3, batch_size=8, checkpoint_every=0, accelerator=acc, init_seed=99)
+    resumed = tiny_trainer(run, max_steps=3, batch_size=8, checkpoint_every=0, accelerator=acc, init_seed=99)
     resumed.fit(resume="latest")
     if acc.is_main_process:
-        torch.save({"state": _state(tr), "log": [r["loss"] for r in res.log], "world": acc.num_processes,
-                    "indices": [tr.local_indices(0).tolist()], "resumed": _state(resumed), "listing": listing,
+        torch.save({"state": trainer_state(tr), "log": [r["loss"] for r in res.log], "world": acc.num_processes,
+                    "indices": [tr.local_indices(0).tolist()], "resumed": trainer_state(resumed), "listing": listing,
                     "files": files}, Path(out_dir) / "two.pt")
 
 
 def fid(out_dir, folder):
     from diffkit.metrics import ModelSamples, compute_stats
     from diffkit.metrics.sharding import run_sharded, shard_info
-    from test_fid import _tiny_pipe, small_cnn
+    from helpers import small_cnn, tiny_class_pipeline
 
     info = shard_info()
     res = {"world": info.world}
-    m = ModelSamples(_tiny_pipe(), "ddim", steps=3).build("cpu")
+    m = ModelSamples(tiny_class_pipeline(), "ddim", steps=3).build("cpu")
     res["images"] = run_sharded(13, lambda lo, hi: m.images(list(range(lo, hi)), seed=0).flatten(1).numpy(), info)
-    res["model"] = compute_stats(ModelSamples(_tiny_pipe(), "ddim", steps=3), features=small_cnn(), n=13,
+    res["model"] = compute_stats(ModelSamples(tiny_class_pipeline(), "ddim", steps=3), features=small_cnn(), n=13,
                                  batch_size=4).features
     for be in ("clean-fid", "torchmetrics"):
         st = compute_stats(folder, backend=be, features=small_cnn(), n=101, batch_size=16)

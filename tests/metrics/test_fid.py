@@ -17,16 +17,9 @@ from diffkit.assets import AssetError
 from diffkit.metrics import (FIDStats, InceptionWeightsError, ModelSamples, ProtocolWarning, compute_fid,
                              compute_kid, compute_stats, load_stats, save_stats)
 from diffkit.metrics.folders import save_image_folder
-from helpers import ROOT
+from helpers import ROOT, small_cnn, tiny_class_pipeline
 
 BACKENDS = ("diffkit", "clean-fid", "torchmetrics")
-
-
-def small_cnn(channels=1, dim=8, seed=1):
-    """A deterministic feature extractor; d = dim, well below the n used here."""
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(channels, 8, 3, padding=1), nn.Tanh(), nn.AvgPool2d(2), nn.Flatten(),
-                         nn.Linear(8 * 16, dim)).eval()
 
 
 def images(n, seed, scale=1.0, channels=1, size=8):
@@ -287,19 +280,12 @@ def test_model_samples_drive_a_one_step_generator_with_its_own_sampler_and_confi
             compute_stats(ModelSamples(cc, steps=2), features=small_cnn(), n=n)
 
 
-def _tiny_pipe():
-    from diffkit.pipelines.class_conditional import ClassConditionalPipeline
-    from diffkit.testing import tiny_ddim_scheduler, tiny_unet2d
-
-    return ClassConditionalPipeline(tiny_unet2d(num_classes=10), tiny_ddim_scheduler())
-
-
 def test_one_and_two_process_runs_give_the_same_features(folders, tmp_path):
     from _dist_worker import launch
 
-    m = ModelSamples(_tiny_pipe(), "ddim", steps=3).build("cpu")
+    m = ModelSamples(tiny_class_pipeline(), "ddim", steps=3).build("cpu")
     one = {"images": m.images(list(range(13)), seed=0).flatten(1).numpy(),
-           "model": compute_stats(ModelSamples(_tiny_pipe(), "ddim", steps=3), features=small_cnn(), n=13,
+           "model": compute_stats(ModelSamples(tiny_class_pipeline(), "ddim", steps=3), features=small_cnn(), n=13,
                                   batch_size=13).features}
     for be in ("clean-fid", "torchmetrics"):
         one[be] = compute_stats(folders / "a", backend=be, features=small_cnn(), n=101, batch_size=101)

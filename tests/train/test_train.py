@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffkit.commands.train_teacher import build_scheduler, build_unet
 from diffkit.data import digits_tensors
-from diffkit.train import DDPMEpsLoss, EMA, IndexedDataSource, Trainer, TrainConfig, latest_checkpoint
+from helpers import tiny_trainer, trainer_state
+
+from diffkit.train import EMA, IndexedDataSource, TrainConfig, latest_checkpoint
 
 # 1 vs 2 processes, 3 AdamW steps at lr 2e-3: only float summation order differs (per-process
 # batch means, gradient all-reduce). Adam divides by √v, so a parameter whose gradient is
@@ -28,20 +29,6 @@ TWO_PROCESS_MAX_ABS = 0.1 * 2e-3
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
-def _setup(run_dir, max_steps=6, batch_size=8, lr=2e-3, checkpoint_every=3, seed=0, init_seed=0, loss_wrap=None,
-           accelerator=None, warmup=0):
-    x, y = digits_tensors("train")
-    loss = DDPMEpsLoss(build_scheduler().config, seed=seed, label_dropout=0.1, null_class=10)
-    cfg = TrainConfig(max_steps=max_steps, batch_size=batch_size, lr=lr, warmup_steps=warmup, seed=seed,
-                      checkpoint_every=checkpoint_every, progress=False)
-    return Trainer(build_unet("tiny", seed=init_seed), loss_wrap(loss) if loss_wrap else loss,
-                   IndexedDataSource(x, y, seed=seed), cfg, run_dir, accelerator=accelerator)
-
-
-def _state(tr):
-    return {k: v.detach().clone() for k, v in tr.unwrapped.state_dict().items()}
-
-
 def test_data_order_is_a_permutation_per_epoch_and_independent_of_batching():
     x = torch.arange(10.0)
     src = IndexedDataSource(x, seed=3)
@@ -53,7 +40,7 @@ def test_data_order_is_a_permutation_per_epoch_and_independent_of_batching():
 
 
 def test_tiny_unet_loss_decreases(tmp_path):
-    tr = _setup(tmp_path, max_steps=40, batch_size=32, lr=3e-3, checkpoint_every=0)
+    tr = tiny_trainer(tmp_path, max_steps=40, batch_size=32, lr=3e-3, checkpoint_every=0)
     x, y = digits_tensors("train")
     idx = torch.arange(10_000, 10_064)  # a fixed evaluation batch: same x0, t, ε before and after
 
@@ -103,13 +90,13 @@ class _JitterSource:
 
 def test_kill_and_resume_is_bit_identical(tmp_path):
     # Uninterrupted run of 7 steps.
-    a = _setup(tmp_path / "a", max_steps=7)
+    a = tiny_trainer(tmp_path / "a", max_steps=7)
     a.source = _JitterSource(a.source)
     a.register_generator("jitter", a.source.gen)
     res_a = a.fit()
     # Same run, killed in step 5 (after the step-3 checkpoint), with a half-written
     # checkpoint folder left behind: neither may disturb the resumed run.
-    b = _setup(tmp_path / "b", max_steps=7, loss_wrap=_crash_at(4))
+    b = tiny_trainer(tmp_path / "b", max_steps=7, loss_wrap=_crash_at(4))
     b.source = _JitterSource(b.source)
     b.register_generator("jitter", b.source.gen)
     with pytest.raises(_Crash):
@@ -119,13 +106,13 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
     (partial / "model.safetensors").write_bytes(b"garbage")
     assert latest_checkpoint(tmp_path / "b").name == "step-0000003"
     # A fresh process: different initial weights, fresh generator; everything comes from the checkpoint.
-    c = _setup(tmp_path / "b", max_steps=7, init_seed=99)
+    c = tiny_trainer(tmp_path / "b", max_steps=7, init_seed=99)
     c.source = _JitterSource(c.source)
     c.source.gen.manual_seed(999)
     c.register_generator("jitter", c.source.gen)
     res_c = c.fit(resume="latest")
     assert res_c.step == 7
-    sa, sc = _state(a), _state(c)
+    sa, sc = trainer_state(a), trainer_state(c)
     assert all(torch.equal(sa[k], sc[k]) for k in sa)
     assert all(torch.equal(a.ema.shadow[k], c.ema.shadow[k]) for k in a.ema.shadow)
     oa, oc = a.optimizer.state_dict()["state"], c.optimizer.state_dict()["state"]
@@ -156,9 +143,9 @@ def _raise_unhandled(signum, frame):
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_mid_run_checkpoints_that_step_and_resume_is_bit_identical(tmp_path, signum):
-    a = _setup(tmp_path / "a", max_steps=7, checkpoint_every=0)
+    a = tiny_trainer(tmp_path / "a", max_steps=7, checkpoint_every=0)
     res_a = a.fit()
-    b = _setup(tmp_path / "b", max_steps=7, checkpoint_every=0, loss_wrap=_signal_at(3, signum))
+    b = tiny_trainer(tmp_path / "b", max_steps=7, checkpoint_every=0, loss_wrap=_signal_at(3, signum))
     old = signal.signal(signum, _raise_unhandled)  # the handler before fit(): must come back after it
     try:
         with pytest.raises(KeyboardInterrupt) as e:
@@ -169,10 +156,10 @@ def test_signal_mid_run_checkpoints_that_step_and_resume_is_bit_identical(tmp_pa
     assert (getattr(e.value, "signum", None), getattr(e.value, "step", None)) == (signum, 4)  # step 4 finished
     assert getattr(e.value, "exit_code", None) == 128 + signum
     assert latest_checkpoint(tmp_path / "b").name == "step-0000004" == Path(e.value.checkpoint).name
-    c = _setup(tmp_path / "b", max_steps=7, init_seed=99)
+    c = tiny_trainer(tmp_path / "b", max_steps=7, init_seed=99)
     res_c = c.fit(resume="latest")
     assert res_c.step == 7
-    sa, sc = _state(a), _state(c)
+    sa, sc = trainer_state(a), trainer_state(c)
     assert all(torch.equal(sa[k], sc[k]) for k in sa)
     assert all(torch.equal(a.ema.shadow[k], c.ema.shadow[k]) for k in a.ema.shadow)
     assert [r["loss"] for r in res_a.log] == [r["loss"] for r in res_c.log]
@@ -238,15 +225,15 @@ def test_ctrl_c_in_any_command_is_one_line_and_status_130(monkeypatch, capsys):
 
 
 def test_resume_errors_name_the_folder(tmp_path):
-    tr = _setup(tmp_path / "none", max_steps=1)
+    tr = tiny_trainer(tmp_path / "none", max_steps=1)
     with pytest.raises(FileNotFoundError, match="no checkpoint found under"):
         tr.fit(resume="latest")
     with pytest.raises(FileNotFoundError, match="does-not-exist"):
         tr.fit(resume=str(tmp_path / "does-not-exist"))
-    done = _setup(tmp_path / "done", max_steps=1, checkpoint_every=0)
+    done = tiny_trainer(tmp_path / "done", max_steps=1, checkpoint_every=0)
     done.fit()
     with pytest.raises(ValueError, match="batch_size=8, this run has batch_size=16"):
-        _setup(tmp_path / "done", max_steps=2, batch_size=16).fit(resume="latest")
+        tiny_trainer(tmp_path / "done", max_steps=2, batch_size=16).fit(resume="latest")
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         TrainConfig(max_steps=1, batch_size=0)
 
@@ -266,13 +253,13 @@ def test_ema_warmup_and_copy():
 def test_two_processes_match_one_process(tmp_path):
     from _dist_worker import launch
 
-    one = _setup(tmp_path / "run1", max_steps=3, batch_size=8, checkpoint_every=0)
+    one = tiny_trainer(tmp_path / "run1", max_steps=3, batch_size=8, checkpoint_every=0)
     res1 = one.fit()
     r = launch("train", tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     two = torch.load(tmp_path / "two.pt", weights_only=True)
     assert two["world"] == 2 and two["indices"] == [[0, 1, 2, 3]]  # rank 0 takes the first half of each batch
-    s0, s1, s2 = _state(_setup(tmp_path / "init", max_steps=0)), _state(one), two["state"]
+    s0, s1, s2 = trainer_state(tiny_trainer(tmp_path / "init", max_steps=0)), trainer_state(one), two["state"]
     d1 = torch.cat([(s1[k] - s0[k]).flatten() for k in s0])
     d2 = torch.cat([(s2[k] - s0[k]).flatten() for k in s0])
     assert d1.abs().max() > 2e-3  # the runs really trained (Adam moves a parameter by up to ~lr per step)

@@ -339,8 +339,9 @@ class BDIADDIMScheduler(DDIMScheduler):
         if self._z_next is None:  # first step: no z_{i+1} yet -> plain DDIM
             z_prev = ddim_map(x0, eps, ac_prev)
         else:
+            # into z_{i+1}'s buffer (ours, no longer needed): no new float64 state per step
             z_prev = bdia_step(self._z_next, z, eps, self._alpha_cumprod(self._t_next), self._alpha_cumprod(t),
-                               ac_prev, self.config.gamma, x0=x0)
+                               ac_prev, self.config.gamma, x0=x0, out=self._z_next)
         self._z_next, self._t_next = z, t
 
         # the returned latents are a normal tensor even under torch.inference_mode, so that its

@@ -21,7 +21,7 @@ here); FID-digits and top-1 per seed, their mean ± std, the BDIA − DDIM paire
 seed (same noise) and the ratio of the mean FIDs. The DDIM-50 samples are the teacher's run above.
 
 Full size: n = 1000 × seeds 0, 1, 2; measured 1 torch thread on the shared 2-core machine:
-see ``wall_time_s`` in the JSON (about 40 min under a load of ~4). ``--cache DIR`` keeps each
+see ``wall_time_s`` in the JSON (54 min under a load average of ~14). ``--cache DIR`` keeps each
 (sampler, steps, seed) sample set, so an interrupted run resumes where it stopped.
 """
 

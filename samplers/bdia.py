@@ -183,7 +183,7 @@ def _scalar_levels(*levels) -> bool:
 
 def bdia_step(z_next: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, alpha_cumprod_next: Level,
               alpha_cumprod: Level, alpha_cumprod_prev: Level, gamma: float,
-              x0: Optional[torch.Tensor] = None) -> torch.Tensor:
+              x0: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """One BDIA-DDIM sampling step: z_{i-1} = γ·(z_{i+1} − D_{i→i+1}(z_i)) + D_{i→i-1}(z_i).
 
     Args:
@@ -196,6 +196,8 @@ def bdia_step(z_next: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, alpha_cu
 
     With scalar levels the two D-maps are folded into one combination,
     γ·z_{i+1} + (√ᾱ_{i-1} − γ√ᾱ_{i+1})·x̂0_i + (√(1-ᾱ_{i-1}) − γ√(1-ᾱ_{i+1}))·ε_i (three kernels).
+    ``out`` (scalar levels, γ > 0): a float64 tensor to write that combination into, instead of a
+    new one; it may be ``z_next`` itself, which is then overwritten.
     """
     x0 = _x0(z, eps, alpha_cumprod, x0)
     if gamma == 0:
@@ -203,7 +205,7 @@ def bdia_step(z_next: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, alpha_cu
     if _scalar_levels(alpha_cumprod_next, alpha_cumprod_prev):
         a_n, s_n = math.sqrt(alpha_cumprod_next), math.sqrt(1 - alpha_cumprod_next)
         a_p, s_p = math.sqrt(alpha_cumprod_prev), math.sqrt(1 - alpha_cumprod_prev)
-        out = z_next * gamma
+        out = torch.mul(z_next, gamma, out=out) if out is not None else z_next * gamma
         out.add_(x0, alpha=a_p - gamma * a_n)
         return out.add_(eps, alpha=s_p - gamma * s_n)
     backward = ddim_map(x0, eps, alpha_cumprod_next)

@@ -155,6 +155,7 @@ class BDIADDIMScheduler(DDIMScheduler):
         self._levels = VPSchedule.from_config(dict(self.config))
         self._ac = self._levels.alphas_cumprod.tolist() + [float(self._levels.final_alpha_cumprod)]
         self._device_levels: dict = {}  # device -> (√ᾱ, √(1-ᾱ)) float64 tables, uploaded once
+        self._work: Optional[tuple] = None  # float64 (ε, x̂0) buffers reused by every step of a shape/device
         self._begin_index: Optional[int] = None
         self._grid = self.timesteps.clone()
         self._cursor = GridCursor(self._grid, self.timesteps)
@@ -266,15 +267,34 @@ class BDIADDIMScheduler(DDIMScheduler):
         z = sample.to(torch.float64)
         return z.clone() if z is sample else z
 
+    def _workspace(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two float64 buffers shaped like z (ε and x̂0 of one step), allocated once per shape and
+        device: a step writes into them instead of allocating (and page-faulting) new temporaries.
+        Their contents live only until the next step; nothing handed out aliases them."""
+        w = self._work
+        if w is None or w[0].shape != z.shape or w[0].device != z.device:
+            w = self._work = (torch.empty_like(z, dtype=torch.float64), torch.empty_like(z, dtype=torch.float64))
+        return w
+
     def _eps_x0(self, model_output: torch.Tensor, t: int, z: torch.Tensor, use_clipped_model_output: bool):
-        """(ε, x̂0) in float64 at (z_i, t_i), post-processed exactly as DDIM does."""
+        """(ε, x̂0) in float64 at (z_i, t_i), post-processed exactly as DDIM does. ε-prediction
+        computes x̂0 = (z - √(1-ᾱ)·ε)/√ᾱ in the workspace: the kernels and roundings of
+        :func:`diffkit.denoisers.to_eps_x0`, without its temporaries."""
         self._alpha_cumprod(t)  # range check
         a, s = self._level_tensors(t, z.device)
-        eps, x0 = to_eps_x0(model_output.to(torch.float64), z, a, s, self.config.prediction_type)
+        if self.config.prediction_type == "epsilon" and model_output.shape == z.shape:
+            eps, x0 = self._workspace(z)
+            eps.copy_(model_output)
+            torch.mul(eps, s, out=x0)
+            torch.sub(z, x0, out=x0)
+            x0.div_(a)
+        else:
+            eps, x0 = to_eps_x0(model_output.to(torch.float64), z, a, s, self.config.prediction_type)
         if self.config.thresholding:
             x0 = self._threshold_sample(x0)
         elif self.config.clip_sample:
-            x0 = x0.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
+            r = self.config.clip_sample_range
+            x0 = x0.clamp_(-r, r) if self._work is not None and x0 is self._work[1] else x0.clamp(-r, r)
         if use_clipped_model_output and (self.config.thresholding or self.config.clip_sample):
             eps = to_eps_x0(x0, z, a, s, "sample")[0]  # ε consistent with the clipped x̂0, as DDIM
         return eps, x0
@@ -310,16 +330,18 @@ class BDIADDIMScheduler(DDIMScheduler):
                 f"eta must be 0 with BDIADDIMScheduler(gamma={self.config.gamma}): BDIA is deterministic and its "
                 "exact inverse has no noise term; use gamma=0 (plain DDIM) for stochastic sampling")
         k, t = self._advance(timestep)
-        self._check_finite(model_output, k, t)
 
         z = self._state(sample)
         eps, x0 = self._eps_x0(model_output, t, z, use_clipped_model_output)
+        # ε-prediction: the float64 copy of the output (finite iff the output is; no float32->64 temporary)
+        self._check_finite(eps if self._work is not None and eps is self._work[0] else model_output, k, t)
         ac_prev = self._alpha_cumprod(self._target(t))
         if self._z_next is None:  # first step: no z_{i+1} yet -> plain DDIM
             z_prev = ddim_map(x0, eps, ac_prev)
         else:
+            # into z_{i+1}'s buffer (ours, no longer needed): no new float64 state per step
             z_prev = bdia_step(self._z_next, z, eps, self._alpha_cumprod(self._t_next), self._alpha_cumprod(t),
-                               ac_prev, self.config.gamma, x0=x0)
+                               ac_prev, self.config.gamma, x0=x0, out=self._z_next)
         self._z_next, self._t_next = z, t
 
         # the returned latents are a normal tensor even under torch.inference_mode, so that its
@@ -330,6 +352,8 @@ class BDIADDIMScheduler(DDIMScheduler):
                 out = z_prev.clone()
         self._handed, self._handed_version, self._shadow = out, out._version, z_prev
         x0_out = x0.to(sample.dtype)
+        if x0_out is x0:  # float64 latents: never hand out the workspace (or the model's output)
+            x0_out = x0.clone()
         if not return_dict:
             return (out, x0_out)
         return DDIMSchedulerOutput(prev_sample=out, pred_original_sample=x0_out)

@@ -38,29 +38,118 @@ def loop(scheduler, x, steps=10, **kw):
 
 
 # ---------------------------------------------------------------------- γ = 0: DDIM exactly
-@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
-@pytest.mark.parametrize("clip_sample", [False, True])
-def test_gamma_zero_is_ddim_bit_for_bit(spacing, prediction_type, clip_sample):
-    cfg = dict(SD, timestep_spacing=spacing, prediction_type=prediction_type, clip_sample=clip_sample)
-    for eta in (0.0, 0.5, 1.0):
-        a = loop(BDIADDIMScheduler(**cfg, gamma=0.0), sample_(), eta=eta)
-        b = loop(DDIMScheduler(**cfg), sample_(), eta=eta)
-        assert torch.equal(a, b), (spacing, prediction_type, clip_sample, eta)
+# The configurations of diffusers' own DDIM scheduler tests (tests/schedulers/test_scheduler_ddim.py:
+# its base config, then one option varied at a time), each run as full loops of both schedulers.
+# "Bit for bit" = identical bit patterns of every output (NaN/inf included: some of these configs,
+# e.g. betas up to 2 or a zero-terminal-SNR schedule with ε-prediction, produce them in DDIM too).
+DIFFUSERS_BASE = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+                      clip_sample=True)
+DIFFUSERS_CONFIGS = (
+    [{}]
+    + [dict(num_train_timesteps=n) for n in (100, 500)]
+    + [dict(steps_offset=o) for o in (0, 1)]
+    + [dict(beta_start=b0, beta_end=b1) for b0, b1 in ((0.0001, 0.002), (0.001, 0.02), (0.01, 0.2), (0.1, 2))]
+    + [dict(beta_schedule="squaredcos_cap_v2")]
+    + [dict(prediction_type=p) for p in ("v_prediction", "sample")]
+    + [dict(clip_sample=False), dict(clip_sample=False, clip_sample_range=0.5)]
+    + [dict(timestep_spacing=sp) for sp in ("trailing", "linspace")]
+    + [dict(rescale_betas_zero_snr=True), dict(rescale_betas_zero_snr=True, prediction_type="v_prediction")]
+    + [dict(thresholding=True, prediction_type=p, sample_max_value=m) for m in (0.5, 1.0, 2.0)
+       for p in ("epsilon", "v_prediction")]
+    + [dict(set_alpha_to_one=one, beta_start=0.01) for one in (True, False)]
+    + [SD]  # Stable Diffusion's config (scaled_linear, offset 1, set_alpha_to_one False, no clipping)
+)
 
 
-def test_gamma_zero_is_ddim_off_grid_thresholding_dtypes_and_outputs():
-    cfg = dict(beta_schedule="linear", thresholding=True, sample_max_value=2.0, prediction_type="v_prediction")
-    for t in (1, 10, 49, 999):  # off-grid timesteps, as diffusers' own tests use
-        s, d = BDIADDIMScheduler(**cfg, gamma=0), DDIMScheduler(**cfg)
-        s.set_timesteps(50), d.set_timesteps(50)
-        x = sample_(1)
-        a, b = s.step(model(x, t), t, x, 0.5, True, variance_noise=x * 0.1), d.step(model(x, t), t, x, 0.5, True,
-                                                                                    variance_noise=x * 0.1)
-        assert torch.equal(a.prev_sample, b.prev_sample) and torch.equal(a.pred_original_sample, b.pred_original_sample)
+def bits(x: torch.Tensor) -> torch.Tensor:
+    return x.view({torch.float64: torch.int64, torch.float32: torch.int32}.get(x.dtype, torch.int16))
+
+
+def assert_same_bits(a: torch.Tensor, b: torch.Tensor, what):
+    assert a.dtype == b.dtype and torch.equal(bits(a), bits(b)), (what, (a - b).abs().max())
+
+
+def full_loops(cfg, steps=10, eta=0.0, clipped=False, start=0, noise=False, dtype=torch.float32):
+    """One loop each of DDIMScheduler and BDIADDIMScheduler(gamma=0): all outputs of every step."""
+    outs = []
+    for sched in (DDIMScheduler(**cfg), BDIADDIMScheduler(**cfg, gamma=0)):
+        sched.set_timesteps(steps)
+        x, gen, seq = sample_(0, dtype), torch.Generator().manual_seed(7), []
+        ts = sched.timesteps[start:]
+        if noise:  # diffusers' test_full_loop_with_noise: add_noise to the first timestep, then denoise
+            x = sched.add_noise(x, sample_(1, dtype), ts[:1])
+            seq.append(x)
+        for t in ts:
+            o = sched.step(model(x, t), t, x, eta, clipped, generator=gen)
+            x = o.prev_sample
+            seq += [o.prev_sample, o.pred_original_sample]
+        outs.append((sched.timesteps, seq))
+    return outs
+
+
+@pytest.mark.parametrize("overrides", DIFFUSERS_CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or
+                         "base")
+def test_gamma_zero_is_ddim_bit_for_bit_over_diffusers_ddim_test_configs(overrides):
+    cfg = {**DIFFUSERS_BASE, **overrides}
+    runs = [dict(eta=eta) for eta in (0.0, 0.5, 1.0)] + [dict(clipped=True, eta=0.5), dict(noise=True, start=8)]
+    for kw in runs:
+        (t_ddim, ddim), (t_bdia, bdia) = full_loops(cfg, **kw)
+        assert torch.equal(t_ddim, t_bdia) and len(ddim) == len(bdia)
+        for k, (a, b) in enumerate(zip(ddim, bdia)):
+            assert_same_bits(b, a, (overrides, kw, f"output {k}"))
+
+
+@pytest.mark.parametrize("overrides", DIFFUSERS_CONFIGS[:-1], ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items())
+                         or "base")
+def test_gamma_positive_first_step_is_ddim_in_float64_over_the_same_configs(overrides):
+    """The deliberate difference at γ > 0: BDIA's own (float64) ε/x̂0 post-processing (v/sample
+    conversion, clipping, thresholding) gives DDIM's first step up to float32 rounding, not bit for bit."""
+    cfg = {**DIFFUSERS_BASE, **overrides}
+    d = DDIMScheduler(**cfg)
+    if d.alphas_cumprod[-1] == 0 and cfg.get("prediction_type", "epsilon") == "epsilon":  # zero SNR; betas to 2
+        with pytest.raises(ValueError, match="zero-terminal-SNR"):
+            BDIADDIMScheduler(**cfg, gamma=0.5)
+        return
+    s = BDIADDIMScheduler(**cfg, gamma=0.5)
+    d.set_timesteps(10), s.set_timesteps(10)
+    x, t = sample_(0), d.timesteps[0]
+    a, b = d.step(model(x, t), t, x), s.step(model(x, t), t, x)
+    tol = 4e-7 * 8 / float(d.alphas_cumprod[t]) ** 0.5  # float32 rounding of x̂0 = (z - √(1-ᾱ)ε)/√ᾱ, |z| < 8
+    for mine, ddim in ((b.prev_sample, a.prev_sample), (b.pred_original_sample, a.pred_original_sample)):
+        torch.testing.assert_close(mine, ddim, rtol=0, atol=tol)
+
+
+def test_gamma_zero_is_ddim_steps_dtypes_variance_and_off_grid_timesteps():
+    for steps in (50, 500):  # diffusers' test_inference_steps (10 is in every loop above)
+        (_, a), (_, b) = full_loops(DIFFUSERS_BASE, steps=steps, eta=0.5)
+        assert all(torch.equal(bits(x), bits(y)) for x, y in zip(a, b)), steps
     for dtype in (torch.bfloat16, torch.float64):
-        assert torch.equal(loop(BDIADDIMScheduler(**SD, gamma=0), sample_(2, dtype)),
-                           loop(DDIMScheduler(**SD), sample_(2, dtype)))
+        (_, a), (_, b) = full_loops(SD, dtype=dtype)
+        assert all(torch.equal(bits(x), bits(y)) for x, y in zip(a, b)), dtype
+    s, d = BDIADDIMScheduler(**DIFFUSERS_BASE, gamma=0), DDIMScheduler(**DIFFUSERS_BASE)
+    for t, prev in ((0, 0), (420, 400), (980, 960), (487, 486), (999, 998)):  # test_variance
+        assert_same_bits(s._get_variance(t, prev), d._get_variance(t, prev), (t, prev))
+    s1, d1 = (cls(**DIFFUSERS_BASE, steps_offset=1, **kw) for cls, kw in ((BDIADDIMScheduler, {"gamma": 0}),
+                                                                          (DDIMScheduler, {})))
+    s1.set_timesteps(5), d1.set_timesteps(5)
+    assert s1.timesteps.tolist() == d1.timesteps.tolist() == [801, 601, 401, 201, 1]
+    errors = []
+    for sched in (s, d):  # diffusers' test_num_inference_steps_zero_raises (the error type is the installed DDIM's)
+        with pytest.raises(Exception) as e:
+            sched.set_timesteps(num_inference_steps=0)
+        errors.append(e.type)
+    assert errors[0] is errors[1], errors
+    # off-grid single steps with given variance noise (test_time_indices / test_inference_steps / test_eta)
+    for t, steps, eta in ((1, 50, 0.0), (10, 50, 0.5), (49, 50, 1.0), (1, 10, 0.0), (50, 500, 0.0), (999, 50, 0.5)):
+        for cfg in (DIFFUSERS_BASE, dict(beta_schedule="linear", thresholding=True, sample_max_value=2.0,
+                                         prediction_type="v_prediction")):
+            s, d = BDIADDIMScheduler(**cfg, gamma=0), DDIMScheduler(**cfg)
+            s.set_timesteps(steps), d.set_timesteps(steps)
+            x = sample_(1)
+            a = s.step(model(x, t), t, x, eta, True, variance_noise=x * 0.1)
+            b = d.step(model(x, t), t, x, eta, True, variance_noise=x * 0.1)
+            assert_same_bits(a.prev_sample, b.prev_sample, (t, steps, eta))
+            assert_same_bits(a.pred_original_sample, b.pred_original_sample, (t, steps, eta))
 
 
 # ---------------------------------------------------------------------- diffusers' common checks at γ = 0.5

@@ -65,7 +65,7 @@ class PathCheckWarning(UserWarning):
     """The recorded Stage-1 path failed the path check (the message names the criteria)."""
 
 
-class PathCheckError(RuntimeError):
+class PathCheckError(ValueError):
     """``require_path``: the recorded Stage-1 path failed the check; ``record`` holds the check."""
 
     def __init__(self, record: dict):

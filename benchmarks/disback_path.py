@@ -14,8 +14,9 @@ variant is chosen on anything but the check.
 
 Each variant's record goes to ``<out>/<variant>/check.json``; a rerun skips finished variants
 (and an unfinished Stage 1 resumes). Full size, measured on this 2-core machine with one torch
-thread: about 3.5 CPU-minutes per variant (Stage 1 ≈ 40 s, the check ≈ 150 s), ~20 CPU-minutes
-in all.
+thread: about 3 CPU-minutes per variant (Stage 1 65 CPU-s, the check 110 CPU-s; lr1e-4-even),
+~18 CPU-minutes for all six; on the shared machine (load ~15) one variant took ~25 min of wall
+time. ``--variants`` runs a subset (two single-thread processes may run different variants at once).
 """
 
 from __future__ import annotations

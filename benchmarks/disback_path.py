@@ -130,6 +130,8 @@ def main(argv=None) -> int:
               f"({time.perf_counter() - t0:.0f} s this session)", flush=True)
     print_table(results)
     accepted = [r["variant"] for r in results if r["check"]["accepted"]]
+    for r in results:  # the check's cost relative to the Stage 1 it checks (unrounded CPU seconds)
+        r["check_over_stage1_cpu"] = r["check"]["cpu_time_s"] / r["stage1"]["cpu_s"]
     data = {"settings": {**a.size, "teacher": str(a.teacher), "threads": a.threads},
             "rule": {"criteria": list(CRITERIA), "end_factor": END_FACTOR, "geometric_tolerance": GEOMETRIC_TOLERANCE,
                      "max_loss_share": MAX_LOSS_SHARE},

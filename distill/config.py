@@ -17,7 +17,11 @@ __all__ = ["MODES", "SPACINGS", "WEIGHTINGS", "DEFAULT_T_RANGE", "DisBackConfig"
 #: "warm-critic" (fake = last Stage-1 node, target = teacher),
 #: "disback" (fake = last Stage-1 node, targets N−1 … 0, then the teacher; Zhang et al. 2024, Alg. 2).
 MODES = ("disback", "vanilla", "warm-critic")
-SPACINGS = ("even", "progress")
+#: where Stage 1 snapshots the path (:func:`diffkit.distill.path.stage1_boundaries`): "even" (N nodes at
+#: equal steps), "progress" (candidates at equal steps, nodes at equal DSM-loss progress), "log" (N nodes at
+#: log-spaced steps), "log-progress" (log-spaced candidates, nodes at equal DSM-loss progress: fine early,
+#: where the loss falls fastest)
+SPACINGS = ("even", "progress", "log", "log-progress")
 #: generator weightings: DMD2's normaliser (Yin et al. 2024) or Diff-Instruct's w = 1 in x̂0 space
 WEIGHTINGS = ("dmd2", "di")
 #: DMD2's timestep range for both the generator gradient and the score networks (0.02T..0.98T).
@@ -44,15 +48,16 @@ class DisBackConfig:
     # Stage 1
     stage1_steps: int = 1000            # K1
     path_nodes: int = 10                # N saved nodes (node 0 = the teacher is not stored again)
-    path_spacing: str = "even"          # "even" | "progress" (DSM-loss progress on a fixed G⁰ batch)
-    progress_candidates: int = 4        # candidate snapshots per node for "progress" spacing
+    path_spacing: str = "even"          # one of SPACINGS ("progress": DSM-loss progress on a fixed G⁰ batch)
+    progress_candidates: int = 4        # candidate snapshots per node for "progress" / "log-progress" spacing
+    stage1_lr: Optional[float] = None   # Stage 1's learning rate (None: lr_fake, as before)
     stage1_eval_samples: int = 256
     stage1_warmup_steps: int = 0
     # Stage 2
     steps_per_node: int = 200           # K2
     fake_updates: int = 1               # fake-score updates per generator step (DI 1, DMD2 5)
     lr_generator: float = 1e-5
-    lr_fake: float = 1e-4               # also Stage 1's learning rate
+    lr_fake: float = 1e-4               # also Stage 1's learning rate unless stage1_lr is set
     betas: tuple = (0.0, 0.999)         # Adam β (DI/SiD use β1 = 0)
     weight_decay: float = 0.0
     warmup_steps: int = 100             # linear LR warm-up of both optimizers (generator steps)
@@ -96,6 +101,8 @@ class DisBackConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not (self.lr_generator > 0 and self.lr_fake > 0):
             raise ValueError(f"lr_generator and lr_fake must be > 0, got {self.lr_generator}, {self.lr_fake}")
+        if self.stage1_lr is not None and not self.stage1_lr > 0:
+            raise ValueError(f"stage1_lr must be > 0 (or None: lr_fake), got {self.stage1_lr}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0.0 <= self.label_dropout <= 1.0:
@@ -104,6 +111,11 @@ class DisBackConfig:
     @property
     def needs_path(self) -> bool:
         return self.mode != "vanilla"
+
+    @property
+    def stage1_learning_rate(self) -> float:
+        """Stage 1's learning rate: ``stage1_lr``, or ``lr_fake`` when it is not set."""
+        return self.lr_fake if self.stage1_lr is None else float(self.stage1_lr)
 
     def target_node(self, step: int) -> int:
         """Path node that is the target at generator step ``step`` (0-based); 0 = the teacher."""

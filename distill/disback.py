@@ -91,7 +91,9 @@ class DisBackTrainer(Stage1Recorder, RunLoop):
     * ``after_stage1(manifest) -> dict`` is called once, when the Stage-1 path is available
       (recorded or given) and before the first Stage-2 step, with its :class:`PathManifest`
       (e.g. a check of the recorded path); its result is kept in the checkpoints (a resumed run
-      does not call it again) and recorded under ``"stage1_check"`` in ``summary.json``.
+      does not call it again) and recorded under ``"stage1_check"`` in ``summary.json``. A hook
+      that refuses the path raises; an exception carrying a ``record`` dict (e.g.
+      :class:`diffkit.metrics.path_check.PathCheckError`) has it written to the summary first.
 
     :meth:`fit` (:meth:`diffkit.run_loop.RunLoop.fit`) runs Stage 1 if the mode needs it (an
     unfinished Stage 1 always resumes), then Stage 2 to ``config.max_steps`` generator steps, and
@@ -399,8 +401,16 @@ class DisBackTrainer(Stage1Recorder, RunLoop):
     def run_after_stage1(self) -> Optional[dict]:
         """Call the ``after_stage1`` hook with the path's manifest (main process) and record its result."""
         if self.accelerator.is_main_process:
-            self.stage1_check = dict(self.after_stage1(self.manifest))
-            self._say(f"after Stage 1: {self.stage1_check}")
+            try:
+                self.stage1_check = dict(self.after_stage1(self.manifest))
+            except Exception as e:  # a check that refuses the path: its record still goes to the summary
+                if isinstance(getattr(e, "record", None), dict):
+                    self.stage1_check = dict(e.record)
+                    self.run_dir.mkdir(parents=True, exist_ok=True)
+                    self.write_summary(None)
+                raise
+            self._say("after Stage 1: " + ", ".join(f"{k}={v}" for k, v in self.stage1_check.items()
+                                                     if isinstance(v, (bool, int, float, str))))
         self.accelerator.wait_for_everyone()
         return self.stage1_check
 

@@ -16,19 +16,34 @@ from typing import Optional
 
 from diffkit.weights import file_sha256, state_dict_sha256
 
-__all__ = ["PATH_FILE", "PathManifest", "load_path_manifest", "stage1_boundaries", "select_nodes",
-           "state_fingerprint"]
+__all__ = ["PATH_FILE", "PathManifest", "load_path_manifest", "stage1_boundaries", "log_spaced_steps",
+           "select_nodes", "state_fingerprint"]
 
 PATH_FILE = "path.json"
 #: the fingerprint of a node's weights (one helper: diffkit.weights.state_dict_sha256)
 state_fingerprint = state_dict_sha256
 
 
+def log_spaced_steps(count: int, total: int) -> list[int]:
+    """``count`` distinct steps in 1..``total``, geometrically spaced (step j ≈ total^(j/count)) and
+    ending at ``total``; where rounding would repeat a step, the next free step is taken."""
+    count = min(count, total)
+    out, prev = [], 0
+    for j in range(1, count + 1):
+        s = min(max(prev + 1, round(total ** (j / count))), total - (count - j))
+        out.append(s)
+        prev = s
+    return out
+
+
 def stage1_boundaries(stage1_steps: int, path_nodes: int, spacing: str, progress_candidates: int) -> list[int]:
-    """Steps at which Stage 1 snapshots the network: every node (``"even"``), or
-    ``progress_candidates`` candidates per node (``"progress"``), evenly spaced over the run."""
-    c = path_nodes * (progress_candidates if spacing == "progress" else 1)
+    """Steps at which Stage 1 snapshots the network: every node (``"even"``, ``"log"``), or
+    ``progress_candidates`` candidates per node (``"progress"``: evenly spaced over the run;
+    ``"log-progress"``: log-spaced, so that an early drop of the loss is caught)."""
+    c = path_nodes * (progress_candidates if spacing in ("progress", "log-progress") else 1)
     c = min(c, stage1_steps)
+    if spacing in ("log", "log-progress"):
+        return log_spaced_steps(c, stage1_steps)
     return sorted({max(1, round(j * stage1_steps / c)) for j in range(1, c + 1)})
 
 
@@ -36,13 +51,13 @@ def select_nodes(candidates: list[dict], eval_loss_0: float, path_nodes: int, sp
     """(the N candidates that become nodes 1..N, whether ``"progress"`` fell back to even spacing).
 
     ``candidates``: ``{"step", "file", "eval_loss"}`` snapshots; the last node is always the
-    final state. ``"progress"`` places node i at the first candidate whose DSM-loss progress
+    final state. ``"progress"`` (and ``"log-progress"``) places node i at the first candidate whose DSM-loss progress
     (l₀ − l)/(l₀ − l_N) on a fixed G⁰ batch reaches i/N, leaving room for the later nodes; when
     the loss did not fall it spaces the nodes evenly instead (and says so).
     """
     cands = sorted(candidates, key=lambda c: c["step"])
     N = path_nodes
-    if spacing == "even" or len(cands) == N:
+    if spacing in ("even", "log") or len(cands) == N:
         return (cands[-N:] if len(cands) > N else cands), False
     l0, lN = eval_loss_0, cands[-1]["eval_loss"]
     if not l0 - lN > 0:

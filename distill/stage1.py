@@ -71,8 +71,8 @@ class Stage1Recorder:
         fake = copy.deepcopy(self.teacher).requires_grad_(True).train()
         source = GeneratorSource(self._g0(), self.shape, self.n_classes, derived_seed(cfg.seed, "stage1"), "stage1",
                                  device=acc.device)
-        tcfg = TrainConfig(max_steps=cfg.stage1_steps, batch_size=cfg.batch_size, lr=cfg.lr_fake, betas=cfg.betas,
-                           weight_decay=cfg.weight_decay, warmup_steps=cfg.stage1_warmup_steps,
+        tcfg = TrainConfig(max_steps=cfg.stage1_steps, batch_size=cfg.batch_size, lr=cfg.stage1_learning_rate,
+                           betas=cfg.betas, weight_decay=cfg.weight_decay, warmup_steps=cfg.stage1_warmup_steps,
                            grad_clip=cfg.grad_clip, ema_decay=0.0, seed=cfg.seed, checkpoint_every=0,
                            keep_checkpoints=1, progress=cfg.progress)
         trainer = Trainer(fake, self._score_loss("stage1-loss"), source, tcfg, d, accelerator=acc,
@@ -132,7 +132,7 @@ class Stage1Recorder:
         cfg = self.config
         return {"stage1_steps": cfg.stage1_steps, "path_nodes": cfg.path_nodes, "spacing": cfg.path_spacing,
                 "progress_candidates": cfg.progress_candidates, "eval_samples": cfg.stage1_eval_samples,
-                "batch_size": cfg.batch_size, "lr": cfg.lr_fake, "betas": list(cfg.betas),
+                "batch_size": cfg.batch_size, "lr": cfg.stage1_learning_rate, "betas": list(cfg.betas),
                 "weight_decay": cfg.weight_decay, "warmup_steps": cfg.stage1_warmup_steps, "grad_clip": cfg.grad_clip,
                 "seed": cfg.seed, "t_range": list(cfg.t_range), "label_dropout": cfg.label_dropout,
                 "generator_timestep": self.generator_timestep}

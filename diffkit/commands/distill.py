@@ -57,6 +57,15 @@ def add_arguments(p):
                    help="even steps, or equal steps of DSM-loss progress on a fixed G⁰ batch (default %(default)s)")
     p.add_argument("--progress-candidates", type=int, default=d.progress_candidates,
                    help="snapshots per node to choose from with --path-spacing progress (default %(default)s)")
+    p.add_argument("--stage1-lr", type=float, default=None,
+                   help="Stage 1's learning rate (default: --lr-fake)")
+    p.add_argument("--path-check", action="store_true",
+                   help="after Stage 1, check that the path interpolates from the teacher to G⁰ (FID-digits of each "
+                        "node's DDIM samples and its DSM loss; docs/methods/disback.md); a failed check warns")
+    p.add_argument("--path-check-n", type=count_arg(1), default=500,
+                   help="images per sample set of the path check, a multiple of 10 (default %(default)s)")
+    p.add_argument("--require-path", action="store_true",
+                   help="run the path check and refuse to start Stage 2 when the path fails it")
     p.add_argument("--stage1-eval-samples", type=int, default=d.stage1_eval_samples,
                    help="G⁰ samples of the Stage-1 DSM-loss measurement (default %(default)s)")
     p.add_argument("--steps-per-node", type=int, default=d.steps_per_node,
@@ -102,7 +111,7 @@ def config_from_args(args):
     return DisBackConfig(
         mode=args.mode, max_steps=args.max_steps, batch_size=args.batch_size, stage1_steps=args.stage1_steps,
         path_nodes=args.path_nodes, path_spacing=args.path_spacing, progress_candidates=args.progress_candidates,
-        stage1_eval_samples=args.stage1_eval_samples, steps_per_node=args.steps_per_node,
+        stage1_lr=args.stage1_lr, stage1_eval_samples=args.stage1_eval_samples, steps_per_node=args.steps_per_node,
         fake_updates=args.fake_updates, lr_generator=args.lr_generator, lr_fake=args.lr_fake,
         betas=_pair(args.betas, "--betas", float), weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
         grad_clip=args.grad_clip, ema_decay=args.ema_decay, weighting=args.weighting,
@@ -116,6 +125,7 @@ def config_from_args(args):
 def run(args):
     from diffkit.distill.disback import DisBackTrainer
     from diffkit.metrics.evaluators import fid_digits_evaluator
+    from diffkit.metrics.path_check import path_check_hook
     from diffkit.pipelines.one_step import require_diffusion_model
 
     command = "diffkit distill " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else None
@@ -128,8 +138,14 @@ def run(args):
     if args.stage == "2" and cfg.needs_path and not args.stage1_dir:
         args.stage1_dir = str(run_dir / "stage1")  # must already exist
     evaluator = fid_digits_evaluator(n=args.eval_n) if args.eval_every else None
+    check = None
+    if args.path_check or args.require_path:
+        if not cfg.needs_path:
+            raise ValueError("--path-check/--require-path check the Stage-1 path of modes disback/warm-critic; "
+                             "--mode vanilla has none")
+        check = path_check_hook(pipe, n=args.path_check_n, seed=cfg.seed, require_path=args.require_path)
     trainer = DisBackTrainer(pipe.unet, pipe.scheduler.config, cfg, run_dir, stage1_dir=args.stage1_dir,
-                             evaluator=evaluator, cpu=True if args.cpu else None)
+                             evaluator=evaluator, cpu=True if args.cpu else None, after_stage1=check)
     t0 = time.perf_counter()
     if args.stage == "1":
         if not cfg.needs_path:
@@ -137,6 +153,11 @@ def run(args):
         m = trainer.run_stage1()
         print(f"Stage 1: {m.num_nodes} nodes at steps {[n['step'] for n in m.nodes[1:]]}, "
               f"{m.disk_bytes / 2**20:.1f} MiB in {m.directory}")
+        if check is not None:
+            r = check(m)
+            print(f"path check: {'accepted' if r['accepted'] else 'FAILED ' + ', '.join(r['failed'])}; distance to "
+                  f"G⁰ {[round(v['fd_g0'], 3) for v in r['nodes']]} (floor {r['floor']:.3f}); DSM-loss shares "
+                  f"{[round(v, 2) for v in r['criteria']['loss_share']['shares'] or []]}")
         return 0
     trainer.fit(resume=args.resume)  # None: a new run (diffkit.run_loop: one meaning of resume)
     if trainer.accelerator.is_main_process:

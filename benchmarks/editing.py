@@ -3,7 +3,8 @@
     diffkit bench editing                   # full sizes -> benchmarks/results/editing.json
     python benchmarks/editing.py --quick    # CI sizes, well under a minute (--json PATH to keep it)
 
-Full size: about TIME_FULL of CPU on one thread of the 2-core x86_64 machine (parts headline,
+Full size: about 6 min of CPU (357 s user + system; 46 min of wall time under a load of ~14 from
+other jobs) on one thread of the 2-core x86_64 machine (parts headline,
 round_trip, equal_nfe, strength; fid and overhead run only when --only names them: the README's
 BDIA-vs-DDIM quality and overhead figures come from benchmarks/digits_quality.py and
 benchmarks/bdia_overhead.py).

@@ -10,7 +10,8 @@ over classes), TwoNN and MLE, and the tangent-space angles to the local conserva
     diffkit bench gauge                   # full size -> benchmarks/results/gauge.json
     python benchmarks/gauge.py --quick    # the demo's reduced analysis (--json PATH to keep it)
 
-Full size: about TIME_FULL of CPU on one thread of the 2-core x86_64 machine (--quick: seconds).
+Full size: about 134 s of CPU (user + system; 9 min of wall time under a load of ~10 from other jobs)
+on one thread of the 2-core x86_64 machine (--quick: about 20 s of CPU).
 """
 
 from __future__ import annotations

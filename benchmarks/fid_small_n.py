@@ -3,8 +3,8 @@
     diffkit bench fid_small_n                  # full size -> benchmarks/results/fid_small_n.json
     python benchmarks/fid_small_n.py --quick   # CI size: real-data rows only (--json PATH to keep it)
 
-Full size: about TIME_FULL of CPU on one thread of the 2-core x86_64 machine (most of it the
-teacher's 3 × 1,000 DDIM-50 samples).
+Full size: not yet measured (estimate ~4 min of CPU on one thread of the 2-core x86_64 machine, most
+of it the teacher's 3 × 1,000 DDIM-50 samples; --quick: about 10 s of CPU).
 
 Table 1: FID-digits against the shipped train-split statistics (n_ref = 1,442), mean ± std over
 seeds, for class-balanced sets of n images:

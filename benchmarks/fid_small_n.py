@@ -1,7 +1,10 @@
 """How FID-digits moves with n (small-n bias), and what digits feature extraction costs on CPU.
 
-    python benchmarks/fid_small_n.py [--quick] [--seeds 3] [--steps 50] [--json results.json]
-    diffkit bench fid_small_n --quick
+    diffkit bench fid_small_n                  # full size -> benchmarks/results/fid_small_n.json
+    python benchmarks/fid_small_n.py --quick   # CI size: real-data rows only (--json PATH to keep it)
+
+Full size: not yet measured (estimate ~4 min of CPU on one thread of the 2-core x86_64 machine, most
+of it the teacher's 3 × 1,000 DDIM-50 samples; --quick: about 10 s of CPU).
 
 Table 1: FID-digits against the shipped train-split statistics (n_ref = 1,442), mean ± std over
 seeds, for class-balanced sets of n images:
@@ -15,17 +18,31 @@ Table 2: feature-extraction time per 1,000 images (batch 1,000 and 100) on this 
 digits network (quantisation + forward); a randomly initialised network of the same shape
 when the shipped one is missing (said in the table).
 
-Needs assets/digits-features for table 1; without it the table is skipped with a message.
+Needs assets/digits-features for table 1; without it the table is skipped with a message (and a
+full run fails: its JSON would lack the table).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
+import sys
 import time
+import warnings
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import default_json, write_results  # noqa: E402
+
+from diffkit.assets import AssetError  # noqa: E402
+from diffkit.data import digits_tensors  # noqa: E402
+from diffkit.metrics import ModelSamples, ProtocolWarning, compute_fid, compute_stats, load_stats  # noqa: E402
+from diffkit.metrics.features import DigitsFeatures  # noqa: E402
+from diffkit.metrics.fid import resolve_reference  # noqa: E402
+from diffkit.models.digits_features import DigitsFeatureNet  # noqa: E402
+from diffkit.pipelines import load_pipeline  # noqa: E402
 
 
 def balanced_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -42,12 +59,6 @@ def balanced_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 
 
 def fid_table(ns, seeds, steps, batch_size, teacher: bool):
-    import warnings
-
-    from diffkit.assets import AssetError
-    from diffkit.data import digits_tensors
-    from diffkit.metrics import ModelSamples, ProtocolWarning, compute_fid, compute_stats
-
     warnings.simplefilter("ignore", ProtocolWarning)  # small n is the point of this table
     rows = []
     for name, split in (("train subset", "train"), ("test split", "test")):
@@ -58,8 +69,6 @@ def fid_table(ns, seeds, steps, batch_size, teacher: bool):
     if not teacher:
         return rows
     try:
-        from diffkit.pipelines import load_pipeline
-
         pipe = load_pipeline("digits-unet")
     except AssetError as e:
         print(f"(teacher rows skipped: {str(e).split(';')[0]})")
@@ -77,10 +86,6 @@ def fid_table(ns, seeds, steps, batch_size, teacher: bool):
 
 
 def timing_table(reps):
-    from diffkit.assets import AssetError
-    from diffkit.metrics.features import DigitsFeatures
-    from diffkit.models.digits_features import DigitsFeatureNet
-
     try:
         fx, what = DigitsFeatures("digits-features"), "shipped digits network"
     except (AssetError, ValueError):
@@ -101,55 +106,61 @@ def timing_table(reps):
     return what, params, rows
 
 
-def main():
+def summarise(rows) -> list[dict]:
+    out = []
+    for name, n, vals in rows:
+        out.append({"set": name, "n": n, "values": vals, "mean": statistics.mean(vals),
+                    "std": statistics.stdev(vals) if len(vals) > 1 else 0.0})
+    return out
+
+
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="CI size: fewer n, 2 seeds, no teacher sampling")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=50, help="DDIM steps of the teacher rows")
     ap.add_argument("--batch-size", type=int, default=500)
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    ap.add_argument("--json", default=None, help="results JSON (default: benchmarks/results/fid_small_n.json for a "
+                    "full run through `diffkit bench fid_small_n`; none for --quick)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t_all = time.process_time()
+    out = {"quick": args.quick, "threads": torch.get_num_threads(), "steps": args.steps}
 
     what, params, trows = timing_table(reps=2 if args.quick else 7)
     print(f"## Digits feature extraction on CPU ({torch.get_num_threads()} threads; {what}, {params:,} parameters)\n")
     print("| batch | ms per 1,000 images |\n|---:|---:|")
     for bs, ms in trows:
         print(f"| {bs} | {ms:.1f} |")
-    out["timing"] = {"network": what, "parameters": params, "rows": trows}
-
-    from diffkit.assets import AssetError
-    from diffkit.metrics.fid import resolve_reference
+    out["timing"] = {"network": what, "parameters": params,
+                     "rows": [{"batch": bs, "ms_per_1000": ms} for bs, ms in trows]}
 
     try:
-        resolve_reference("digits-train")
+        ref = load_stats(resolve_reference("digits-train"))
     except AssetError as e:
         print(f"\nFID-digits table skipped: {e}")
-        return
+        if not args.quick:
+            raise
+        return 0
     ns, seeds = ([50, 200], [0, 1]) if args.quick else ([50, 100, 200, 350, 500, 1000], list(range(args.seeds)))
     t0 = time.perf_counter()
-    rows = fid_table(ns, seeds, args.steps, args.batch_size, teacher=not args.quick)
-    print(f"\n## FID-digits vs n (reference: train split, n_ref = {load_ref_n()}; {len(seeds)} seeds, mean ± std)\n")
+    rows = summarise(fid_table(ns, seeds, args.steps, args.batch_size, teacher=not args.quick))
+    print(f"\n## FID-digits vs n (reference: train split, n_ref = {ref.n}; {len(seeds)} seeds, mean ± std)\n")
     print("| set | n | FID-digits |\n|---|---:|---:|")
-    for name, n, vals in rows:
-        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        print(f"| {name} | {n} | {statistics.mean(vals):.3f} ± {sd:.3f} |")
+    for r in rows:
+        print(f"| {r['set']} | {r['n']} | {r['mean']:.3f} ± {r['std']:.3f} |")
     print(f"\n({time.perf_counter() - t0:.0f} s)")
-    out["fid"] = [{"set": name, "n": n, "values": vals} for name, n, vals in rows]
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
-
-
-def load_ref_n():
-    from diffkit.metrics import load_stats
-    from diffkit.metrics.fid import resolve_reference
-
-    return load_stats(resolve_reference("digits-train")).n
+    out.update(n_ref=ref.n, seeds=seeds, fid=rows)
+    by = {(r["set"], r["n"]): r["mean"] for r in rows}
+    if ("train subset", 50) in by and ("train subset", max(ns)) in by:  # the bias at n = 50, in units of n = max
+        out["train_subset_bias_ratio"] = by[("train subset", 50)] / by[("train subset", max(ns))]
+    out["cpu_s"] = time.process_time() - t_all
+    path = args.json or default_json("fid_small_n", args.quick)
+    if path:
+        print(f"wrote {write_results(out, path, script=__file__, argv=argv)}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

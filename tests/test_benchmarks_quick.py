@@ -44,13 +44,15 @@ BENCHES = {
          "$.summary.kid_equal_n"), "--quick skips the equal-n comparison (helper C3 owns digits_quality.py)")),
     "digits_onestep_card": Bench(args=("--n", "500", "--teacher-n", "500"), committed=("digits_onestep",)),
     "disback_speed": Bench(committed=("disback_speed",)),
-    "editing": Bench(pending="written by helper C4 (round trip / editing source)"),
-    "radd_cache": Bench(pending="written by helper C4 (tiny RADD cache and E-NFE)"),
+    "editing": Bench(committed=("editing",)),
+    "fid_backends": Bench(committed=("fid_backends",), data_keyed=("backends", "pairwise_rel_diff")),
+    "gauge": Bench(committed=("gauge",)),
+    "radd_cache": Bench(committed=("radd_cache",)),
     "radd_text": Bench(committed=("radd_text_a", "radd_text_b", "radd_text_cd")),
 }
 #: CPU-seconds of each quick run on this machine (1 thread), to start the longest first
 COST = {"radd_cache": 49, "digits_onestep_card": 28, "radd_text": 27, "bdia_edm": 22, "editing": 22,
-        "disback_speed": 15, "digits_quality": 14}
+        "gauge": 20, "disback_speed": 15, "digits_quality": 14, "fid_backends": 5}
 # not run here: fid_small_n (its own test, tests/metrics), disback_convergence (tests/distill; a minute of
 # training), gpu/run.py (tests/test_gpu_script.py), bdia_overhead (10 CPU-s more than the budget allows; it
 # gets its row here with its committed results, helper C3, #19 item 6)
@@ -193,8 +195,9 @@ def test_schema_differences_are_found():
 
 
 # ---------------------------------------------------------------------------------------------- headlines
-#: editing.json round_trip rows: [model, steps, model dtype, state dtype, method, rel. error, NFE, wall s]
-RT = dict(key="round_trip", state=3, method=4, error=5, bdia="bdia", ddim="ddim-inversion")
+#: editing.json round_trip records: {model, steps, model dtype, state dtype, method, rel. error, NFE, wall s}
+RT = dict(key="round_trip", state="state dtype", method="method", error="rel. error", bdia="bdia",
+          ddim="ddim-inversion")
 
 
 def _editing_round_trip(res):

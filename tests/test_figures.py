@@ -253,8 +253,6 @@ README_EXCEPTIONS = {
     "[BDIA-DDIM exact inversion]": "C4: round trip (the table's 2.0e-15 has drifted to 1.14e-14, issue #19)",
     "[editing via exact inversion]": "C4: editing round trip",
     "[BDIA on EDM samplers]": "C2: BDIA-EDM headline (both baselines, default setting)",
-    "[FID / KID]": "C4: backend agreement (fid_backends)",
-    "[RADD text sampling]": "C4: radd_text / radd_cache",
     "[score-field analysis]": "C4: full gauge run",
     # sizes and settings, not measurements
     "| 3.7 MB |": "file sizes of the shipped assets and their rebuild times (a setting of the command)",

@@ -22,7 +22,7 @@ Every ratio is computed here from unrounded values ("A / B": A's error or FID ov
     diffkit bench bdia_edm --cache DIR --only calibration &  diffkit bench bdia_edm --cache DIR --only fixed
 
 Full size measured on the shared 2-core x86_64 machine, one torch thread: see ``cpu_s`` in the JSON
-(about 40 CPU-min).
+(about 17 CPU-min).
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--gammas", default=None, help="γ values of the calibration sweep (0.1,0.25,0.5,0.75,1.0)")
     p.add_argument("--n-sweep", type=int, default=None, help="calibration samples = scoring samples (256)")
     p.add_argument("--sweep-seed", type=int, default=100, help="noise seed of the calibration/scoring sets")
-    p.add_argument("--ref-steps", type=int, default=None, help="steps of the EDM Heun reference (1000)")
-    p.add_argument("--fid-nfe", default=None, help="NFE budgets of the FID part (9,17,35; '' = none)")
+    p.add_argument("--ref-steps", type=int, default=None, help="steps of the EDM Heun reference (500)")
+    p.add_argument("--fid-nfe", default=None, help="NFE budgets of the FID part (9,17; '' = none)")
     p.add_argument("--n-fid", type=int, default=None, help="samples per FID evaluation (1000)")
     p.add_argument("--seeds", default=None, help="comma-separated FID seeds (0,1,2)")
     p.add_argument("--cache", default=None, help="folder keeping finished units (resume; parallel --only parts)")
@@ -77,10 +77,10 @@ def parse_args(argv=None):
     a = p.parse_args(argv)
     q = a.quick
     a.nfe = [int(v) for v in (a.nfe or ("9" if q else "9,17,35")).split(",")]
-    a.fid_nfe = [int(v) for v in (("9" if q else "9,17,35") if a.fid_nfe is None else a.fid_nfe).split(",") if v]
+    a.fid_nfe = [int(v) for v in (("9" if q else "9,17") if a.fid_nfe is None else a.fid_nfe).split(",") if v]
     a.gammas = [float(v) for v in (a.gammas or ("0.25,0.5" if q else "0.1,0.25,0.5,0.75,1.0")).split(",")]
     a.n_sweep = a.n_sweep or (10 if q else 256)
-    a.ref_steps = a.ref_steps or (50 if q else 1000)
+    a.ref_steps = a.ref_steps or (50 if q else 500)
     a.n_fid = a.n_fid or (100 if q else 1000)
     a.seeds = [int(v) for v in (a.seeds or ("0" if q else "0,1,2")).split(",")]
     if a.json is None:
@@ -251,10 +251,10 @@ def fid_part(args, pipe, units, chosen, which="all") -> tuple[dict, dict]:
 
 # ---------------------------------------------------------------------------- report
 def print_tables(res):
-    nfes = list(next(iter(res["calibration"].values())))
+    nfes = list(next(iter(res["sweep"].values())))
     print("\n### Calibration sweep: RMS error vs the reference (lower is better)\n")
     print("| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |\n|---|" + "---|" * len(nfes))
-    for k, v in res["calibration"].items():
+    for k, v in res["sweep"].items():
         print(f"| {k} | " + " | ".join(f"{v[n]:.4f}" for n in nfes) + " |")
     print("\n### Scoring set (disjoint samples): chosen = best on calibration\n")
     rows = list(res["score"][nfes[0]])
@@ -312,7 +312,7 @@ def main(argv=None):
                      "n_score": n, "sweep_seed": args.sweep_seed, "calibration_indices": [0, n - 1],
                      "score_indices": [n, 2 * n - 1], "ref_steps": args.ref_steps, "fid_nfe": args.fid_nfe,
                      "n_fid": args.n_fid, "fid_seeds": args.seeds, "guidance": 1.0, "defaults": defaults},
-        "reference_error": ref_check, "calibration": sweep, "chosen": chosen,
+        "reference_error": ref_check, "sweep": sweep, "chosen": chosen,
         "score": scored, "error_ratios": err_ratios, "fid": fid, "fid_ratios": fid_ratios,
         "checks": {f"bdia-euler {w} beats {b} at {args.nfe[0]} NFE":
                    scored[str(args.nfe[0])][f"bdia-euler {w}"] < scored[str(args.nfe[0])][b]

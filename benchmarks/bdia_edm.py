@@ -61,9 +61,9 @@ def parse_args(argv=None):
     p.add_argument("--model", default="digits-unet", help="model folder or asset name (a diffkit pipeline)")
     p.add_argument("--nfe", default=None, help="NFE budgets of the integration-error part (9,17,35)")
     p.add_argument("--gammas", default=None, help="γ values of the calibration sweep (0.1,0.25,0.5,0.75,1.0)")
-    p.add_argument("--n-sweep", type=int, default=None, help="calibration samples = scoring samples (256)")
+    p.add_argument("--n-sweep", type=int, default=None, help="calibration samples = scoring samples (128)")
     p.add_argument("--sweep-seed", type=int, default=100, help="noise seed of the calibration/scoring sets")
-    p.add_argument("--ref-steps", type=int, default=None, help="steps of the EDM Heun reference (500)")
+    p.add_argument("--ref-steps", type=int, default=None, help="steps of the EDM Heun reference (250)")
     p.add_argument("--fid-nfe", default=None, help="NFE budgets of the FID part (9,17; '' = none)")
     p.add_argument("--n-fid", type=int, default=None, help="samples per FID evaluation (1000)")
     p.add_argument("--seeds", default=None, help="comma-separated FID seeds (0,1,2)")
@@ -79,8 +79,8 @@ def parse_args(argv=None):
     a.nfe = [int(v) for v in (a.nfe or ("9" if q else "9,17,35")).split(",")]
     a.fid_nfe = [int(v) for v in (("9" if q else "9,17") if a.fid_nfe is None else a.fid_nfe).split(",") if v]
     a.gammas = [float(v) for v in (a.gammas or ("0.25,0.5" if q else "0.1,0.25,0.5,0.75,1.0")).split(",")]
-    a.n_sweep = a.n_sweep or (10 if q else 256)
-    a.ref_steps = a.ref_steps or (50 if q else 500)
+    a.n_sweep = a.n_sweep or (10 if q else 128)
+    a.ref_steps = a.ref_steps or (50 if q else 250)
     a.n_fid = a.n_fid or (100 if q else 1000)
     a.seeds = [int(v) for v in (a.seeds or ("0" if q else "0,1,2")).split(",")]
     if a.json is None:

@@ -20,6 +20,7 @@ Every ratio is computed here from unrounded values ("A / B": A's error or FID ov
     diffkit bench bdia_edm --quick --json X    # CI size (~15 s), same schema
     # the same full run in two processes sharing a cache (then the first command merges):
     diffkit bench bdia_edm --cache DIR --only calibration &  diffkit bench bdia_edm --cache DIR --only fixed
+    diffkit bench bdia_edm --cache DIR --only chosen     # after calibration, beside "fixed"
 
 Full size measured on the shared 2-core x86_64 machine, one torch thread: see ``cpu_s`` in the JSON
 (about 17 CPU-min).
@@ -51,7 +52,7 @@ from _results import default_json, write_results  # noqa: E402
 BASELINES = ("edm-euler", "edm-heun")
 BDIA = ("bdia-euler", "bdia-heun")
 MODES = ("vp", "constant")
-PARTS = ("all", "calibration", "fixed")
+PARTS = ("all", "calibration", "fixed", "chosen")
 
 
 def parse_args(argv=None):
@@ -70,7 +71,8 @@ def parse_args(argv=None):
     p.add_argument("--cache", default=None, help="folder keeping finished units (resume; parallel --only parts)")
     p.add_argument("--only", default="all", choices=PARTS,
                    help="calibration: only the calibration sweep; fixed: only the units that need no choice "
-                        "(scoring and FID of the baselines and defaults). Both fill --cache and write no JSON")
+                        "(scoring and FID of the baselines and defaults); chosen: only the chosen settings' "
+                        "units (after calibration). These fill --cache and write no JSON")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--json", default=None, help="results file (default benchmarks/results/bdia_edm.json; "
                    "--quick writes only to an explicit --json)")
@@ -212,9 +214,9 @@ def score(args, sc: ErrorSet, chosen) -> tuple[dict, dict]:
 # ---------------------------------------------------------------------------- part 2
 def fid_arms(args, chosen, nfe, which) -> list[tuple[str, str, float | None, str | None]]:
     """(name, kind, γ, mode) of the FID arms at ``nfe``: fixed (no sweep needed) and/or chosen."""
-    arms = [(k, k, None, None) for k in BASELINES] + [("bdia-euler default", "bdia-euler",
-                                                       *default_setting("bdia-euler"))]
-    if which == "all":
+    arms = [] if which == "chosen" else [(k, k, None, None) for k in BASELINES] + [
+        ("bdia-euler default", "bdia-euler", *default_setting("bdia-euler"))]
+    if which != "fixed":
         c = chosen["bdia-euler"][str(nfe)]
         arms.append(("bdia-euler chosen", "bdia-euler", c["gamma"], c["gamma_mode"]))
     return arms
@@ -245,7 +247,7 @@ def fid_part(args, pipe, units, chosen, which="all") -> tuple[dict, dict]:
                   flush=True)
         row = out[str(nfe)]
         ratios[str(nfe)] = {f"{b} / {k}": row[b]["fid_mean"] / row[k]["fid_mean"]
-                            for k in row if k.startswith("bdia") for b in BASELINES}
+                            for k in row if k.startswith("bdia") for b in BASELINES if b in row}
     return out, ratios
 
 
@@ -302,6 +304,14 @@ def main(argv=None):
         ref_check = cal.ref_check()
         if args.only == "calibration":
             print(f"calibration done, {time.process_time() - t_all:.0f} CPU-s")
+            return None
+        if args.only == "chosen":
+            for n in args.nfe:
+                for kind in BDIA:
+                    sc.error(kind, n, chosen[kind][str(n)]["gamma"], chosen[kind][str(n)]["gamma_mode"])
+            if args.fid_nfe:
+                fid_part(args, pipe, units, chosen, which="chosen")
+            print(f"chosen units done, {time.process_time() - t_all:.0f} CPU-s")
             return None
         scored, err_ratios = score(args, sc, chosen)
         fid, fid_ratios = fid_part(args, pipe, units, chosen) if args.fid_nfe else ({}, {})

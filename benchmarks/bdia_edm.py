@@ -23,7 +23,7 @@ Every ratio is computed here from unrounded values ("A / B": A's error or FID ov
     diffkit bench bdia_edm --cache DIR --only chosen     # after calibration, beside "fixed"
 
 Full size measured on the shared 2-core x86_64 machine, one torch thread: see ``cpu_s`` in the JSON
-(about 17 CPU-min).
+(about 10 CPU-min: 582 CPU-s of units when measured, plus a few model loads).
 """
 
 from __future__ import annotations

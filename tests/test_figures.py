@@ -238,7 +238,6 @@ SECTION = re.compile(r"<!--\s*(/?)section:([\w-]+)\s*-->")
 #: section has no unmarked figure left fails the test (delete it then).
 PENDING_SECTIONS = {
     "bdia": "helper C4 (round trip, editing, precision)",
-    "fid": "helper C4 (FID vs n, backend agreement)",
     "radd": "helper C4 (RADD cache, E-NFE, precision, text-model benchmarks)",
     "gauge": "helper C4 (full gauge run)",
 }

@@ -27,8 +27,8 @@ Tables:
 Timing: the step and loop tables time this thread's CPU time (``time.thread_time``), so that on a
 shared machine a run waiting for a core is not counted as work; the loop table also records wall
 time. The machine's load average is recorded before and after each table (``load``). Full size measured with
-1 torch thread on the shared 2-core machine: 3.4 min under a load average of ~14
-(``wall_time_s`` in the JSON).
+1 torch thread on the 2-core machine: about 25 s idle (load average < 1), 3.4 min under a load
+average of ~14 (``wall_time_s`` in the JSON).
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+_TESTS = Path(__file__).resolve().parent
+sys.path[:0] = [str(_TESTS), str(_TESTS / "train"), str(_TESTS / "metrics")]  # test_train, test_fid moved there
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

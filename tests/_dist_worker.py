@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/: the shared builders in helpers.py
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -22,9 +22,27 @@ def test_help_lists_every_subcommand(capsys):
 
 
 def test_info(capsys):
-    assert main(["info"]) == 0
-    out = capsys.readouterr().out
-    assert "diffusers" in out and "attention" in out and "sdpa" in out or "xformers" in out
+    import importlib.metadata as md
+    import platform
+
+    import torch
+
+    from diffkit.attention import probe_xformers
+    from diffkit.registry import available_samplers
+
+    assert main(["info", "--device", "cpu"]) == 0
+    lines = dict(line.strip().split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    expect = {"python": platform.python_version()}
+    for name in ("diffkit", "torch", "diffusers", "accelerate", "transformers", "safetensors", "xformers"):
+        try:
+            expect[name] = md.version(name)
+        except md.PackageNotFoundError:
+            expect[name] = "not installed"
+    assert {k: lines.get(k) for k in expect} == expect
+    assert lines["device"] == "cpu"
+    ok, reason = probe_xformers("cpu", torch.float32)
+    assert lines["attention"] == f"{'xformers' if ok else 'sdpa'} (xformers {reason})"
+    assert lines["samplers"].split(" (")[0].split(", ") == list(available_samplers())
 
 
 def test_sample_writes_png(tmp_path, tiny_class_unet, capsys):

@@ -124,10 +124,28 @@ def test_frechet_distance_closed_forms():
     assert np.isfinite(frechet_distance(mu, sig, mu + 1, sig * 2))
 
 
-def test_memorisation_ratio_extremes():
+def _lower_median_nn_distance(x, ref):
+    """Independent of diffkit: grey levels v = 8(x + 1) in 0..16, brute-force nearest neighbour in numpy,
+    distance back in [-1, 1] units; torch's median (the lower middle value for even counts)."""
+    va = np.rint((x.double().numpy().reshape(len(x), -1) + 1) * 8)
+    vb = np.rint((ref.double().numpy().reshape(len(ref), -1) + 1) * 8)
+    d = np.sqrt(((va[:, None, :] - vb[None, :, :]) ** 2).sum(-1)).min(1) / 8
+    return np.sort(d)[(len(d) - 1) // 2]
+
+
+def test_memorisation_ratio():
     x_train, _ = digits_tensors("train")
     x_test, _ = digits_tensors("test")
-    assert memorisation_ratio(x_test).ratio == pytest.approx(1.0)
+    noise = torch.rand(201, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    r = memorisation_ratio(noise)
+    assert r.median_test == pytest.approx(_lower_median_nn_distance(x_test, x_train), rel=1e-12)
+    assert r.median_generated == pytest.approx(_lower_median_nn_distance(noise, x_train), rel=1e-12)
+    assert r.ratio == pytest.approx(r.median_generated / r.median_test, rel=1e-12) and r.ratio > 2  # far from data
+    # held-out real digits are as far from the training set as other held-out digits: one random half
+    # of the test split, measured against the other half as the reference "test" set (0.97-1.06 over 5 splits)
+    perm = torch.randperm(len(x_test), generator=torch.Generator().manual_seed(0))
+    half = memorisation_ratio(x_test[perm[:177]], test=x_test[perm[177:]])
+    assert 0.85 < half.ratio < 1.15, half
     copies = memorisation_ratio(x_train[:200] + 0.01)  # quantisation snaps these back onto training images
     assert copies.ratio == 0 and copies.median_test > 0
 

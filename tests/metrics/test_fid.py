@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -490,8 +491,26 @@ def test_cli_fid_folders_stats_and_json(folders, tmp_path, monkeypatch, capsys):
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
-def test_benchmark_quick_runs_or_skips_with_a_message():
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fid_small_n.py"), "--quick"],
-                         capture_output=True, text=True, timeout=180, env=SUBPROCESS_ENV)
-    assert out.returncode == 0, out.stderr
-    assert "FID-digits" in out.stdout or "skipped" in out.stdout
+FID_ROW = re.compile(r"^\| (train subset|test split|teacher [^|]+) \| (\d+) \| ([0-9.]+) ± ([0-9.]+) \|$", re.M)
+
+
+def _fid_small_n_quick(assets):
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fid_small_n.py"), "--quick"],
+                          capture_output=True, text=True, timeout=180, env={**SUBPROCESS_ENV, "DIFFKIT_ASSETS": assets})
+
+
+def test_benchmark_quick_runs_the_fid_table_on_the_shipped_assets():
+    from diffkit.metrics.fid import resolve_reference
+
+    assets = ROOT / "assets"
+    resolve_reference("digits-train")  # shipped: an AssetError here is a failure, not a reason to skip
+    out = _fid_small_n_quick(str(assets))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "skipped" not in out.stdout, out.stdout
+    rows = {(name, int(n)): float(mean) for name, n, mean, _ in FID_ROW.findall(out.stdout)}
+    assert set(rows) == {("train subset", 50), ("train subset", 200), ("test split", 50), ("test split", 200)}, \
+        out.stdout
+    # subsets of the reference set itself: FID > 0 is pure small-n bias, and it shrinks as n grows
+    assert rows["train subset", 50] > rows["train subset", 200] > 0
+    assert rows["test split", 50] > rows["test split", 200] > 0
+

@@ -9,6 +9,7 @@ from diffkit.conditioning import class_guidance
 from diffkit.denoisers import Denoiser, EpsModel
 from diffkit.samplers import edm
 from diffkit.samplers.bdia import GAMMA_MODES
+from diffkit.samplers.bdia_ddim import BDIADDIMScheduler
 from diffkit.testing import tiny_ddim_scheduler, tiny_unet2d
 
 
@@ -133,14 +134,13 @@ def test_inverse_warns_below_0_9_and_refuses_0():
 # ----------------------------------------------------------------------------- BDIA-DDIM
 @pytest.mark.parametrize("gamma", [0.5, 1.0])
 def test_vp_mode_equals_bdia_ddim_float64(unet_model, gamma):
-    bdia_ddim = pytest.importorskip("diffkit.samplers.bdia_ddim")
     unet, model = unet_model
     cfg = tiny_ddim_scheduler().config  # 'leading', steps_offset 1, set_alpha_to_one False
     unet.double()
     try:
         em = EpsModel(unet, cfg)
         guidance = class_guidance(unet, [0, 5])
-        sched = bdia_ddim.BDIADDIMScheduler.from_config(cfg, gamma=gamma)
+        sched = BDIADDIMScheduler.from_config(cfg, gamma=gamma)
         sched.set_timesteps(10)
         z = _noise(dtype=torch.float64)
         z_T = z.clone()

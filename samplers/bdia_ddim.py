@@ -276,13 +276,20 @@ class BDIADDIMScheduler(DDIMScheduler):
             w = self._work = (torch.empty_like(z, dtype=torch.float64), torch.empty_like(z, dtype=torch.float64))
         return w
 
+    @staticmethod
+    def _tracks_grad(*tensors) -> bool:
+        """Autograd is recording through this step: the reused buffers (workspace, the state's
+        buffer) would be overwritten while the graph still needs them, so the step allocates."""
+        return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors)
+
     def _eps_x0(self, model_output: torch.Tensor, t: int, z: torch.Tensor, use_clipped_model_output: bool):
         """(ε, x̂0) in float64 at (z_i, t_i), post-processed exactly as DDIM does. ε-prediction
         computes x̂0 = (z - √(1-ᾱ)·ε)/√ᾱ in the workspace: the kernels and roundings of
         :func:`diffkit.denoisers.to_eps_x0`, without its temporaries."""
         self._alpha_cumprod(t)  # range check
         a, s = self._level_tensors(t, z.device)
-        if self.config.prediction_type == "epsilon" and model_output.shape == z.shape:
+        if (self.config.prediction_type == "epsilon" and model_output.shape == z.shape
+                and not self._tracks_grad(model_output, z)):
             eps, x0 = self._workspace(z)
             eps.copy_(model_output)
             torch.mul(eps, s, out=x0)
@@ -340,8 +347,9 @@ class BDIADDIMScheduler(DDIMScheduler):
             z_prev = ddim_map(x0, eps, ac_prev)
         else:
             # into z_{i+1}'s buffer (ours, no longer needed): no new float64 state per step
+            reuse = not self._tracks_grad(self._z_next, z, eps, x0)
             z_prev = bdia_step(self._z_next, z, eps, self._alpha_cumprod(self._t_next), self._alpha_cumprod(t),
-                               ac_prev, self.config.gamma, x0=x0, out=self._z_next)
+                               ac_prev, self.config.gamma, x0=x0, out=self._z_next if reuse else None)
         self._z_next, self._t_next = z, t
 
         # the returned latents are a normal tensor even under torch.inference_mode, so that its

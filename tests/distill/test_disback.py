@@ -391,7 +391,7 @@ def test_config_errors_name_the_argument():
     with pytest.raises(ValueError, match="mode must be one of"):
         small(mode="dmd")
     with pytest.raises(ValueError, match="path_spacing must be one of"):
-        small(path_spacing="log")
+        small(path_spacing="cubic")
     with pytest.raises(ValueError, match=r"stage1_steps \(2\) must be >= path_nodes \(3\)"):
         small(stage1_steps=2)
 

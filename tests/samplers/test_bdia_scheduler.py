@@ -505,3 +505,26 @@ def test_pipelines_under_inference_mode_give_the_no_grad_result(tiny_sd, tiny_cl
                 assert torch.equal(got, ref)
     finally:
         tiny_sd.scheduler = ddim
+
+
+def test_a_loop_under_autograd_backpropagates_like_ddim():
+    """With autograd recording (a model output that requires grad), the step allocates instead of
+    reusing its buffers, so a loss on the final sample backpropagates to the model's parameters,
+    and the values equal the no-grad loop's bit for bit."""
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.tensor(0.3))
+    x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+
+    def loop(track):
+        s = BDIADDIMScheduler(num_train_timesteps=100, gamma=0.9)
+        s.set_timesteps(6)
+        x = x_T
+        with torch.set_grad_enabled(track):
+            for t in s.timesteps:
+                x = s.step(weight * x, t, x).prev_sample
+        return x
+
+    tracked = loop(True)
+    tracked.square().sum().backward()
+    assert weight.grad is not None and torch.isfinite(weight.grad) and weight.grad != 0
+    assert torch.equal(tracked.detach(), loop(False))

@@ -27,12 +27,10 @@ the SHA-256 recorded by Stage 1, and refuses a switch that leaves the weights un
 released code's switch fires at most once and loads into mismatched keys without complaint;
 docs/methods/disback.md).
 
-Reproducibility: every random draw is keyed to (seed, stream, global sample index) via
-``diffkit.seeding``, so 1- and P-process runs follow the same trajectory up to float
-summation order, and a resumed run equals an uninterrupted one bit for bit on the CPU.
-The loop, resume (one meaning, :mod:`diffkit.run_loop`), checkpoint cadence, log, summary and
-SIGINT checkpoints are :class:`diffkit.run_loop.RunLoop`'s; this module supplies the step,
-the state and the evaluation hooks.
+Every random draw is keyed to (seed, stream, global sample index) (``diffkit.seeding``): 1- and
+P-process runs agree up to summation order; a resumed run equals an uninterrupted one bit for bit
+on the CPU. Loop, resume, cadence, log, summary and SIGINT checkpoints are
+:class:`diffkit.run_loop.RunLoop`'s; this module supplies the step, the state and the hooks.
 """
 
 from __future__ import annotations

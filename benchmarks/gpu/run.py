@@ -29,7 +29,8 @@ the goals apply to the CUDA run.
 
 This file is the launcher: it makes diffkit importable from a bare checkout and keeps a broken
 xformers out of the process, and only then imports the measurements (``sections.py`` beside it,
-which imports diffkit and diffusers at its top) -- that one import is deferred on purpose.
+with its harness in ``harness.py``; both import diffkit and diffusers at their top) -- that one
+import is deferred on purpose.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """The digits report: conservativity, gauge split and intrinsic dimension of a digits UNet.
 
-``analyze_digits`` runs every tool of :mod:`diffkit.analysis` on a class-conditional
-UNet2DModel for 8×8 digits (the shipped teacher ``assets/digits-unet``, or any model of
-the same layout) and writes ``report.md``, ``results.json`` and PNG plots:
+``analyze_digits`` runs every tool of :mod:`diffkit.analysis` on a class-conditional 8×8 digits
+UNet2DModel (e.g. ``assets/digits-unet``) and writes ``report.md``, ``results.json`` and PNG plots:
 
 * NAsym of the score Jacobian vs noise level (exact and Hutchinson) and loop curl;
 * the conservative part ∇φ fitted by a class-conditional :class:`~.gauge.PotentialMLP`, its

@@ -16,10 +16,10 @@ import os
 import platform
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
 from diffkit.atomic import write_text_atomically
+from diffkit.versions import package_versions
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -27,7 +27,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 COMMAND_ENV = "DIFFKIT_BENCH_COMMAND"
 PACKAGES = ("torch", "diffusers", "numpy", "scipy", "clean-fid", "torchmetrics", "accelerate", "diffkit")
 
-__all__ = ["RESULTS", "COMMAND_ENV", "provenance", "write_results", "default_json", "load_results"]
+__all__ = ["RESULTS", "COMMAND_ENV", "provenance", "write_results", "default_json", "save_results", "load_results"]
 
 
 def _git(*args) -> str | None:
@@ -39,13 +39,7 @@ def _git(*args) -> str | None:
 
 
 def _versions() -> dict:
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return {"python": platform.python_version(), **package_versions(PACKAGES)}
 
 
 def _machine() -> dict:
@@ -89,6 +83,17 @@ def write_results(data: dict, path, *, script: str, argv=None) -> Path:
     payload = {**data, "provenance": provenance(script, argv)}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomically(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def save_results(data: dict, name: str, *, json_path=None, quick: bool, script: str, argv=None) -> Path | None:
+    """The end of a bench: write ``data`` to ``json_path``, else to ``default_json(name, quick)`` (none
+    for ``--quick``), and say where; returns the path written, or None."""
+    path = json_path or default_json(name, quick)
+    if not path:
+        return None
+    path = write_results(data, path, script=script, argv=argv)
+    print(f"wrote {path}")
     return path
 
 

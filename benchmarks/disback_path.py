@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import default_json, write_results  # noqa: E402
+from _results import save_results  # noqa: E402
 
 from diffkit.atomic import write_json_atomically  # noqa: E402
 from diffkit.distill.config import DisBackConfig  # noqa: E402
@@ -138,9 +138,7 @@ def main(argv=None) -> int:
             "variants": results, "accepted": accepted,
             "check_cpu_s_mean": sum(r["check"]["cpu_time_s"] for r in results) / len(results),
             "stage1_cpu_s_mean": sum(r["stage1"]["cpu_s"] for r in results) / len(results)}
-    path = Path(a.json) if a.json else default_json(NAME, a.quick)
-    if path is not None:
-        print(f"wrote {write_results(data, path, script=__file__)}")
+    save_results(data, NAME, json_path=a.json, quick=a.quick, script=__file__)
     return 0
 
 

@@ -45,7 +45,7 @@ import torch
 from diffusers import DDIMScheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import default_json, write_results  # noqa: E402
+from _results import save_results  # noqa: E402
 
 from diffkit.conditioning import class_guidance, prompt_guidance
 from diffkit.data import digits_tensors
@@ -361,9 +361,8 @@ def main(argv=None):
             fn(args, out)
     out["total_s"] = time.perf_counter() - t_all
     print(f"\ntotal {out['total_s']:.1f} s")
-    path = args.json or default_json("editing", args.quick)
-    if path:
-        print(f"wrote {write_results(json.loads(json.dumps(out, default=str)), path, script=__file__, argv=argv)}")
+    save_results(json.loads(json.dumps(out, default=str)), "editing", json_path=args.json, quick=args.quick,
+                 script=__file__, argv=argv)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import default_json, write_results  # noqa: E402
+from _results import save_results  # noqa: E402
 
 from diffkit.metrics import ProtocolWarning, compute_fid  # noqa: E402
 from diffkit.metrics.fid_backends import BACKENDS  # noqa: E402
@@ -89,9 +89,7 @@ def main(argv=None):
     print(f"max relative difference across backends: {max_rel:.2e}")
     out = {"quick": args.quick, "n": n, "feature_dim": dim, "image_size": args.size, "network_seed": 0,
            "backends": rows, "pairwise_rel_diff": pairs, "max_rel_diff": max_rel}
-    path = args.json or default_json("fid_backends", args.quick)
-    if path:
-        print(f"wrote {write_results(out, path, script=__file__, argv=argv)}")
+    save_results(out, "fid_backends", json_path=args.json, quick=args.quick, script=__file__, argv=argv)
     return 0
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import default_json, write_results  # noqa: E402
+from _results import save_results  # noqa: E402
 
 from diffkit.assets import AssetError  # noqa: E402
 from diffkit.data import digits_tensors  # noqa: E402
@@ -156,9 +156,7 @@ def main(argv=None):
     if ("train subset", 50) in by and ("train subset", max(ns)) in by:  # the bias at n = 50, in units of n = max
         out["train_subset_bias_ratio"] = by[("train subset", 50)] / by[("train subset", max(ns))]
     out["cpu_s"] = time.process_time() - t_all
-    path = args.json or default_json("fid_small_n", args.quick)
-    if path:
-        print(f"wrote {write_results(out, path, script=__file__, argv=argv)}")
+    save_results(out, "fid_small_n", json_path=args.json, quick=args.quick, script=__file__, argv=argv)
     return 0
 
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import default_json, write_results  # noqa: E402
+from _results import save_results  # noqa: E402
 
 from diffkit.analysis.report import analyze_digits  # noqa: E402
 from diffkit.commands import analyze as analyze_cmd  # noqa: E402
@@ -90,9 +90,7 @@ def main(argv=None):
               "angle_local_deg"):
         print(f"{k}: {f[k]['min']:.3g}-{f[k]['max']:.3g}")
     print(f"CPU {cpu:.0f} s")
-    path = args.json or default_json("gauge", args.quick)
-    if path:
-        print(f"wrote {write_results(out, path, script=__file__, argv=argv)}")
+    save_results(out, "gauge", json_path=args.json, quick=args.quick, script=__file__, argv=argv)
     return 0
 
 

@@ -32,7 +32,7 @@ import torch
 from diffusers.configuration_utils import FrozenDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import default_json, write_results  # noqa: E402
+from _results import save_results  # noqa: E402
 
 from diffkit.models.radd import tiny_radd_transformer  # noqa: E402
 from diffkit.pipelines.discrete import DiscreteDiffusionPipeline  # noqa: E402
@@ -165,9 +165,7 @@ def main(argv=None):
     result = dict(quick=args.quick, threads=args.threads, nfe_law=part1(args.quick), cache=part2(args.quick))
     result["total_s"] = time.perf_counter() - t0
     print(f"\n(total {result['total_s']:.0f} s)")
-    path = args.json or default_json("radd_cache", args.quick)
-    if path:
-        print(f"wrote {write_results(result, path, script=__file__, argv=argv)}")
+    save_results(result, "radd_cache", json_path=args.json, quick=args.quick, script=__file__, argv=argv)
     return 0
 
 

@@ -53,6 +53,7 @@ LAYERS = {
     "diffkit.text_corpus": BASE,
     "diffkit.threads": BASE,
     "diffkit.weights": BASE,
+    "diffkit.versions": BASE,
     "diffkit.models.*": BASE,
     # L1 method math: pure functions, schedulers, losses, score analysis
     "diffkit.samplers.*": METHOD,

@@ -10,13 +10,13 @@ import platform
 import subprocess
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import torch
 from diffusers import UNet2DConditionModel
 
 from diffkit.atomic import write_text_atomically
+from diffkit.versions import package_versions
 
 
 # ---------------------------------------------------------------------------- sizes
@@ -201,11 +201,8 @@ def environment(device, tiny: bool, xformers_hidden: str | None = None) -> dict:
             env["driver"] = f"unknown ({type(e).__name__})"
     else:
         env.update(card=f"CPU ({platform.machine()}, {os.cpu_count()} cores)", driver=None)
-    for mod in ("diffusers", "xformers", "numpy", "accelerate", "transformers"):
-        try:  # the installed distribution's version: nothing is imported (xformers may be broken)
-            env[mod] = metadata.version(mod)
-        except metadata.PackageNotFoundError:
-            env[mod] = "absent"
+    # the installed distributions' versions: nothing is imported (xformers may be broken)
+    env.update(package_versions(("diffusers", "xformers", "numpy", "accelerate", "transformers"), missing="absent"))
     if xformers_hidden:
         env["xformers"] += f" (hidden: {xformers_hidden})"
     return env

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import platform
+
+from diffkit.versions import package_versions
 
 NAME = "info"
 HELP = "print versions, device, the attention backend diffkit would use and the registered samplers"
@@ -17,13 +18,7 @@ def add_arguments(p):
 
 
 def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    return {"python": platform.python_version(), **package_versions(PACKAGES, missing="not installed")}
 
 
 def run(args):

@@ -4,7 +4,6 @@ and the named references (``digits-train``)."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import io
 import json
 import os
@@ -16,6 +15,7 @@ import numpy as np
 
 from diffkit.assets import asset_path
 from diffkit.atomic import write_bytes_atomically
+from diffkit.versions import OMIT, package_versions
 
 __all__ = ["NAMED_REFERENCES", "FIDStats", "save_stats", "load_stats", "resolve_reference", "library_versions"]
 
@@ -40,13 +40,8 @@ class FIDStats:
 
 
 def library_versions() -> dict:
-    out = {}
-    for dist in ("diffkit", "torch", "numpy", "scipy", "clean-fid", "torchmetrics", "torch-fidelity", "accelerate"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
+    return package_versions(("diffkit", "torch", "numpy", "scipy", "clean-fid", "torchmetrics", "torch-fidelity",
+                             "accelerate"), missing=OMIT)
 
 
 

@@ -1,45 +1,42 @@
-"""Does the DisBack path speed up convergence? Arms A vanilla / B warm critic / C DisBack.
+"""Does the DisBack path speed up convergence? Arms A vanilla / B warm critic / C DisBack / D delayed teacher.
 
-    diffkit bench disback_convergence              # full run (resumable: rerun to continue)
-    diffkit bench disback_convergence --max-runs 3 # at most 3 runs this session, then stop
-    diffkit bench disback_convergence --quick --json X.json  # tiny settings, about a minute; CI plumbing check
-    diffkit bench disback_convergence --report     # only summarise the finished runs
+    diffkit bench disback_convergence                       # phase 1 (t_g = 399), resumable: rerun to continue
+    diffkit bench disback_convergence --phase 2             # phase 2 (t_g = 999, pure-noise input)
+    diffkit bench disback_convergence --seeds 1 --arms A,B  # a subset (two single-thread processes side by side)
+    diffkit bench disback_convergence --stage1-only         # only record and check the seeds' Stage-1 paths
+    diffkit bench disback_convergence --report              # only summarise the finished runs
+    python benchmarks/disback_convergence.py --quick --json X.json   # tiny settings, CI plumbing check
 
-Full size: 9 runs, about 40 CPU-minutes of training plus evaluation on this 2-core machine
-(1 thread; 39 min measured on the shared machine), outside the ~2 CPU-hour regeneration budget.
+Full size on this 2-core machine, one torch thread per process: phase 1 is 12 runs of 1,000 generator
+steps with 21 FID evaluations each plus three Stage-1 paths and their path checks (~75 CPU-min);
+phase 2 is 12 runs of 2,000 steps (~2 CPU-hours; the results file says how far it got).
 
-One code path (``DisBackTrainer``), identical hyper-parameters; the arms differ only in the
-fake-score initialisation and the target (the warm-critic arm B separates DisBack's two changes;
-docs/methods/disback.md):
+One code path (``DisBackTrainer``), hyper-parameters shared by every arm and fixed in :data:`PHASES`
+before any arm ran; the arms differ only in the fake-score initialisation and the target
+(docs/methods/disback.md):
 
-=====  ==========================  ===============================================
+=====  ==========================  ===========================================================
 arm    fake score init             target
-=====  ==========================  ===============================================
-A      teacher                     teacher                       (``vanilla``)
-B      last Stage-1 node s'_N      teacher                       (``warm-critic``)
-C      last Stage-1 node s'_N      s'_{N-1} … s'_1 (K2 steps each), then teacher
-=====  ==========================  ===============================================
+=====  ==========================  ===========================================================
+A      teacher                     teacher                                       (``vanilla``)
+B      last Stage-1 node s'_N      teacher                                       (``warm-critic``)
+C      last Stage-1 node s'_N      s'_{N-1} … s'_1 (K2 steps each), then teacher (``disback``)
+D      last Stage-1 node s'_N      s'_N for the same (N−1)·K2 steps, then teacher (``delayed-teacher``)
+=====  ==========================  ===========================================================
 
-B and C of one seed share that seed's Stage-1 path. Every arm is evaluated at the same
-pre-registered generator steps (every ``--eval-every``) with FID-digits of the EMA
-generator: n class-balanced one-step samples, sample noise seed = the run's seed, so A, B
-and C of one seed see the same noise. Cost: generator steps, and total compute including
-Stage 1 in generator-step equivalents under a pass-count model (forward = 1, backward = 2):
-a Stage-1 step = G⁰ forward + fake forward/backward = 4; a Stage-2 step with F fake updates
-= F·4 + generator forward/backward (3) + fake and target forwards (2) = 4F + 5. Measured
-seconds are recorded beside it.
+D gives the critic and both optimisers C's warm-up without the walk: C faster than D means the path
+helps; C ≈ D means the gain is warm-up. B, C and D of one seed share that seed's Stage-1 path, which
+is recorded with its own learning rate and log-progress node spacing (benchmarks/disback_path.py
+chose it on the path check alone) and checked before any Stage 2 (``path-check-seed<k>.json``;
+diffkit.metrics.path_check). Every arm is evaluated every ``eval_every`` generator steps with
+FID-digits of the EMA generator (n class-balanced one-step samples, noise seed = the run's seed, so
+the arms of one seed see the same noise). Cost: generator steps, and total compute including Stage 1
+in generator-step equivalents under a pass-count model (forward = 1, backward = 2): a Stage-1 step =
+G⁰ forward + fake forward/backward = 4; a Stage-2 step with F fake updates = 4F + 5 (the path check is
+a diagnostic, reported but not counted). Measured seconds are recorded beside it.
 
-Thresholds are fixed here, before any result: multiples of the teacher's DDIM-50 FID-digits
-at n = 1000 (0.036 ± 0.008, seeds 0-2, assets/digits-unet/README.md), plus the rule
-"1.1 × arm A's final mean FID". Iterations to a threshold = the first evaluated
-step whose FID is at or below it (per seed; ``None`` = not reached within the run);
-speed-up = iterations(A or B) / iterations(C), per seed (paired) and as the ratio of seed
-means with a bootstrap 95 % interval over seeds.
-
-Results: ``<out>/results/<arm>-seed<k>.json`` per finished run (a rerun skips those and
-resumes unfinished ones from the trainer's checkpoints), the summary in
-benchmarks/results/disback_convergence.json (with its provenance, through ``_results.write_results``)
-and the plot disback_convergence.png; ``--quick`` writes a summary only to an explicit ``--json``.
+Decision thresholds and the rule (:data:`RULE`) are fixed here before any run. Steps to a threshold =
+the first evaluated step whose FID is at or below it, per seed (None = not reached).
 """
 
 from __future__ import annotations
@@ -58,67 +55,91 @@ from diffkit.atomic import write_json_atomically
 from diffkit.distill.disback import DisBackConfig, DisBackTrainer
 from diffkit.metrics.digits import mean_std
 from diffkit.metrics.evaluators import fid_digits_evaluator
+from diffkit.metrics.path_check import evaluate_path
 from diffkit.pipelines import load_pipeline
 from diffkit.run_state import latest_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import default_json, write_results  # noqa: E402  (sibling module of the scripts)
+from _results import default_json, load_results, write_results  # noqa: E402  (sibling module of the scripts)
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# ---- fixed before any result -------------------------------------------------------------
-TEACHER_FID_DDIM50 = 0.036          # FID-digits of the teacher's DDIM-50 samples, n = 1000, seeds 0,1,2
-TEACHER_FID_N = 1000
-THRESHOLD_FACTORS = (3.0, 2.0, 1.5)  # -> 0.108, 0.072, 0.054
-FINAL_A_FACTOR = 1.1                 # relative threshold: 1.1 × arm A's final mean FID
-ARMS = {"A": "vanilla", "B": "warm-critic", "C": "disback"}
-ARM_NAMES = {"A": "A vanilla", "B": "B warm critic", "C": "C DisBack"}
+# ---- fixed before any run ------------------------------------------------------------------
+ARMS = {"A": "vanilla", "B": "warm-critic", "C": "disback", "D": "delayed-teacher"}
+ARM_NAMES = {"A": "A vanilla", "B": "B warm critic", "C": "C DisBack", "D": "D delayed teacher"}
+#: phase 1: absolute FID-digits thresholds; phase 2: fractions of G⁰'s FID-digits (its step-0 value)
+THRESHOLDS = {1: {"0.45": 0.45, "0.30": 0.30, "0.20": 0.20},
+              2: {"50% G0": 0.50, "25% G0": 0.25, "10% G0": 0.10}}
+#: the thresholds the verdict reads (the first of each phase is reported only)
+DECISIVE = {1: ("0.30", "0.20"), 2: ("25% G0", "10% G0")}
+RULE = ("Per decisive threshold and seed: C 'wins' when it reaches the threshold at fewer generator steps (and, "
+        "Stage 1 included, less compute) than both B and D (an arm that misses it counts as slower; ties on the "
+        "eval grid are not fewer). C supports the paper if it wins in >= 2 of 3 seeds at every decisive threshold. "
+        "Otherwise: if C reaches it later than B (or not at all while B does) in >= 2 seeds at every decisive "
+        "threshold, the claim fails at this scale; if C and D both beat B in >= 2 seeds and C is not faster than "
+        "D in >= 2 seeds, the gain is warm-up, not the path; anything else (including a threshold no arm "
+        "reaches) is inconclusive. Teacher multiples are reported, not decisive.")
+#: teacher multiples reported beside the thresholds (the teacher's DDIM-50 FID-digits, read unrounded
+#: from benchmarks/results/digits_quality.json)
+TEACHER_MULTIPLES = (3.0, 2.0)
 
-# Hyper-parameters of the full experiment, shared by every arm (chosen by a short vanilla sweep of
-# generator timestep and learning rates; see the README section).
-FULL = dict(max_steps=1000, batch_size=32, fake_updates=1, stage1_steps=400, path_nodes=5, steps_per_node=100,
-            lr_generator=3e-5, lr_fake=1e-4, warmup_steps=50, generator_timestep=399, ema_decay=0.99,
-            eval_every=100, eval_n=1000, seeds="0,1,2")
-QUICK = dict(max_steps=6, batch_size=8, fake_updates=1, stage1_steps=4, path_nodes=2, steps_per_node=2,
-             lr_generator=3e-5, lr_fake=1e-4, warmup_steps=2, generator_timestep=399, ema_decay=0.9,
-             eval_every=3, eval_n=50, seeds="0,1")
+_SHARED = dict(batch_size=32, fake_updates=1, stage1_steps=400, stage1_lr=1e-5, path_spacing="log-progress",
+               progress_candidates=8, path_nodes=5, steps_per_node=50, lr_generator=3e-5, lr_fake=1e-4,
+               warmup_steps=50, ema_decay=0.99, eval_every=50, eval_n=1000, check_n=500, seeds="0,1,2")
+PHASES = {1: dict(_SHARED, max_steps=1000, generator_timestep=399),
+          2: dict(_SHARED, max_steps=2000, generator_timestep=999)}
+QUICK = dict(max_steps=6, batch_size=8, fake_updates=1, stage1_steps=6, stage1_lr=1e-5, path_spacing="log-progress",
+             progress_candidates=2, path_nodes=3, steps_per_node=2, lr_generator=3e-5, lr_fake=1e-4, warmup_steps=2,
+             generator_timestep=399, ema_decay=0.9, eval_every=2, eval_n=50, check_n=20, seeds="0,1")
+#: the pilot of phase 2 (run first; its curve is recorded before the other arms run)
+PILOT = ("A", 0)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--phase", type=int, choices=(1, 2), default=1,
+                   help="1: generator timestep 399 (decisive); 2: timestep 999, pure-noise input (default 1)")
     p.add_argument("--quick", action="store_true", help="tiny settings (plumbing check, about a minute on CPU)")
     p.add_argument("--teacher", default="digits-unet", help="teacher folder or asset name")
-    p.add_argument("--out", default=None, help="run folder (default runs/disback_convergence[_quick])")
-    p.add_argument("--arms", default="A,B,C")
-    for k, v in FULL.items():
-        p.add_argument("--" + k.replace("_", "-"), type=type(v), default=None, help=f"default {v} (quick {QUICK[k]})")
+    p.add_argument("--out", default=None, help="run folder (default runs/disback_convergence[_p2][_quick])")
+    p.add_argument("--arms", default="A,B,C,D", help="arms to train this call (the report covers all four)")
+    p.add_argument("--seeds", default=None, help="seeds to train this call (default: the phase's 0,1,2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--max-runs", type=int, default=None, help="train at most this many unfinished runs, then stop")
+    p.add_argument("--stage1-only", action="store_true", help="only record and check the seeds' Stage-1 paths")
     p.add_argument("--report", action="store_true", help="only summarise finished runs")
-    p.add_argument("--json", default=None,
-                   help="summary JSON (default benchmarks/results/disback_convergence.json; --quick: none)")
+    p.add_argument("--json", default=None, help="summary JSON (default benchmarks/results/disback_convergence.json, "
+                                                "phase 2 disback_convergence_t999.json; --quick: none)")
     p.add_argument("--plot", default=None, help="plot PNG (default beside the JSON)")
     a = p.parse_args(argv)
-    base = QUICK if a.quick else FULL
+    base = QUICK if a.quick else PHASES[a.phase]
     for k, v in base.items():
-        if getattr(a, k) is None:
-            setattr(a, k, v)
-    suffix = "_quick" if a.quick else ""
-    a.out = Path(a.out or ROOT / "runs" / f"disback_convergence{suffix}")
-    a.json = Path(a.json) if a.json else default_json("disback_convergence", a.quick)
-    a.plot = Path(a.plot) if a.plot else (a.json or a.out / "disback_convergence.json").with_suffix(".png")
-    a.seed_list = [int(s) for s in str(a.seeds).split(",")]
+        setattr(a, k, v)
+    a.all_seeds = [int(s) for s in str(base["seeds"]).split(",")]
+    a.seed_list = a.all_seeds if a.seeds is None else [int(s) for s in a.seeds.split(",")]
     a.arm_list = [s.strip() for s in a.arms.split(",")]
     bad = [x for x in a.arm_list if x not in ARMS]
     if bad:
         p.error(f"--arms: unknown arm(s) {bad}; accepted: {', '.join(ARMS)}")
-    if a.eval_n % 10:
-        p.error(f"--eval-n must be a multiple of 10 (class-balanced sets), got {a.eval_n}")
+    bad = [s for s in a.seed_list if s not in a.all_seeds]
+    if bad:
+        p.error(f"--seeds: {bad} not in the phase's seeds {a.all_seeds}")
+    name = "disback_convergence" + ("" if a.phase == 1 else "_t999")
+    suffix = ("" if a.phase == 1 else "_p2") + ("_quick" if a.quick else "")
+    a.out = Path(a.out or ROOT / "runs" / f"disback_convergence{suffix}")
+    a.json = Path(a.json) if a.json else default_json(name, a.quick)
+    a.plot = Path(a.plot) if a.plot else (a.json or a.out / f"{name}.json").with_suffix(".png")
     return a
 
 
-def thresholds() -> dict:
-    return {f"{f:g}x teacher": f * TEACHER_FID_DDIM50 for f in THRESHOLD_FACTORS}
+def teacher_fid() -> dict | None:
+    """The teacher's DDIM-50 FID-digits from its committed results file (unrounded), or None."""
+    try:
+        d = load_results("digits_quality")
+    except FileNotFoundError:
+        return None
+    return {"fid": d["summary"]["fid"][0], "std": d["summary"]["fid"][1], "n": d["n"], "seeds": d["seeds"],
+            "sampler": d["sampler"], "source": "benchmarks/results/digits_quality.json"}
 
 
 def stage1_cost_ratio(fake_updates: int) -> float:
@@ -128,31 +149,48 @@ def stage1_cost_ratio(fake_updates: int) -> float:
 
 def config(a, arm: str, seed: int):
     return DisBackConfig(mode=ARMS[arm], max_steps=a.max_steps, batch_size=a.batch_size, fake_updates=a.fake_updates,
-                         stage1_steps=a.stage1_steps, path_nodes=a.path_nodes, steps_per_node=a.steps_per_node,
-                         lr_generator=a.lr_generator, lr_fake=a.lr_fake, warmup_steps=a.warmup_steps,
-                         generator_timestep=a.generator_timestep, ema_decay=a.ema_decay, seed=seed,
-                         eval_every=a.eval_every, checkpoint_every=a.eval_every * 2, keep_checkpoints=1,
-                         progress=False)
+                         stage1_steps=a.stage1_steps, stage1_lr=a.stage1_lr, path_spacing=a.path_spacing,
+                         progress_candidates=a.progress_candidates, path_nodes=a.path_nodes,
+                         steps_per_node=a.steps_per_node, lr_generator=a.lr_generator, lr_fake=a.lr_fake,
+                         warmup_steps=a.warmup_steps, generator_timestep=a.generator_timestep,
+                         ema_decay=a.ema_decay, seed=seed, eval_every=a.eval_every,
+                         checkpoint_every=a.eval_every * 2, keep_checkpoints=1, progress=False)
+
+
+def stage1(a, pipe, seed: int) -> tuple:
+    """The seed's shared Stage-1 path (recorded once, resumable) and its path check (run once)."""
+    rec = DisBackTrainer(pipe.unet, pipe.scheduler.config, config(a, "C", seed), a.out / f"stage1-seed{seed}",
+                         cpu=True)
+    t0, c0 = time.perf_counter(), time.process_time()
+    m = rec.run_stage1()
+    f = a.out / f"path-check-seed{seed}.json"
+    if not f.exists():
+        check = evaluate_path(m, pipe, a.generator_timestep, n=a.check_n, seed=seed)
+        check["stage1_wall_s"] = float(m.info.get("wall_time_s", time.perf_counter() - t0))
+        check["stage1_cpu_s_this_call"] = time.process_time() - c0
+        check["node_steps"] = [n["step"] for n in m.nodes]
+        write_json_atomically(f, check)
+        print(f"[stage 1 seed {seed}] nodes at {check['node_steps']}; path check "
+              f"{'accepted' if check['accepted'] else 'FAILED ' + ','.join(check['failed'])}", flush=True)
+    return m, json.loads(f.read_text())
 
 
 def run_one(a, pipe, evaluators, arm: str, seed: int) -> dict:
     """Train (or resume) one arm × seed; returns and stores its result record."""
     cfg = config(a, arm, seed)
-    stage1 = None
-    t1 = 0.0
-    if cfg.needs_path:  # the seed's shared Stage-1 path (recorded once, resumable)
-        rec = DisBackTrainer(pipe.unet, pipe.scheduler.config, config(a, "C", seed), a.out / f"stage1-seed{seed}",
-                             cpu=True)
-        m = rec.run_stage1()
-        stage1 = m.directory
-        t1 = float(m.info.get("wall_time_s", 0.0))
+    stage1_dir, t1 = None, 0.0
+    if cfg.needs_path:
+        m, _ = stage1(a, pipe, seed)
+        stage1_dir, t1 = m.directory, float(m.info.get("wall_time_s", 0.0))
     if seed not in evaluators:
         evaluators[seed] = fid_digits_evaluator(n=a.eval_n, seed=seed)
     run_dir = a.out / f"{arm}-seed{seed}"
-    tr = DisBackTrainer(pipe.unet, pipe.scheduler.config, cfg, run_dir, stage1_dir=stage1,
+    tr = DisBackTrainer(pipe.unet, pipe.scheduler.config, cfg, run_dir, stage1_dir=stage1_dir,
                         evaluator=evaluators[seed], cpu=True)
+    c0 = time.process_time()
     tr.fit(resume="latest" if latest_checkpoint(run_dir) else None)  # continue an interrupted run
     rec = {"arm": arm, "mode": cfg.mode, "seed": seed, "evals": tr.evals, "stage2_wall_s": round(tr.wall_time_s, 1),
+           "stage2_cpu_s_this_call": round(time.process_time() - c0, 1),
            "stage1_wall_s": round(t1, 1), "stage1_steps": cfg.stage1_steps if cfg.needs_path else 0,
            "switches": [{"step": s["step"], "node": s["node"]} for s in tr.switches],
            "fake_loss_last50": sum(r["loss_fake"] for r in tr.log[-50:]) / max(len(tr.log[-50:]), 1),
@@ -162,7 +200,8 @@ def run_one(a, pipe, evaluators, arm: str, seed: int) -> dict:
 
 
 def settings(a) -> dict:
-    return {k: getattr(a, k) for k in FULL if k != "seeds"} | {"seeds": a.seed_list, "teacher": str(a.teacher)}
+    keys = [k for k in (QUICK if a.quick else PHASES[a.phase]) if k != "seeds"]
+    return {k: getattr(a, k) for k in keys} | {"seeds": a.all_seeds, "teacher": str(a.teacher), "phase": a.phase}
 
 
 # ---------------------------------------------------------------------------- analysis
@@ -218,15 +257,58 @@ def _speedups(num, den, seeds, n_boot=2000):
     return out
 
 
-def summarise(a, recs: list[dict]) -> dict:
+def thresholds(a, g0_fid: float | None) -> dict:
+    """The phase's decision thresholds (phase 2: fractions of G⁰'s FID-digits), then teacher multiples."""
+    base = THRESHOLDS[1 if a.quick else a.phase]
+    if a.phase == 2 and not a.quick:
+        thr = {k: f * g0_fid for k, f in base.items()} if g0_fid is not None else {}
+    else:
+        thr = dict(base)
+    t = teacher_fid()
+    if t is not None:
+        thr.update({f"{f:g}x teacher": f * t["fid"] for f in TEACHER_MULTIPLES})
+    return thr
+
+
+def _fewer(x, y) -> bool:
+    """x reaches the threshold at strictly fewer steps than y (None = not reached)."""
+    return x is not None and (y is None or x < y)
+
+
+def verdict(arms: dict, decisive, seeds) -> dict:
+    """:data:`RULE` applied to the per-seed steps to threshold (``arms[arm]["thresholds"][name]["steps"]``)."""
+    per = {}
+    for name in decisive:
+        st = {arm: arms[arm]["thresholds"][name]["steps"] for arm in ("B", "C", "D")}
+        g = lambda arm, s: st[arm].get(s, st[arm].get(str(s)))  # noqa: E731 (JSON keys are strings)
+        per[name] = {
+            "C wins": sum(_fewer(g("C", s), g("B", s)) and _fewer(g("C", s), g("D", s)) for s in seeds),
+            "C slower than B": sum(_fewer(g("B", s), g("C", s)) for s in seeds),
+            "D beats B": sum(_fewer(g("D", s), g("B", s)) for s in seeds),
+            "C beats B": sum(_fewer(g("C", s), g("B", s)) for s in seeds),
+            "C not faster than D": sum(not _fewer(g("C", s), g("D", s)) for s in seeds),
+            "reached by any of B/C/D": sum(any(g(x, s) is not None for x in ("B", "C", "D")) for s in seeds)}
+    need = 2 if len(seeds) >= 3 else len(seeds)
+    if all(v["C wins"] >= need for v in per.values()):
+        out = "supports the paper: C reaches the decisive thresholds in fewer steps than both B and D"
+    elif all(v["C slower than B"] >= need for v in per.values()):
+        out = "the claim fails at this scale: C is slower than B"
+    elif all(v["C beats B"] >= need and v["D beats B"] >= need and v["C not faster than D"] >= need
+             for v in per.values()):
+        out = "the gain is warm-up, not the path: C and D both beat B, and C is not faster than D"
+    else:
+        out = "inconclusive"
+    return {"verdict": out, "counts": per, "needed_seeds": need, "rule": RULE}
+
+
+def summarise(a, recs: list[dict], checks: dict) -> dict:
     import numpy as np
 
     ratio = stage1_cost_ratio(a.fake_updates)
-    by = {arm: {r["seed"]: r for r in recs if r["arm"] == arm} for arm in a.arm_list}
-    thr = thresholds()
-    finals_A = [r["evals"][-1]["fid"] for r in by.get("A", {}).values()]
-    if finals_A:
-        thr[f"{FINAL_A_FACTOR:g}x final A"] = FINAL_A_FACTOR * float(np.mean(finals_A))
+    by = {arm: {r["seed"]: r for r in recs if r["arm"] == arm} for arm in ARMS}
+    g0 = [r["evals"][0]["fid"] for runs in by.values() for r in runs.values() if r["evals"][0]["step"] == 0]
+    g0_fid = float(np.mean(g0)) if g0 else None
+    thr = thresholds(a, g0_fid)
     arms = {}
     for arm, runs in by.items():
         if not runs:
@@ -238,8 +320,10 @@ def summarise(a, recs: list[dict]) -> dict:
         T = a.max_steps
         entry = {"seeds": sorted(runs), "steps": steps, "fid_mean": fids.mean(0).tolist(),
                  "fid_std": (fids.std(0, ddof=1) if len(runs) > 1 else 0 * fids[0]).tolist(),
+                 "fid_per_seed": {s: [e["fid"] for e in r["evals"]] for s, r in runs.items()},
                  "top1_final": _ms([r["evals"][-1]["top1"] for r in runs.values()]),
                  "final_fid": _ms([r["evals"][-1]["fid"] for r in runs.values()]),
+                 "best_fid": _ms([min(e["fid"] for e in r["evals"]) for r in runs.values()]),
                  "auc_steps": _ms([auc(c, T) for c in curves.values()]),
                  "auc_compute": _ms([auc(c, T) for c in ccurves.values()]),
                  "stage1_gen_step_equiv": next(iter(runs.values()))["stage1_steps"] * ratio,
@@ -253,14 +337,20 @@ def summarise(a, recs: list[dict]) -> dict:
                                          "reached": sum(v is not None for v in it.values())}
         arms[arm] = entry
     speed = {}
-    for other in ("A", "B"):
+    for other in ("A", "B", "D"):
         if "C" in arms and other in arms:
             for name in thr:
                 for axis in ("steps", "compute"):
                     o = arms[other]["thresholds"][name][axis]
                     c = arms["C"]["thresholds"][name][axis]
-                    speed[f"C vs {other} | {name} | {axis}"] = _speedups(o, c, a.seed_list)
-    return {"thresholds": thr, "arms": arms, "speedups": speed, "stage1_step_in_gen_steps": ratio}
+                    speed[f"C vs {other} | {name} | {axis}"] = _speedups(o, c, a.all_seeds)
+    decisive = DECISIVE[1 if a.quick else a.phase]
+    ver = (verdict(arms, decisive, a.all_seeds) if all(x in arms for x in "BCD") and all(k in thr for k in decisive)
+           else {"verdict": "not all arms ran", "rule": RULE})
+    return {"thresholds": thr, "decisive": list(decisive), "g0_fid": g0_fid, "teacher_fid_ddim50": teacher_fid(),
+            "arms": arms, "speedups": speed, "verdict": ver, "stage1_step_in_gen_steps": ratio,
+            "path_checks": checks,
+            "paths_accepted": {s: c["accepted"] for s, c in checks.items()}}
 
 
 def print_table(summary, a) -> None:
@@ -270,9 +360,9 @@ def print_table(summary, a) -> None:
 
     print(f"FID-digits of the EMA generator, n = {a.eval_n} per eval, seeds {a.seed_list}; "
           f"{a.max_steps} generator steps; Stage-1 step = {summary['stage1_step_in_gen_steps']:.3f} generator steps")
-    print(f"{'arm':<14} {'final FID':>16} {'top-1':>14} {'AUC (steps)':>16} {'AUC (compute)':>16} {'Stage 1 (s)':>12}")
+    print(f"{'arm':<18} {'final FID':>16} {'top-1':>14} {'AUC (steps)':>16} {'AUC (compute)':>16} {'Stage 1 (s)':>12}")
     for arm, e in summary["arms"].items():
-        print(f"{ARM_NAMES[arm]:<14} {f(e['final_fid']):>16} {f(e['top1_final']):>14} {f(e['auc_steps']):>16} "
+        print(f"{ARM_NAMES[arm]:<18} {f(e['final_fid']):>16} {f(e['top1_final']):>14} {f(e['auc_steps']):>16} "
               f"{f(e['auc_compute']):>16} {f(e['stage1_wall_s'], '{:.0f}'):>12}")
     print("\nsteps to threshold per seed (generator steps | total compute in generator-step equivalents):")
     for name, t in summary["thresholds"].items():
@@ -283,7 +373,7 @@ def print_table(summary, a) -> None:
             ct = [th["compute"][s] for s in e["seeds"]]
             cells.append(f"{arm}: {st} | {[None if v is None else round(v) for v in ct]}")
         print(f"  {name} (FID ≤ {t:.4f}):  " + ";  ".join(cells))
-    print("\nspeed-up (iterations of A or B / iterations of C; per-seed mean ± std, ratio of means "
+    print("\nspeed-up (iterations of A, B or D / iterations of C; per-seed mean ± std, ratio of means "
           "[95% bootstrap CI]):")
     unreached = []
     for k, v in summary["speedups"].items():
@@ -304,7 +394,7 @@ def plot(summary, a) -> None:
     import numpy as np
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    colors = {"A": "tab:blue", "B": "tab:orange", "C": "tab:green"}
+    colors = {"A": "tab:blue", "B": "tab:orange", "C": "tab:green", "D": "tab:red"}
     for arm, e in summary["arms"].items():
         x = np.array(e["steps"], dtype=float)
         m, s = np.array(e["fid_mean"]), np.array(e["fid_std"])
@@ -323,7 +413,8 @@ def plot(summary, a) -> None:
     axes[1].set_xlabel("total compute incl. Stage 1 (generator-step equivalents)")
     axes[0].set_ylabel(f"FID-digits (EMA generator, n={a.eval_n})")
     axes[0].legend()
-    fig.suptitle(f"DisBack vs warm critic vs vanilla on the digits teacher (mean ± std over seeds {a.seed_list})")
+    fig.suptitle(f"Phase {a.phase} (generator timestep {a.generator_timestep}): DisBack vs its controls on the digits "
+                 f"teacher (mean ± std over seeds {a.all_seeds})")
     fig.tight_layout()
     a.plot.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(a.plot, dpi=110)
@@ -337,18 +428,26 @@ def main(argv=None):
 
     t0 = time.perf_counter()
     recs, todo = [], []
-    for seed in a.seed_list:
-        for arm in a.arm_list:
+    for seed in a.all_seeds:
+        for arm in ARMS:
             f = a.out / "results" / f"{arm}-seed{seed}.json"
             if f.exists():
                 r = json.loads(f.read_text())
                 if r.get("settings") != settings(a):
                     raise SystemExit(f"{f} was made with other settings; delete {a.out} or use --out")
                 recs.append(r)
-            else:
+            elif seed in a.seed_list and arm in a.arm_list:
                 todo.append((arm, seed))
+    if a.phase == 2 and PILOT in todo:  # the pre-registered pilot runs first
+        todo.remove(PILOT)
+        todo.insert(0, PILOT)
     if not a.report:
         pipe = load_pipeline(a.teacher)
+        pipe.set_progress_bar_config(disable=True)
+        if a.stage1_only:
+            for seed in a.seed_list:
+                stage1(a, pipe, seed)
+            return 0
         evaluators = {}
         for i, (arm, seed) in enumerate(todo):
             if a.max_runs is not None and i >= a.max_runs:
@@ -358,22 +457,28 @@ def main(argv=None):
             e = recs[-1]["evals"][-1]
             print(f"[{arm} seed {seed}] FID {e['fid']:.4f} top-1 {e['top1']:.3f} at step {e['step']} "
                   f"({time.perf_counter() - t:.0f} s)", flush=True)
+    checks = {s: json.loads(f.read_text()) for s in a.all_seeds
+              if (f := a.out / f"path-check-seed{s}.json").exists()}
     done = {(r["arm"], r["seed"]) for r in recs}
-    missing = [(arm, s) for s in a.seed_list for arm in a.arm_list if (arm, s) not in done]
-    if missing:
+    missing = [(arm, s) for s in a.all_seeds for arm in ARMS if (arm, s) not in done]
+    if missing and not (a.report and a.phase == 2):
         print(f"{len(missing)} run(s) still to do: {missing}; rerun to continue")
         return 0
-    summary = summarise(a, recs)
+    summary = summarise(a, recs, checks)
     machine = (f"{platform.machine()} {os.cpu_count()}-core CPU, torch {torch.__version__}, "
                f"{torch.get_num_threads()} thread(s)")
-    out = {"teacher_fid_ddim50": {"fid": TEACHER_FID_DDIM50, "n": TEACHER_FID_N}, "settings": settings(a),
-           "machine": machine, "wall_s_this_session": round(time.perf_counter() - t0, 1),
+    out = {"phase": a.phase, "settings": settings(a), "machine": machine, "missing_runs": missing,
+           "wall_s_this_session": round(time.perf_counter() - t0, 1),
            "total_train_wall_s": round(sum(r["stage2_wall_s"] for r in recs) +
                                        sum({r["seed"]: r["stage1_wall_s"] for r in recs}.values()), 1),
            **summary, "runs": recs}
     if a.json:
         write_results(out, a.json, script=__file__, argv=argv)
     print_table(summary, a)
+    print(f"\nverdict: {summary['verdict']['verdict']}")
+    print(f"paths accepted by the path check: {summary['paths_accepted']}")
+    if missing:
+        print(f"(partial: {len(missing)} run(s) missing: {missing})")
     plot(summary, a)
     print(f"\nmachine: {machine}; wrote {a.json or '(no JSON: --quick without --json)'} and {a.plot}")
     return 0

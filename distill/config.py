@@ -15,8 +15,11 @@ __all__ = ["MODES", "SPACINGS", "WEIGHTINGS", "DEFAULT_T_RANGE", "DisBackConfig"
 #: DisBack's two changes, a fake score fitted to G⁰ and the walked path):
 #: "vanilla" (fake = teacher, target = teacher: Diff-Instruct / DMD2 without GAN),
 #: "warm-critic" (fake = last Stage-1 node, target = teacher),
-#: "disback" (fake = last Stage-1 node, targets N−1 … 0, then the teacher; Zhang et al. 2024, Alg. 2).
-MODES = ("disback", "vanilla", "warm-critic")
+#: "disback" (fake = last Stage-1 node, targets N−1 … 1, then the teacher; Zhang et al. 2024, Alg. 2),
+#: "delayed-teacher" (fake = last Stage-1 node, target = that same node s'_N for the (N−1)·K2 steps DisBack
+#: spends on its path, then the teacher: a control that gives the critic and optimiser DisBack's warm-up
+#: without the walk, so an experiment can tell "the path helps" from "a warmed-up critic helps").
+MODES = ("disback", "vanilla", "warm-critic", "delayed-teacher")
 #: where Stage 1 snapshots the path (:func:`diffkit.distill.path.stage1_boundaries`): "even" (N nodes at
 #: equal steps), "progress" (candidates at equal steps, nodes at equal DSM-loss progress), "log" (N nodes at
 #: log-spaced steps), "log-progress" (log-spaced candidates, nodes at equal DSM-loss progress: fine early,
@@ -33,11 +36,14 @@ def target_node(mode: str, step: int, path_nodes: int, steps_per_node: int) -> i
 
     DisBack (Zhang et al. 2024, arXiv 2408.15991, Alg. 2) walks the recorded path backwards:
     node N−1 for the first K2 = ``steps_per_node`` steps, then N−2, …, and the teacher (node 0)
-    from step (N−1)·K2 on. The other modes always target the teacher.
+    from step (N−1)·K2 on. "delayed-teacher" holds the last node N for those same (N−1)·K2 steps,
+    then the teacher. The other modes always target the teacher.
     """
-    if mode != "disback":
-        return 0
-    return max(path_nodes - 1 - step // steps_per_node, 0)
+    if mode == "disback":
+        return max(path_nodes - 1 - step // steps_per_node, 0)
+    if mode == "delayed-teacher":
+        return path_nodes if step < (path_nodes - 1) * steps_per_node else 0
+    return 0
 
 
 @dataclass

@@ -14,13 +14,14 @@ generator step).
 
 ``mode`` changes only initialisation and targets (one code path; :data:`diffkit.distill.config.MODES`):
 
-=============  ==================  ==============================
-mode           fake score init     target
-=============  ==================  ==============================
-"vanilla"      teacher             teacher (Diff-Instruct / DMD2 without GAN)
-"warm-critic"  last Stage-1 node   teacher
-"disback"      last Stage-1 node   nodes N−1 … 0 (K2 steps each), then teacher
-=============  ==================  ==============================
+=================  ==================  ==============================================
+mode               fake score init     target
+=================  ==================  ==============================================
+"vanilla"          teacher             teacher (Diff-Instruct / DMD2 without GAN)
+"warm-critic"      last Stage-1 node   teacher
+"disback"          last Stage-1 node   nodes N−1 … 1 (K2 steps each), then teacher
+"delayed-teacher"  last Stage-1 node   node N for the same (N−1)·K2 steps, then teacher
+=================  ==================  ==============================================
 
 Every target switch loads its node with strict key matching after checking the file against
 the SHA-256 recorded by Stage 1, and refuses a switch that leaves the weights unchanged (the
@@ -73,7 +74,7 @@ LOG_FIELDS = ["step", "target_node", "loss_fake", "loss_gen", "mismatch", "grad_
 
 
 class DisBackTrainer(Stage1Recorder, RunLoop):
-    """Two-stage DisBack (or its vanilla / warm-critic baselines) on ``accelerate``.
+    """Two-stage DisBack (or its vanilla / warm-critic / delayed-teacher baselines) on ``accelerate``.
 
     ``teacher_unet``: a diffusers ``UNet2DModel`` (class-conditional with the null class last,
     or unconditional); ``scheduler_config``: its noise schedule (prediction_type included).

@@ -1,7 +1,7 @@
 """diffkit distill: DisBack one-step distillation of a teacher folder (resumable).
 
 ``diffkit distill --teacher assets/digits-unet --mode disback --output DIR`` records the
-Stage-1 path into ``<run-dir>/stage1`` (modes disback / warm-critic), trains the generator
+Stage-1 path into ``<run-dir>/stage1`` (modes disback / warm-critic / delayed-teacher), trains the generator
 (Stage 2) with checkpoints in ``<run-dir>/checkpoints`` and exports the EMA generator to
 ``DIR`` as a ``OneStepPipeline`` (``diffkit sample --model DIR`` then uses 1 evaluation).
 ``DIR`` holds only the pipeline (default ``runs/distill``); the run folder ``--run-dir``
@@ -30,7 +30,7 @@ from diffkit.distill.config import MODES, SPACINGS, WEIGHTINGS, DisBackConfig
 from diffkit.pipelines import load_pipeline
 
 NAME = "distill"
-HELP = "DisBack one-step distillation of a teacher (--teacher DIR --mode disback|vanilla|warm-critic --output DIR)"
+HELP = "DisBack one-step distillation of a teacher (--teacher DIR --mode disback|vanilla|warm-critic|delayed-teacher --output DIR)"
 DEMO_ORDER = 35
 
 
@@ -39,7 +39,8 @@ def add_arguments(p):
     p.add_argument("--teacher", required=True, help="teacher pipeline folder or asset name (e.g. assets/digits-unet)")
     p.add_argument("--mode", choices=MODES, default=d.mode,
                    help="disback: path targets; vanilla: fake from teacher, target teacher; warm-critic: fake from the "
-                        "last Stage-1 node, target teacher (default %(default)s)")
+                        "last Stage-1 node, target teacher; delayed-teacher: fake from the last node, target that node for "
+                        "DisBack's path phase, then the teacher (an experiment's control; default %(default)s)")
     add_output_arguments(p, command=NAME, what="folder of the exported one-step generator (a OneStepPipeline)",
                          run_what="checkpoints, Stage-1 path, logs, samples")
     p.add_argument("--stage1-dir", default=None,

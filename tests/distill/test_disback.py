@@ -153,6 +153,18 @@ def test_target_switches_load_the_recorded_nodes_strictly(teacher, shared_path, 
     assert [s["sha256"] for s in tr.switches] == [m.nodes[i]["sha256"] for i in (2, 1, 0)]
 
 
+def test_delayed_teacher_holds_the_last_node_for_the_path_phase(teacher, shared_path, tmp_path):
+    # N = 3 nodes, K2 = 2: DisBack walks nodes 2, 1 for 4 steps; the control holds node 3 (= the fake's init)
+    tr = trainer(teacher, tmp_path / "run", shared_path, mode="delayed-teacher", max_steps=6)
+    m = load_path_manifest(shared_path)
+    tr.fit(stop_at=0)
+    assert _equal_states(tr.fake_unwrapped.state_dict(), load_file(str(m.node_file(3))))
+    tr.fit()
+    assert [r["target_node"] for r in tr.log] == [3, 3, 3, 3, 0, 0]
+    assert [(s["step"], s["node"]) for s in tr.switches] == [(0, 3), (4, 0)]
+    assert [s["sha256"] for s in tr.switches] == [m.nodes[i]["sha256"] for i in (3, 0)]
+
+
 @pytest.mark.parametrize("mode", ["vanilla", "warm-critic"])
 def test_modes_differ_only_in_initialisation_and_target(teacher, shared_path, tmp_path, mode):
     tr = trainer(teacher, tmp_path / "run", shared_path if mode != "vanilla" else None, mode=mode, max_steps=1)

@@ -386,6 +386,26 @@ def print_table(summary, a) -> None:
         print(f"  not reached by both arms in any seed: {'; '.join(unreached)}")
 
 
+def markdown(summary, a) -> str:
+    """The README's table for this phase (every number is a value of the results JSON at this rounding)."""
+    def steps(v):
+        return ", ".join("–" if x is None else str(x) for x in v)
+
+    names = [k for k in summary["thresholds"] if "teacher" not in k]
+    cols = [s for s in (100, 200, 500) if s < a.max_steps]
+    head = (["arm"] + [f"FID @{s}" for s in cols] + [f"final @{a.max_steps}", "top-1"]
+            + [f"steps to {n}" for n in names])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm, e in summary["arms"].items():
+        at = {s: m for s, m in zip(e["steps"], e["fid_mean"])}
+        cells = [f"{at[s]:.3f}" for s in cols] + [f"{e['final_fid'][0]:.3f} ± {e['final_fid'][1]:.3f}",
+                                                   f"{e['top1_final'][0]:.3f}"]
+        cells += [steps([e["thresholds"][n]["steps"].get(s, e["thresholds"][n]["steps"].get(str(s)))
+                         for s in e["seeds"]]) for n in names]
+        lines.append(f"| {ARM_NAMES[arm]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(summary, a) -> None:
     import matplotlib
 
@@ -475,6 +495,7 @@ def main(argv=None):
     if a.json:
         write_results(out, a.json, script=__file__, argv=argv)
     print_table(summary, a)
+    print("\n" + markdown(summary, a))
     print(f"\nverdict: {summary['verdict']['verdict']}")
     print(f"paths accepted by the path check: {summary['paths_accepted']}")
     if missing:

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import save_results  # noqa: E402
+from _results import COMMAND_ENV, save_results  # noqa: E402
 
 from diffkit.assets import asset_path  # noqa: E402
 from diffkit.pipelines.discrete import load_text_pipeline  # noqa: E402
@@ -262,6 +262,9 @@ def main(argv=None):
     if bad or not args.parts:
         raise SystemExit(f"--parts must be letters of 'abcd', got {args.parts!r}")
     groups = _groups(args.parts, full=not args.quick and not args.json)
+    if not args.quick and not args.json and not os.environ.get(COMMAND_ENV):  # fail now, not after the run
+        raise SystemExit("a full run writes benchmarks/results/radd_text_*.json: run it as `diffkit bench radd_text "
+                         f"--parts {args.parts}` (or pass --json PATH)")
     torch.set_num_threads(args.threads)
     pipe = _pipe(args.model) if set(args.parts) & set("acd") else None
     fns = {"a": lambda: part_a(pipe, args.quick), "b": lambda: part_b(args.quick),

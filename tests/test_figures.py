@@ -438,3 +438,6 @@ def test_unmarked_figures_are_found(tmp_path):
     p = _doc(tmp_path, "# t\nFID-digits 0.073 here.\nWe use 50 steps and γ 0.5 by default.\n| a | 0.12 |\n"
                        "<!-- fig:x -->\nFID 0.073\n<!-- /fig -->\n```\nerror 0.5\n```\n")
     assert [i for i, _, _ in unmarked_measured_lines(p)] == [2, 4]
+    # arXiv identifiers are not figures; 'iteration' is not the measurement word 'ratio'
+    p = _doc(tmp_path, "Ou et al., arXiv 2406.03736, error bound.\nno iteration below γ ≈ 0.9\nratio 2.01× here\n")
+    assert [i for i, _, _ in unmarked_measured_lines(p)] == [3]

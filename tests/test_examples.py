@@ -8,6 +8,7 @@ fresh temporary folder."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -21,6 +22,16 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 def _number_after(text: str, marker: str) -> float:
     return float(text.split(marker)[1].split()[0].rstrip(";,"))
+
+
+def _fid_verdict_agrees(out: str) -> bool:
+    """disback_distill.py's closing line: its verdict says "improved" exactly when the generator's
+    FID-digits is below G⁰'s, and its ratio is the quotient of the two printed values."""
+    line = next(x for x in out.splitlines() if x.startswith("FID-digits (n = "))
+    m = re.search(r"generator (\S+) vs G⁰ (\S+) \(ratio (\S+)\)", line)
+    fid, g0, ratio = (float(v) for v in m.groups())
+    improved = "did NOT improve" not in line and "improved on G⁰" in line
+    return improved == (fid < g0) and abs(ratio - fid / g0) <= 0.006 + 0.01 * ratio
 
 
 @dataclass
@@ -40,8 +51,10 @@ EXAMPLES = {
     "bdia_exact_inversion.py": Example(["--steps", "6", "--output", "{out}"], prints=("round-trip relative error",),
                                        files=("edited.png",), env={"OMP_NUM_THREADS": "2"}),
     "disback_distill.py": Example(["--output", "{out}/onestep", "--max-steps", "2", "--stage1-steps", "2",
-                                   "--path-nodes", "2", "--steps-per-node", "1", "--batch-size", "4"],
-                                  prints=("NFE 1",), files=("onestep/samples.png", "onestep/model_index.json")),
+                                   "--path-nodes", "2", "--steps-per-node", "1", "--batch-size", "4", "--fid-n", "20"],
+                                  prints=("NFE 1", "FID-digits (n = 20, seed 0): generator "),
+                                  files=("onestep/samples.png", "onestep/model_index.json"),
+                                  check=lambda out: _fid_verdict_agrees(out), timeout=60),
     "edit_digit.py": Example(["--steps", "6", "--count", "2", "--output", "{out}/e.png"], prints=("3 -> 8",),
                              files=("e.png",)),
     "fid_folders.py": Example(["--n", "100", "--output", "{out}"], prints=("clean-fid", "torchmetrics"), timeout=180),

@@ -30,7 +30,8 @@ from diffkit.distill.config import MODES, SPACINGS, WEIGHTINGS, DisBackConfig
 from diffkit.pipelines import load_pipeline
 
 NAME = "distill"
-HELP = "DisBack one-step distillation of a teacher (--teacher DIR --mode disback|vanilla|warm-critic|delayed-teacher --output DIR)"
+HELP = ("DisBack one-step distillation of a teacher "
+        "(--teacher DIR --mode disback|vanilla|warm-critic|delayed-teacher --output DIR)")
 DEMO_ORDER = 35
 
 
@@ -38,9 +39,10 @@ def add_arguments(p):
     d = DisBackConfig()
     p.add_argument("--teacher", required=True, help="teacher pipeline folder or asset name (e.g. assets/digits-unet)")
     p.add_argument("--mode", choices=MODES, default=d.mode,
-                   help="disback: path targets; vanilla: fake from teacher, target teacher; warm-critic: fake from the "
-                        "last Stage-1 node, target teacher; delayed-teacher: fake from the last node, target that node for "
-                        "DisBack's path phase, then the teacher (an experiment's control; default %(default)s)")
+                   help="disback: path targets; vanilla: fake from teacher, target teacher; warm-critic: fake from "
+                        "the last Stage-1 node, target teacher; delayed-teacher: fake from the last node, target that "
+                        "node for DisBack's path phase, then the teacher (an experiment's control; default "
+                        "%(default)s)")
     add_output_arguments(p, command=NAME, what="folder of the exported one-step generator (a OneStepPipeline)",
                          run_what="checkpoints, Stage-1 path, logs, samples")
     p.add_argument("--stage1-dir", default=None,
@@ -58,8 +60,8 @@ def add_arguments(p):
                    help="even steps, or equal steps of DSM-loss progress on a fixed G⁰ batch (default %(default)s)")
     p.add_argument("--progress-candidates", type=int, default=d.progress_candidates,
                    help="snapshots per node to choose from with --path-spacing progress (default %(default)s)")
-    p.add_argument("--stage1-lr", type=float, default=None,
-                   help="Stage 1's learning rate (default: --lr-fake)")
+    p.add_argument("--stage1-lr", type=float, default=d.stage1_lr,
+                   help="Stage 1's learning rate (default %(default)s; 1e-4 recorded a degenerate path)")
     p.add_argument("--path-check", action="store_true",
                    help="after Stage 1, check that the path interpolates from the teacher to G⁰ (FID-digits of each "
                         "node's DDIM samples and its DSM loss; docs/methods/disback.md); a failed check warns")
@@ -84,7 +86,10 @@ def add_arguments(p):
     p.add_argument("--target-guidance", type=float, default=d.target_guidance)
     p.add_argument("--label-dropout", type=float, default=d.label_dropout)
     p.add_argument("--t-range", default=f"{d.t_range[0]},{d.t_range[1]}", help="lo,hi timesteps (default %(default)s)")
-    p.add_argument("--generator-timestep", type=int, default=None, help="default: the top trained timestep")
+    p.add_argument("--generator-timestep", type=int, default=d.generator_timestep,
+                   help="the generator's input timestep t_g (default %(default)s: on the digits teacher the pure-noise "
+                        "input of the top timestep 999 does not distil within the default budget; "
+                        "docs/methods/disback.md)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
@@ -93,6 +98,10 @@ def add_arguments(p):
                    help="FID-digits of the EMA generator every N steps (0: none; needs assets/digits-features)")
     p.add_argument("--eval-n", type=count_arg(1), default=1000,
                    help="images per FID-digits evaluation, a multiple of 10 (default %(default)s)")
+    p.add_argument("--no-final-fid", action="store_true",
+                   help="skip the closing FID-digits of the exported generator beside G⁰'s (a digits teacher only)")
+    p.add_argument("--final-fid-n", type=count_arg(1), default=500,
+                   help="images of the closing FID-digits, a multiple of 10 (default %(default)s, seed 0)")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
     p.add_argument("--cpu", action="store_true", help="force the CPU (gloo for several processes)")
     p.add_argument("--no-verify-teacher", action="store_true",
@@ -139,6 +148,7 @@ def run(args):
     if args.stage == "2" and cfg.needs_path and not args.stage1_dir:
         args.stage1_dir = str(run_dir / "stage1")  # must already exist
     evaluator = fid_digits_evaluator(n=args.eval_n) if args.eval_every else None
+    final_fid, final_note = _final_fid_evaluator(args, pipe)  # before training: a bad --final-fid-n fails now
     check = None
     if args.path_check or args.require_path:
         if not cfg.needs_path:
@@ -168,8 +178,60 @@ def run(args):
               f"fake loss {last.get('loss_fake', float('nan')):.4f}, "
               f"mismatch {last.get('mismatch', float('nan')):.4f}; {time.perf_counter() - t0:.0f} s this session); "
               f"wrote {output}; checkpoints in {run_dir}")
+        if final_fid is None:
+            print(f"final FID-digits: {final_note}")
+        else:
+            _report_final_fid(final_fid, pipe, output, trainer, args.final_fid_n)
     trainer.accelerator.wait_for_everyone()
     return 0
+
+
+def _final_fid_evaluator(args, pipe):
+    """The closing FID-digits evaluator (n = ``--final-fid-n``, seed 0, one step), or None and the reason."""
+    if args.no_final_fid:
+        return None, "skipped (--no-final-fid)"
+    if args.final_fid_n % 10:
+        raise ValueError(f"--final-fid-n: FID-digits draws a class-balanced set, a multiple of 10; "
+                         f"got {args.final_fid_n}")
+    from diffkit.conditioning import num_classes
+    from diffkit.metrics.evaluators import fid_digits_evaluator
+
+    cfg = pipe.unet.config
+    if num_classes(pipe.unet) != 10 or cfg.sample_size != 8 or cfg.in_channels != 1:
+        return None, "skipped (it needs a class-conditional 8×8 grey digits teacher such as digits-unet)"
+    try:
+        return fid_digits_evaluator(n=args.final_fid_n, seed=0, steps=1), None
+    except AssetError as e:  # the feature-net asset is optional
+        return None, f"skipped ({e})"
+
+
+def _report_final_fid(evaluate, teacher_pipe, output, trainer, n: int) -> dict:
+    """FID-digits of the exported generator beside G⁰'s (the teacher's x̂0 at the generator timestep; same n,
+    seed, labels), printed and stored as ``final_fid`` in the run summary."""
+    import json
+
+    from diffusers import DDIMScheduler
+
+    from diffkit.atomic import write_text_atomically
+    from diffkit.pipelines.one_step import OneStepPipeline
+
+    t_g = trainer.generator_timestep
+    g0 = OneStepPipeline(teacher_pipe.unet, DDIMScheduler.from_config(teacher_pipe.scheduler.config), t_g)
+    gen = load_pipeline(output).to(teacher_pipe.unet.device)
+    for p in (g0, gen):
+        p.set_progress_bar_config(disable=True)
+    r, r0 = evaluate(gen, trainer.step), evaluate(g0, 0)
+    ratio = r["fid"] / r0["fid"]
+    record = {"n": n, "seed": 0, "generator_timestep": t_g, "fid": r["fid"], "top1": r["top1"],
+              "g0_fid": r0["fid"], "g0_top1": r0["top1"], "ratio": ratio, "improved": r["fid"] < r0["fid"]}
+    verdict = "improved on G⁰" if record["improved"] else "did NOT improve on G⁰"
+    print(f"FID-digits (n = {n}, seed 0, one step): {r['fid']:.3f} (top-1 {r['top1']:.3f}) vs G⁰'s {r0['fid']:.3f} "
+          f"(the teacher's x̂0 at t_g = {t_g}, top-1 {r0['top1']:.3f}): ratio {ratio:.2f}, {verdict}")
+    path = trainer.run_dir / trainer.summary_file
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    summary["final_fid"] = record
+    write_text_atomically(path, json.dumps(summary, indent=1) + "\n")
+    return record
 
 
 def demo_step(ctx):

@@ -343,7 +343,7 @@ def test_export_loads_as_one_step_pipeline_and_samples_with_one_evaluation(teach
     assert out.nfe == 1
     z = randn_for_indices((1, 8, 8), range(10), 3)
     with torch.no_grad():
-        ref = OneStepGenerator(tr.ema_unet(), SCHEDULER)(z, torch.tensor(labels)).clamp(-1, 1)
+        ref = OneStepGenerator(tr.ema_unet(), SCHEDULER, 399)(z, torch.tensor(labels)).clamp(-1, 1)
     assert torch.equal(out.images, ref)
     assert not _equal_states(tr.ema_unet().state_dict(), teacher.state_dict())  # it did train
     with pytest.raises(ValueError, match="guidance_scale"):
@@ -357,6 +357,7 @@ def test_export_loads_as_one_step_pipeline_and_samples_with_one_evaluation(teach
     assert "gen is a one-step generator (OneStepPipeline)" in capsys.readouterr().err
     facts = json.loads((tmp_path / "gen" / "distill.json").read_text())
     assert facts["generator_steps"] == 1 and facts["config"]["mode"] == "vanilla"
+    assert facts["generator_timestep"] == tr.generator_timestep == 399   # the default (docs/methods/disback.md)
     assert (tmp_path / "run" / "samples" / "step-0000001.png").exists()
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["step"] == 1
 
@@ -377,8 +378,9 @@ def test_readme_distill_then_sample_commands_run_as_written(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     (tmp_path / "assets").symlink_to(ROOT / "assets")  # as in the repository root (the teacher is only read)
     tiny = ["--batch-size", "4", "--stage1-steps", "2", "--path-nodes", "2", "--steps-per-node", "1",
-            "--stage1-eval-samples", "8", "--sample-every", "0", "--cpu", "--no-progress"]
+            "--stage1-eval-samples", "8", "--sample-every", "0", "--cpu", "--no-progress", "--final-fid-n", "20"]
     assert main(distill[1:] + tiny + ["--max-steps", "1"]) == 0
+    assert "FID-digits (n = 20, seed 0, one step): " in capsys.readouterr().out   # beside G⁰'s, as the README says
     assert main(sample[1:]) == 0, capsys.readouterr().err
     assert "NFE 1" in capsys.readouterr().out
     out = Path(distill[distill.index("--output") + 1])

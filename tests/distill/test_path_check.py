@@ -87,8 +87,9 @@ def test_bad_input_names_the_argument():
 
 
 # ---------------------------------------------------------------------------- Stage-1 schedule
-def test_stage1_lr_defaults_to_lr_fake_and_is_recorded():
-    assert DisBackConfig(lr_fake=3e-4).stage1_learning_rate == 3e-4
+def test_stage1_lr_default_falls_back_to_lr_fake_and_is_recorded():
+    assert DisBackConfig(lr_fake=3e-4).stage1_learning_rate == 1e-5   # the default: the path that passed the check
+    assert DisBackConfig(lr_fake=3e-4, stage1_lr=None).stage1_learning_rate == 3e-4
     assert DisBackConfig(lr_fake=3e-4, stage1_lr=1e-5).stage1_learning_rate == 1e-5
     with pytest.raises(ValueError, match="stage1_lr"):
         DisBackConfig(stage1_lr=0.0)

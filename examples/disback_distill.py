@@ -14,14 +14,12 @@ G⁰'s (n = 500, seed 0, one step) and says whether it improved on G⁰.
 import argparse
 from pathlib import Path
 
-from diffusers import DDIMScheduler
 
 from diffkit.distill.config import MODES
 from diffkit.distill.disback import DisBackConfig, DisBackTrainer
 from diffkit.images import save_grid
-from diffkit.metrics.evaluators import fid_digits_evaluator
+from diffkit.metrics.evaluators import compare_with_initial, fid_digits_evaluator
 from diffkit.pipelines import load_pipeline
-from diffkit.pipelines.one_step import OneStepPipeline
 from diffkit.run_state import latest_checkpoint
 
 
@@ -63,12 +61,10 @@ def main():
     print(f"wrote {args.output} (one-step generator, NFE {out.nfe}) and {grid}")
 
     # G⁰: the teacher's own one-step x̂0 at the generator timestep, where the training started
-    g0 = OneStepPipeline(teacher.unet, DDIMScheduler.from_config(teacher.scheduler.config), trainer.generator_timestep)
-    g0.set_progress_bar_config(disable=True)
-    r, r0 = evaluate(pipe, trainer.step), evaluate(g0, 0)
-    verdict = "improved on G⁰" if r["fid"] < r0["fid"] else "did NOT improve on G⁰ (train longer)"
-    print(f"FID-digits (n = {args.fid_n}, seed 0): generator {r['fid']:.3f} vs G⁰ {r0['fid']:.3f} "
-          f"(ratio {r['fid'] / r0['fid']:.2f}): {verdict}")
+    c = compare_with_initial(evaluate, pipe, teacher, trainer.generator_timestep, trainer.step)
+    verdict = "improved on G⁰" if c["improved"] else "did NOT improve on G⁰ (train longer)"
+    print(f"FID-digits (n = {args.fid_n}, seed 0): generator {c['fid']:.3f} vs G⁰ {c['g0_fid']:.3f} "
+          f"(ratio {c['ratio']:.2f}): {verdict}")
 
 
 if __name__ == "__main__":

@@ -210,20 +210,15 @@ def _report_final_fid(evaluate, teacher_pipe, output, trainer, n: int) -> dict:
     seed, labels), printed and stored as ``final_fid`` in the run summary."""
     import json
 
-    from diffusers import DDIMScheduler
-
     from diffkit.atomic import write_text_atomically
-    from diffkit.pipelines.one_step import OneStepPipeline
+    from diffkit.metrics.evaluators import compare_with_initial
 
     t_g = trainer.generator_timestep
-    g0 = OneStepPipeline(teacher_pipe.unet, DDIMScheduler.from_config(teacher_pipe.scheduler.config), t_g)
     gen = load_pipeline(output).to(teacher_pipe.unet.device)
-    for p in (g0, gen):
-        p.set_progress_bar_config(disable=True)
-    r, r0 = evaluate(gen, trainer.step), evaluate(g0, 0)
-    ratio = r["fid"] / r0["fid"]
-    record = {"n": n, "seed": 0, "generator_timestep": t_g, "fid": r["fid"], "top1": r["top1"],
-              "g0_fid": r0["fid"], "g0_top1": r0["top1"], "ratio": ratio, "improved": r["fid"] < r0["fid"]}
+    record = {"seed": 0, **compare_with_initial(evaluate, gen, teacher_pipe, t_g, trainer.step), "n": n}
+    r = {"fid": record["fid"], "top1": record["top1"]}
+    r0 = {"fid": record["g0_fid"], "top1": record["g0_top1"]}
+    ratio = record["ratio"]
     verdict = "improved on G⁰" if record["improved"] else "did NOT improve on G⁰"
     print(f"FID-digits (n = {n}, seed 0, one step): {r['fid']:.3f} (top-1 {r['top1']:.3f}) vs G⁰'s {r0['fid']:.3f} "
           f"(the teacher's x̂0 at t_g = {t_g}, top-1 {r0['top1']:.3f}): ratio {ratio:.2f}, {verdict}")

@@ -11,8 +11,9 @@ from typing import Callable
 
 from diffkit.metrics.digits import balanced_labels, fid_digits, load_reference_stats, sample_digits, top1_accuracy
 from diffkit.models.digits_features import load_feature_net
+from diffkit.pipelines.one_step import OneStepPipeline
 
-__all__ = ["fid_digits_evaluator"]
+__all__ = ["fid_digits_evaluator", "compare_with_initial"]
 
 
 def fid_digits_evaluator(n: int = 1000, seed: int = 0, steps: int = 1) -> Callable:
@@ -32,3 +33,15 @@ def fid_digits_evaluator(n: int = 1000, seed: int = 0, steps: int = 1) -> Callab
         return {"fid": float(r.fid), "kid": float(r.kid), "top1": top1_accuracy(images, labels, net), "n": n}
 
     return evaluate
+
+
+def compare_with_initial(evaluate: Callable, generator_pipe, teacher_pipe, generator_timestep: int, step: int) -> dict:
+    """``evaluate`` (e.g. :func:`fid_digits_evaluator`) on a distilled one-step generator and on G⁰, the
+    generator it started from (:meth:`OneStepPipeline.initial`: the teacher's x̂0 at the same timestep),
+    with the same samples' noise and labels: ``{"fid", "top1", "g0_fid", "g0_top1", "ratio", "improved"}``."""
+    g0 = OneStepPipeline.initial(teacher_pipe, generator_timestep)
+    for p in (g0, generator_pipe):
+        p.set_progress_bar_config(disable=True)
+    r, r0 = evaluate(generator_pipe, step), evaluate(g0, 0)
+    return {"n": r.get("n"), "generator_timestep": int(generator_timestep), "fid": r["fid"], "top1": r["top1"],
+            "g0_fid": r0["fid"], "g0_top1": r0["top1"], "ratio": r["fid"] / r0["fid"], "improved": r["fid"] < r0["fid"]}

@@ -41,7 +41,6 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
 
 from diffkit.metrics.digits import balanced_labels, digits_features, load_reference_stats, sample_digits
 from diffkit.metrics.frechet import feature_stats, frechet_distance
@@ -161,8 +160,7 @@ def evaluate_path(manifest, teacher_pipe, generator_timestep: Optional[int] = No
     reference = load_reference_stats() if reference is None else reference
     labels = balanced_labels(n)
     device = teacher_pipe.unet.device
-    g0 = OneStepPipeline(teacher_pipe.unet, DDIMScheduler.from_config(teacher_pipe.scheduler.config),
-                         int(generator_timestep))
+    g0 = OneStepPipeline.initial(teacher_pipe, int(generator_timestep))
     g0.set_progress_bar_config(disable=True)
     g0_ref = _stats(sample_digits(g0, labels, seed=seed + 1, steps=1), features)
     g0_other = _stats(sample_digits(g0, labels, seed=seed + 2, steps=1), features)

@@ -58,6 +58,14 @@ class OneStepPipeline(UmaskSaveMixin, LocalFolderPipelineMixin, DiffusionPipelin
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(generator_timestep=generator_timestep)
 
+    @classmethod
+    def initial(cls, teacher_pipe, generator_timestep: Optional[int] = None) -> "OneStepPipeline":
+        """G⁰, the generator distillation starts from: the teacher's own one-step x̂0 at
+        ``generator_timestep`` (shares the teacher's UNet; a DDIM scheduler built from its config)."""
+        from diffusers import DDIMScheduler
+
+        return cls(teacher_pipe.unet, DDIMScheduler.from_config(teacher_pipe.scheduler.config), generator_timestep)
+
     @property
     def num_classes(self) -> int:
         return num_classes(self.unet)

@@ -68,6 +68,7 @@ __all__ = [
     "check_gamma_mode",
     "warn_inversion_gamma",
     "ddim_map",
+    "x0_from_eps_",
     "bdia_step",
     "bdia_inverse_step",
     "bdia_coefficients",
@@ -177,8 +178,21 @@ def _x0(z: torch.Tensor, eps: torch.Tensor, alpha_cumprod: Level, x0: Optional[t
     return to_eps_x0(eps, z, _sqrt(alpha_cumprod, z), _sqrt(alpha_cumprod, z, complement=True), "epsilon")[1]
 
 
-def _scalar_levels(*levels) -> bool:
-    return not any(isinstance(v, torch.Tensor) for v in levels)
+def x0_from_eps_(out: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, alpha: Level, std: Level) -> torch.Tensor:
+    """In-place form of x̂0 = (z − √(1-ᾱ)·ε)/√ᾱ (the ε-prediction branch of
+    :func:`diffkit.denoisers.to_eps_x0`, Song et al. 2021 eq. 12): the same three kernels in the same
+    order, so the same roundings bit for bit, written into ``out`` instead of two new temporaries.
+
+    ``alpha``, ``std``: √ᾱ and √(1-ᾱ) (Python floats or 0-d tensors). ``out`` must not alias
+    ``z`` or ``eps``; returns ``out``.
+    """
+    torch.mul(eps, std, out=out)
+    torch.sub(z, out, out=out)
+    return out.div_(alpha)
+
+
+def _scalar_levels(level_a: Level, level_b: Level) -> bool:
+    return not (isinstance(level_a, torch.Tensor) or isinstance(level_b, torch.Tensor))
 
 
 def bdia_step(z_next: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, alpha_cumprod_next: Level,

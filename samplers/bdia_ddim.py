@@ -74,8 +74,8 @@ from diffusers.utils import BaseOutput
 
 from diffkit.denoisers import to_eps_x0
 from diffkit.numerics import FiniteWatch
-from diffkit.samplers.bdia import (bdia_inverse_step, bdia_step, check_gamma, ddim_map, warn_inversion_gamma,
-                                   x0_from_eps_)
+from diffkit.samplers.bdia import (bdia_combine, bdia_inverse_step, bdia_weights, check_gamma, ddim_map,
+                                   warn_inversion_gamma, x0_from_eps_)
 from diffkit.samplers.grid_cursor import GridCursor
 from diffkit.schedules import VPSchedule, check_diffusion_config
 
@@ -157,6 +157,7 @@ class BDIADDIMScheduler(DDIMScheduler):
         self._ac = self._levels.alphas_cumprod.tolist() + [float(self._levels.final_alpha_cumprod)]
         self._device_levels: dict = {}  # device -> (√ᾱ, √(1-ᾱ)) per level as 0-d float64 tensors, uploaded once
         self._work: Optional[tuple] = None  # float64 (ε, x̂0) buffers reused by every step of a shape/device
+        self._weights: dict = {}  # (t_{i+1}, t_{i-1}) -> bdia_weights of the step between (γ is fixed)
         self._begin_index: Optional[int] = None
         self._grid = self.timesteps.clone()
         self._set_cursor()
@@ -399,14 +400,19 @@ class BDIADDIMScheduler(DDIMScheduler):
         tracks_grad = self._tracks_grad(model_output, z, self._z_next)
         eps, x0 = self._eps_x0(model_output, t, z, use_clipped_model_output, tracks_grad)
         x0_out = self._hand_out(x0, sample.dtype)  # float64: never the workspace (or the model's output)
-        ac_prev = self._alpha_cumprod(self._target(t))
+        t_prev = self._target(t)
+        ac_prev = self._alpha_cumprod(t_prev)
         if self._z_next is None:  # first step: no z_{i+1} yet -> plain DDIM
             z_prev = ddim_map(x0, eps, ac_prev)
         else:
-            # into z_{i+1}'s buffer (ours, no longer needed): no new float64 state per step
+            # bdia_step's update with its weights computed once per pair of levels, written into
+            # z_{i+1}'s buffer (ours, no longer needed): no new float64 state per step
             reuse = not (tracks_grad or self._tracks_grad(eps, x0))
-            z_prev = bdia_step(self._z_next, z, eps, self._alpha_cumprod(self._t_next), self._alpha_cumprod(t),
-                               ac_prev, gamma, x0=x0, out=self._z_next if reuse else None)
+            key = (self._t_next, t_prev)  # the two levels the weights depend on
+            w = self._weights.get(key)
+            if w is None:
+                w = self._weights[key] = bdia_weights(self._alpha_cumprod(self._t_next), ac_prev, gamma)
+            z_prev = bdia_combine(self._z_next, x0, eps, w, out=self._z_next if reuse else None)
         self._z_next, self._t_next = z, t
 
         # the returned latents are a normal tensor even under torch.inference_mode, so that its

@@ -11,7 +11,8 @@ import torch
 from diffkit.denoisers import EpsModel, to_eps_x0
 from diffkit.samplers import edm, inversion
 from diffkit.samplers.bdia import (GAMMA_WARN_BELOW, InversionWarning, bdia_coefficients, bdia_inverse_step,
-                                   bdia_step, check_gamma, ddim_map, x0_from_eps_)
+                                   bdia_combine, bdia_step, bdia_weights, check_gamma, ddim_map,
+                                   x0_from_eps_)
 from diffkit.samplers.bdia_ddim import BDIADDIMScheduler
 from diffkit.samplers.bdia_edm import BDIAEDMScheduler
 from diffkit.schedules import VPSchedule
@@ -69,6 +70,19 @@ def test_in_place_x0_equals_the_reference_form_bit_for_bit(numel):
             out = torch.full_like(z, float("nan"))
             assert x0_from_eps_(out, z, eps, alpha, std) is out
             assert torch.equal(_bits(out), _bits(ref)), (ac, (out - ref).abs().max())
+
+
+def test_combine_in_place_equals_the_new_tensor_form_and_the_weights_are_the_d_maps():
+    z_next, x0, eps = _rand(3, 2, 4, 8, 8, seed=9).unbind(0)
+    w = bdia_weights(0.2, 0.45, 0.9)
+    # the weights are the coefficients of the two D-maps (exact in floating point for these checks)
+    assert w[0] == 0.9 and w[1] == math.sqrt(0.45) - 0.9 * math.sqrt(0.2)
+    assert w[2] == math.sqrt(1 - 0.45) - 0.9 * math.sqrt(1 - 0.2)
+    fresh = bdia_combine(z_next, x0, eps, w)
+    buf = z_next.clone()
+    assert bdia_combine(buf, x0, eps, w, out=buf) is buf and torch.equal(_bits(buf), _bits(fresh))
+    spelled = 0.9 * (z_next - ddim_map(x0, eps, 0.2)) + ddim_map(x0, eps, 0.45)
+    torch.testing.assert_close(fresh, spelled, rtol=1e-13, atol=1e-13)
 
 
 def test_gamma_zero_is_ddim():

@@ -232,6 +232,26 @@ def test_first_step_is_ddim_then_bdia_with_grid_neighbours():
     assert s.step_index == 10
 
 
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_steady_steps_equal_bdia_step_bit_for_bit_across_grids(spacing):
+    # the step combines with weights computed once per pair of levels (kept across set_timesteps):
+    # every step of loops on different grids must equal bdia_step on the same inputs, bit for bit
+    s = BDIADDIMScheduler(**dict(SD, timestep_spacing=spacing), gamma=0.8)
+    T = s.config.num_train_timesteps
+    for n in (10, 7, 10, 25):
+        s.set_timesteps(n)
+        ts = s.timesteps.tolist()
+        states = [sample_(n, torch.float64)]
+        for k, t in enumerate(ts):
+            eps = model(states[-1], t)
+            states.append(s.step(eps, t, states[-1]).prev_sample)
+            if k:
+                ac = [float(s.alphas_cumprod[v]) if v >= 0 else float(s.final_alpha_cumprod)
+                      for v in (ts[k - 1], t, t - T // n)]
+                expect = bdia_step(states[-3], states[-2], eps, *ac, 0.8)
+                assert torch.equal(bits(states[-1]), bits(expect)), (spacing, n, k)
+
+
 def test_scheduler_inverse_step_recovers_the_trajectory():
     s = BDIADDIMScheduler(**SD, gamma=0.94)
     s.set_timesteps(25)

@@ -158,6 +158,7 @@ class BDIADDIMScheduler(DDIMScheduler):
         self._device_levels: dict = {}  # device -> (√ᾱ, √(1-ᾱ)) per level as 0-d float64 tensors, uploaded once
         self._work: Optional[tuple] = None  # float64 (ε, x̂0) buffers reused by every step of a shape/device
         self._weights: dict = {}  # (t_{i+1}, t_{i-1}) -> bdia_weights of the step between (γ is fixed)
+        self._eps_prediction = prediction_type == "epsilon"  # the config is frozen: read once, not every step
         self._begin_index: Optional[int] = None
         self._grid = self.timesteps.clone()
         self._set_cursor()
@@ -305,12 +306,12 @@ class BDIADDIMScheduler(DDIMScheduler):
         z = sample.to(torch.float64)
         return z.clone() if z is sample else z
 
-    def _workspace(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _workspace(self, z: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Two float64 buffers shaped like z (ε and x̂0 of one step), allocated once per shape and
         device: a step writes into them instead of allocating (and page-faulting) new temporaries.
         Their contents live only until the next step; nothing handed out aliases them."""
         w = self._work
-        if w is None or w[0].shape != z.shape or w[0].device != z.device:
+        if w is None or w[0].shape != z.shape or w[0].device != device:
             w = self._work = (torch.empty_like(z, dtype=torch.float64), torch.empty_like(z, dtype=torch.float64))
         return w
 
@@ -335,10 +336,9 @@ class BDIADDIMScheduler(DDIMScheduler):
         self._alpha_cumprod(t)  # range check
         device = z.device
         a, s = self._level_tensors(t, device)
-        in_place = (self.config.prediction_type == "epsilon" and model_output.shape == z.shape
-                    and not tracks_grad)
+        in_place = self._eps_prediction and not tracks_grad and model_output.shape == z.shape
         if in_place:
-            eps, x0 = self._workspace(z)
+            eps, x0 = self._workspace(z, device)
             if model_output.dtype == torch.float64 and model_output.device == device:
                 eps = model_output
             else:

@@ -34,8 +34,9 @@ Tables:
 Timing: the step and loop tables time this thread's CPU time (``time.thread_time``), so that on a
 shared machine a run waiting for a core is not counted as work; the loop table also records wall
 time. The machine's load average is recorded before and after each table (``load``). Full size measured with
-1 torch thread on the 2-core machine: about 25 s idle (load average < 1), 3.4 min under a load
-average of ~14 (``wall_time_s`` in the JSON).
+1 torch thread on the 2-core machine: about 25 s idle (load average < 1), 27 s with ``--rounds 31`` under
+a load average of ~7, 3.4 min under ~14 (``wall_time_s`` in the JSON). On a loaded machine take more
+rounds (``--rounds``) rather than fewer: the ratios are medians of side-by-side timings.
 """
 
 from __future__ import annotations
@@ -228,7 +229,8 @@ def bench_step(device, sizes, rounds, calls, fused=True):
                "bdia_over_floor_fused": med["bdia"] / med["floor_fused"] if "floor_fused" in med else None,
                "goal_bdia_over_floor_fused": STEP_GOAL}
         row["meets_goal"] = None if row["bdia_over_floor_fused"] is None else row["bdia_over_floor_fused"] <= STEP_GOAL
-        row["iqr_us"] = {k: quantiles(v)["iqr"] for k, v in times.items()}
+        names = ("ddim", "bdia", "floor_eager", "floor_eager_exact", "floor_fused")  # the same keys with --quick
+        row["iqr_us"] = {k: quantiles(times[k])["iqr"] if k in times else None for k in names}
         rows.append(row)
         print(f"  {tuple(shape)}: " + ", ".join(f"{k} {v:.1f} µs" for k, v in med.items()), flush=True)
     return rows

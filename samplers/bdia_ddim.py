@@ -463,7 +463,8 @@ class BDIADDIMScheduler(DDIMScheduler):
             next_timestep = grid[grid.index(t) - 1]
         t_next = int(next_timestep.detach().cpu()) if isinstance(next_timestep, torch.Tensor) else int(next_timestep)
         z = sample.to(torch.float64)
-        eps, x0 = self._eps_x0(model_output, t, z, use_clipped_model_output)
+        # not in the step's workspace: what inverse_step returns must survive later steps
+        eps, x0 = self._eps_x0(model_output, t, z, use_clipped_model_output, tracks_grad=True)
         z_next = bdia_inverse_step(prev_sample.to(torch.float64), z, eps, self._alpha_cumprod(t_next),
                                    self._alpha_cumprod(t), self._alpha_cumprod(self._target(t)), gamma, x0=x0)
         out, x0_out = z_next.to(sample.dtype), x0.to(sample.dtype)

@@ -268,6 +268,21 @@ def test_scheduler_inverse_step_recovers_the_trajectory():
         s.inverse_step(model(z[0], ts[0]), ts[0], z[0], z[1])
 
 
+def test_inverse_step_outputs_survive_later_steps():
+    # float64 latents: inverse_step's x̂0 must be its own tensor, not a buffer a later step overwrites
+    s = BDIADDIMScheduler(**SD, gamma=0.94)
+    s.set_timesteps(10)
+    ts = s.timesteps.tolist()
+    z = [sample_(5, torch.float64)]
+    for t in ts[:3]:
+        z.append(s.step(model(z[-1], t), t, z[-1]).prev_sample)
+    inv = s.inverse_step(model(z[2], ts[2]), ts[2], z[2], z[3])
+    kept = [inv.next_sample.clone(), inv.pred_original_sample.clone()]
+    for t in ts[3:6]:
+        z.append(s.step(model(z[-1], t), t, z[-1]).prev_sample)
+    assert torch.equal(inv.next_sample, kept[0]) and torch.equal(inv.pred_original_sample, kept[1])
+
+
 def test_float64_shadow_makes_low_precision_latents_follow_the_float64_run():
     # the pipeline hands back the tensor it got: the recurrence continues from the float64
     # shadow, so float32 latents are exactly the float64 run cast (the model sees the same input)

@@ -14,6 +14,13 @@ Tables:
      latents and x̂0 it hands back. The goal is ``step`` ≤ 1.5× this floor at every shape.
    * ``floor_eager``: the same reads and writes in the fewest eager kernels (4: an eager kernel
      reads at most two tensors, and each float32 output is its own cast), for scale.
+   * ``floor_eager_exact``: the step's own arithmetic, rounding for rounding (so the same output
+     bits), in the fewest eager kernels, into preallocated buffers, with no Python around them:
+     the finite-check sum, the cast of ε to float64, ×√(1-ᾱ), −, ÷√ᾱ, ×γ, two scaled adds (each a
+     fused multiply-add in eager PyTorch) and the two casts out -- 10 kernels, one per rounding or
+     cast. ``step`` / this floor is what the step spends around its kernels; this floor / the
+     fused one is what fusing would save, which eager kernels cannot do without changing the
+     roundings (and so the outputs).
    DDIM's step is reported beside them (it moves float32 only, fewer bytes than BDIA must).
 2. The denoising loop (``set_timesteps``, ``scale_model_input``, model, ``step``, as a pipeline
    runs it) with a stand-in model: a stack of 3×3 convolutions on the (1, 4, 64, 64) latent,
@@ -27,8 +34,9 @@ Tables:
 Timing: the step and loop tables time this thread's CPU time (``time.thread_time``), so that on a
 shared machine a run waiting for a core is not counted as work; the loop table also records wall
 time. The machine's load average is recorded before and after each table (``load``). Full size measured with
-1 torch thread on the 2-core machine: about 25 s idle (load average < 1), 3.4 min under a load
-average of ~14 (``wall_time_s`` in the JSON).
+1 torch thread on the 2-core machine: about 25 s idle (load average < 1), 27 s with ``--rounds 31`` under
+a load average of ~7, 3.4 min under ~14 (``wall_time_s`` in the JSON). On a loaded machine take more
+rounds (``--rounds``) rather than fewer: the ratios are medians of side-by-side timings.
 """
 
 from __future__ import annotations
@@ -103,6 +111,46 @@ def _floor_eager(eps, z, z_next, gamma, c_x0, c_eps, s, a):
     return z_prev, z_prev.to(torch.float32), z.to(torch.float32)
 
 
+def _floor_eager_exact(eps, z, z_next, gamma, c_x0, c_eps, s, a, work):
+    """The step's own kernels, rounding for rounding: reads ε (float32), z_i, z_{i+1} (float64);
+    writes z_{i-1} into z_{i+1}'s buffer and the float32 latents and x̂0. ``work``: two float64
+    buffers (ε and x̂0). ``gamma``, ``c_x0``, ``c_eps``: Python floats, as the step passes them."""
+    e, x0 = work
+    math.isfinite(eps.sum())  # the finite check (one reduction, read on the host)
+    e.copy_(eps)
+    torch.mul(e, s, out=x0)
+    torch.sub(z, x0, out=x0)
+    x0.div_(a)
+    x0_out = x0.to(torch.float32)
+    z_prev = torch.mul(z_next, gamma, out=z_next)
+    z_prev.add_(x0, alpha=c_x0)
+    z_prev.add_(e, alpha=c_eps)
+    return z_prev, z_prev.to(torch.float32), x0_out
+
+
+def exact_floor_matches_step(shape=(2, 4, 16, 16)) -> bool:
+    """Whether ``_floor_eager_exact`` computes what the step computes: fed a steady-state step's
+    inputs (float64 latents, so that the state is what ``step`` hands back), its three outputs
+    equal the step's bit for bit."""
+    sched = BDIADDIMScheduler.from_config(tiny_ddim_scheduler().config, gamma=GAMMA)
+    sched.set_timesteps(10)
+    ts = sched.timesteps
+    g = torch.Generator().manual_seed(1)
+    outs = [torch.randn(*shape, generator=g) for _ in range(3)]
+    states = [torch.randn(*shape, generator=g, dtype=torch.float64)]
+    for k in range(2):
+        states.append(sched.step(outs[k], ts[k], states[-1]).prev_sample)
+    ac_n, ac, ac_p = (float(sched.alphas_cumprod[int(t)]) for t in ts[1:4])
+    a_n, s_n, a_p, s_p = math.sqrt(ac_n), math.sqrt(1 - ac_n), math.sqrt(ac_p), math.sqrt(1 - ac_p)
+    level = [torch.tensor(math.sqrt(v), dtype=torch.float64) for v in (1 - ac, ac)]
+    work = [torch.empty_like(states[0]) for _ in range(2)]
+    got = _floor_eager_exact(outs[2], states[2], states[1].clone(), GAMMA, a_p - GAMMA * a_n, s_p - GAMMA * s_n,
+                             *level, work)
+    ref = sched.step(outs[2], ts[2], states[2])
+    want = (ref.prev_sample, ref.prev_sample.float(), ref.pred_original_sample.float())
+    return all(a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(got, want))
+
+
 def _compiled_floor():
     try:
         fn = torch.compile(_floor_pass, dynamic=False)
@@ -147,9 +195,18 @@ def bench_step(device, sizes, rounds, calls, fused=True):
         z, z_next = (torch.randn(*shape, generator=g, dtype=torch.float64).to(device) for _ in range(2))
         scalars = [torch.tensor(v, dtype=torch.float64, device=device) for v in (GAMMA, 0.3, 0.2, 0.6, 0.8)]
         ddim, bdia = DDIMScheduler.from_config(cfg), BDIADDIMScheduler.from_config(cfg, gamma=GAMMA)
+        # the exact floor writes its state in place: its own copies, reset before every timing
+        own = [torch.empty_like(z) for _ in range(4)]
+        exact_args = [GAMMA, 0.3, 0.2, *scalars[3:], own[2:]]
+
+        def exact():
+            own[0].copy_(z), own[1].copy_(z_next)
+            return _time_floor(_floor_eager_exact, eps, own[0], own[1], exact_args, calls, device)
+
         timers = {"ddim": lambda: _time_steps(ddim, eps, x, calls, device),
                   "bdia": lambda: _time_steps(bdia, eps, x, calls, device),
-                  "floor_eager": lambda: _time_floor(_floor_eager, eps, z, z_next, scalars, calls, device)}
+                  "floor_eager": lambda: _time_floor(_floor_eager, eps, z, z_next, scalars, calls, device),
+                  "floor_eager_exact": exact}
         if floor is not None:
             floor(eps, z, z_next, *scalars)  # compile for this shape outside the timing
             timers["floor_fused"] = lambda: _time_floor(floor, eps, z, z_next, scalars, calls, device)
@@ -162,14 +219,18 @@ def bench_step(device, sizes, rounds, calls, fused=True):
                 times[k].append(timers[k]())
         med = {k: statistics.median(v) for k, v in times.items()}
         row = {"shape": list(shape), "rounds": rounds, "calls_per_round": calls,
-               **{f"{k}_us": med[k] for k in ("ddim", "bdia", "floor_eager")},
+               **{f"{k}_us": med[k] for k in ("ddim", "bdia", "floor_eager", "floor_eager_exact")},
                "floor_fused_us": med.get("floor_fused"),
                "bdia_over_ddim": med["bdia"] / med["ddim"],
                "bdia_over_floor_eager": med["bdia"] / med["floor_eager"],
+               "bdia_over_floor_eager_exact": med["bdia"] / med["floor_eager_exact"],
+               "floor_eager_exact_over_floor_fused": (med["floor_eager_exact"] / med["floor_fused"]
+                                                      if "floor_fused" in med else None),
                "bdia_over_floor_fused": med["bdia"] / med["floor_fused"] if "floor_fused" in med else None,
                "goal_bdia_over_floor_fused": STEP_GOAL}
         row["meets_goal"] = None if row["bdia_over_floor_fused"] is None else row["bdia_over_floor_fused"] <= STEP_GOAL
-        row["iqr_us"] = {k: quantiles(v)["iqr"] for k, v in times.items()}
+        names = ("ddim", "bdia", "floor_eager", "floor_eager_exact", "floor_fused")  # the same keys with --quick
+        row["iqr_us"] = {k: quantiles(times[k])["iqr"] if k in times else None for k in names}
         rows.append(row)
         print(f"  {tuple(shape)}: " + ", ".join(f"{k} {v:.1f} µs" for k, v in med.items()), flush=True)
     return rows
@@ -295,6 +356,11 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="small sizes and few repetitions (CI)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved rounds per shape of the step table (default 15, 5 with --quick); more "
+                        "rounds steady the medians on a loaded machine")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="interleaved DDIM/BDIA loop pairs (default 15, 3 with --quick)")
     p.add_argument("--no-fused-floor", action="store_true", help="skip the torch.compile floor (always with --quick)")
     p.add_argument("--json", default=None, help="results file (default: benchmarks/results/bdia_overhead.json "
                    "for a full run, none for --quick)")
@@ -308,19 +374,23 @@ def main(argv=None):
 
     sizes = [(1, 4, 64, 64)] if args.quick else [(1, 4, 64, 64), (4, 4, 64, 64), (1, 4, 128, 128)]
     print(f"## scheduler.step vs its floor, µs per call ({args.device}; model output precomputed)")
-    res["step"] = bench_step(args.device, sizes, rounds=5 if args.quick else 15, calls=10 if args.quick else 20,
+    rounds = args.rounds or (5 if args.quick else 15)
+    res["exact_floor_matches_step"] = exact_floor_matches_step()
+    res["step"] = bench_step(args.device, sizes, rounds=rounds, calls=10 if args.quick else 20,
                              fused=not (args.quick or args.no_fused_floor))
     res["load"]["after_step"] = load()
-    print("\n| latent shape | DDIM | BDIA γ=0.94 | floor (fused) | floor (eager) | BDIA/floor (fused) | BDIA/DDIM |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| latent shape | DDIM | BDIA γ=0.94 | floor (fused) | floor (eager) | floor (eager, exact) "
+          "| BDIA/floor (fused) | BDIA/floor (eager, exact) | BDIA/DDIM |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in res["step"]:
         ff = "—" if r["floor_fused_us"] is None else f"{r['floor_fused_us']:.1f}"
         rf = "—" if r["bdia_over_floor_fused"] is None else f"{r['bdia_over_floor_fused']:.2f}"
         print(f"| {tuple(r['shape'])} | {r['ddim_us']:.1f} | {r['bdia_us']:.1f} | {ff} | {r['floor_eager_us']:.1f} "
-              f"| {rf} | {r['bdia_over_ddim']:.2f} |")
+              f"| {r['floor_eager_exact_us']:.1f} | {rf} | {r['bdia_over_floor_eager_exact']:.2f} "
+              f"| {r['bdia_over_ddim']:.2f} |")
 
     if args.device == "cpu":
-        lp = bench_loop(steps=5 if args.quick else 20, repeats=3 if args.quick else 15)
+        lp = bench_loop(steps=5 if args.quick else 20, repeats=args.repeats or (3 if args.quick else 15))
         res["loop"] = lp
         res["load"]["after_loop"] = load()
         print(f"\n## denoising loop, {lp['steps']} steps, stand-in {lp['model']} "
@@ -348,7 +418,9 @@ def main(argv=None):
 
 def check_claims(res):
     """The qualitative claims, with loose bounds (no timing: timings are not asserted): BDIA's
-    float64-state round trip is exact to < 1e-10 where DDIM inversion is off by > 1e-3."""
+    float64-state round trip is exact to < 1e-10 where DDIM inversion is off by > 1e-3; the exact
+    eager floor computes the step's outputs bit for bit."""
+    assert res["exact_floor_matches_step"], "floor_eager_exact does not reproduce the step's outputs bit for bit"
     for r in res["round_trip"]:
         if r["method"].startswith("BDIA"):
             assert r["rel_error"] < 1e-10, f"BDIA round trip {r['rel_error']:.2e} ({r['model_dtype']}) is not < 1e-10"

@@ -68,7 +68,10 @@ __all__ = [
     "check_gamma_mode",
     "warn_inversion_gamma",
     "ddim_map",
+    "x0_from_eps_",
     "bdia_step",
+    "bdia_weights",
+    "bdia_combine",
     "bdia_inverse_step",
     "bdia_coefficients",
     "bdia_edm_gamma_i",
@@ -177,8 +180,21 @@ def _x0(z: torch.Tensor, eps: torch.Tensor, alpha_cumprod: Level, x0: Optional[t
     return to_eps_x0(eps, z, _sqrt(alpha_cumprod, z), _sqrt(alpha_cumprod, z, complement=True), "epsilon")[1]
 
 
-def _scalar_levels(*levels) -> bool:
-    return not any(isinstance(v, torch.Tensor) for v in levels)
+def x0_from_eps_(out: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, alpha: Level, std: Level) -> torch.Tensor:
+    """In-place form of x̂0 = (z − √(1-ᾱ)·ε)/√ᾱ (the ε-prediction branch of
+    :func:`diffkit.denoisers.to_eps_x0`, Song et al. 2021 eq. 12): the same three kernels in the same
+    order, so the same roundings bit for bit, written into ``out`` instead of two new temporaries.
+
+    ``alpha``, ``std``: √ᾱ and √(1-ᾱ) (Python floats or 0-d tensors). ``out`` must not alias
+    ``z`` or ``eps``; returns ``out``.
+    """
+    torch.mul(eps, std, out=out)
+    torch.sub(z, out, out=out)
+    return out.div_(alpha)
+
+
+def _scalar_levels(level_a: Level, level_b: Level) -> bool:
+    return not (isinstance(level_a, torch.Tensor) or isinstance(level_b, torch.Tensor))
 
 
 def bdia_step(z_next: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, alpha_cumprod_next: Level,
@@ -203,13 +219,31 @@ def bdia_step(z_next: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, alpha_cu
     if gamma == 0:
         return ddim_map(x0, eps, alpha_cumprod_prev)
     if _scalar_levels(alpha_cumprod_next, alpha_cumprod_prev):
-        a_n, s_n = math.sqrt(alpha_cumprod_next), math.sqrt(1 - alpha_cumprod_next)
-        a_p, s_p = math.sqrt(alpha_cumprod_prev), math.sqrt(1 - alpha_cumprod_prev)
-        out = torch.mul(z_next, gamma, out=out) if out is not None else z_next * gamma
-        out.add_(x0, alpha=a_p - gamma * a_n)
-        return out.add_(eps, alpha=s_p - gamma * s_n)
+        return bdia_combine(z_next, x0, eps, bdia_weights(alpha_cumprod_next, alpha_cumprod_prev, gamma), out=out)
     backward = ddim_map(x0, eps, alpha_cumprod_next)
     return gamma * (z_next - backward) + ddim_map(x0, eps, alpha_cumprod_prev)
+
+
+def bdia_weights(alpha_cumprod_next: float, alpha_cumprod_prev: float, gamma: float) -> tuple[float, float, float]:
+    """The weights (w_next, w_x0, w_eps) of z_{i+1}, x̂0_i and ε_i in the folded BDIA-DDIM update
+    z_{i-1} = γ·z_{i+1} − γ·D_{i→i+1}(z_i) + D_{i→i-1}(z_i), with D_{i→j} = √ᾱ_j·x̂0_i + √(1-ᾱ_j)·ε_i:
+    (γ, √ᾱ_{i-1} − γ√ᾱ_{i+1}, √(1-ᾱ_{i-1}) − γ√(1-ᾱ_{i+1})). Python floats (kernel arguments); they
+    depend on the levels and γ only, so a caller may compute them once per pair of levels."""
+    a_n, s_n = math.sqrt(alpha_cumprod_next), math.sqrt(1 - alpha_cumprod_next)
+    a_p, s_p = math.sqrt(alpha_cumprod_prev), math.sqrt(1 - alpha_cumprod_prev)
+    return gamma, a_p - gamma * a_n, s_p - gamma * s_n
+
+
+def bdia_combine(z_next: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, weights: tuple[float, float, float],
+                 out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """w_next·z_{i+1} + w_x0·x̂0_i + w_eps·ε_i (``weights`` from :func:`bdia_weights`) in three
+    kernels: a product, then two scaled adds (each a fused multiply-add in PyTorch's vectorised
+    kernels). The kernels of :func:`bdia_step` with scalar levels, which calls this. ``out``: a
+    tensor to write into instead of a new one; it may be ``z_next`` itself, which is then overwritten."""
+    w_next, w_x0, w_eps = weights
+    out = torch.mul(z_next, w_next, out=out) if out is not None else z_next * w_next
+    out.add_(x0, alpha=w_x0)
+    return out.add_(eps, alpha=w_eps)
 
 
 def bdia_inverse_step(z_prev: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, alpha_cumprod_next: Level,

@@ -59,7 +59,7 @@ whole images (and regeneration from the inverted latent pair) runs in
 
 from __future__ import annotations
 
-import contextlib
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Literal, Optional
@@ -74,7 +74,8 @@ from diffusers.utils import BaseOutput
 
 from diffkit.denoisers import to_eps_x0
 from diffkit.numerics import FiniteWatch
-from diffkit.samplers.bdia import bdia_inverse_step, bdia_step, check_gamma, ddim_map, warn_inversion_gamma
+from diffkit.samplers.bdia import (bdia_combine, bdia_inverse_step, bdia_weights, check_gamma, ddim_map,
+                                   warn_inversion_gamma, x0_from_eps_)
 from diffkit.samplers.grid_cursor import GridCursor
 from diffkit.schedules import VPSchedule, check_diffusion_config
 
@@ -154,11 +155,13 @@ class BDIADDIMScheduler(DDIMScheduler):
         # float64 levels: diffusers' float32 table upcast (identical to self.alphas_cumprod).
         self._levels = VPSchedule.from_config(dict(self.config))
         self._ac = self._levels.alphas_cumprod.tolist() + [float(self._levels.final_alpha_cumprod)]
-        self._device_levels: dict = {}  # device -> (√ᾱ, √(1-ᾱ)) float64 tables, uploaded once
+        self._device_levels: dict = {}  # device -> (√ᾱ, √(1-ᾱ)) per level as 0-d float64 tensors, uploaded once
         self._work: Optional[tuple] = None  # float64 (ε, x̂0) buffers reused by every step of a shape/device
+        self._weights: dict = {}  # (t_{i+1}, t_{i-1}) -> bdia_weights of the step between (γ is fixed)
+        self._eps_prediction = prediction_type == "epsilon"  # the config is frozen: read once, not every step
         self._begin_index: Optional[int] = None
         self._grid = self.timesteps.clone()
-        self._cursor = GridCursor(self._grid, self.timesteps)
+        self._set_cursor()
         self._reset_state()
 
     @classmethod
@@ -203,14 +206,38 @@ class BDIADDIMScheduler(DDIMScheduler):
         super().set_timesteps(num_inference_steps)
         self._grid = self.timesteps  # CPU copy: timesteps are read here, never from the device
         self.timesteps = self.timesteps.to(device)
-        self._cursor = GridCursor(self._grid, self.timesteps)
+        self._set_cursor()
         self._begin_index = None
         self._reset_state()
+
+    def _set_cursor(self) -> None:
+        """A cursor over the current grid, and where ``timesteps``' entries live in memory (for
+        :meth:`_advance`'s shortcut)."""
+        ts = self.timesteps
+        self._cursor = GridCursor(self._grid, ts)
+        self._ts_memory = (ts, ts.data_ptr(), ts.stride(0) * ts.element_size()) if ts.ndim == 1 else None
+
+    def _is_next_view(self, timestep) -> bool:
+        """Whether ``timestep`` is the one-element view of ``timesteps`` at the cursor's next
+        index (what ``for t in scheduler.timesteps`` passes). For such a view
+        ``GridCursor.locate`` answers (next index, no restart) -- its value is the next grid
+        value, and a loop never restarts at its next index -- so this shortcut gives the same
+        answer without the storage look-ups; anything else goes through ``locate``."""
+        k, mem = self._cursor.next, self._ts_memory
+        if k is None or mem is None or k >= len(self._cursor.values) or not isinstance(timestep, torch.Tensor):
+            return False
+        ts, base, stride = mem
+        return (timestep.data_ptr() == base + k * stride and timestep.dtype == ts.dtype and timestep.numel() == 1
+                and timestep.device == ts.device)
 
     def _advance(self, timestep) -> tuple[int, int]:
         """(grid index, integer timestep) of this γ > 0 call, by the rule of
         :mod:`diffkit.samplers.grid_cursor`: the next grid timestep, or the loop's first one, which
         restarts the loop (clearing z_{i+1} and the shadow); anything else raises."""
+        if self._is_next_view(timestep):
+            k = self._cursor.next
+            self._cursor.advance(k, False)
+            return k, int(self._cursor.values[k])
         k, starts = self._cursor.locate(timestep, self._begin_index)
         if starts:
             self._reset_state()
@@ -228,17 +255,20 @@ class BDIADDIMScheduler(DDIMScheduler):
 
     def _alpha_cumprod(self, t: int) -> float:
         """ᾱ_t as a Python float (a kernel argument: no device copy); t < 0 is final_alpha_cumprod."""
-        if t >= self.config.num_train_timesteps:
+        if t >= len(self._ac) - 1:  # the table holds the num_train_timesteps levels, then the final one
             raise ValueError(f"timestep {t} out of range [0, {self.config.num_train_timesteps - 1}]")
         return self._ac[-1] if t < 0 else self._ac[t]
 
     def _level_tensors(self, t: int, device: torch.device):
         """(√ᾱ_t, √(1-ᾱ_t)) as 0-dim float64 tensors already on ``device`` (views into tables
-        uploaded once per device), for the ε/x̂0 conversion without per-step host-to-device copies."""
-        if device not in self._device_levels:
+        uploaded once per device, split once into per-level views), for the ε/x̂0 conversion
+        without per-step host-to-device copies. (Tensors, not Python floats: CUDA divides by a
+        Python-float divisor as a multiplication by its reciprocal, which rounds differently.)"""
+        levels = self._device_levels.get(device)
+        if levels is None:
             ac = torch.tensor(self._ac, dtype=torch.float64)
-            self._device_levels[device] = (ac.sqrt().to(device), (1 - ac).sqrt().to(device))
-        a, s = self._device_levels[device]
+            levels = self._device_levels[device] = (ac.sqrt().to(device).unbind(), (1 - ac).sqrt().to(device).unbind())
+        a, s = levels
         i = len(self._ac) - 1 if t < 0 else t
         return a[i], s[i]
 
@@ -248,6 +278,15 @@ class BDIADDIMScheduler(DDIMScheduler):
 
     # ------------------------------------------------------------------ checks
     def _check_finite(self, model_output: torch.Tensor, k: int, t: int) -> None:
+        """Raises ``NonFiniteOutputError`` naming step ``k`` if the model output has NaN/inf: at
+        once on CPU, deferred on accelerators (``FiniteWatch``)."""
+        if model_output.is_cpu:
+            # one reduction and no extra tensors: a sum is finite when every element is; a
+            # non-finite sum (NaN/inf, or finite values that overflow) is confirmed element-wise
+            x = model_output.detach() if model_output.requires_grad else model_output
+            if not math.isfinite(x.sum()) and not bool(torch.isfinite(x).all()):
+                raise self._watch.error(k, t)
+            return
         last = k >= len(self._grid) - 1
         self._watch.update(model_output, k, t, flush=last or (k + 1) % self.check_every == 0)
 
@@ -267,12 +306,12 @@ class BDIADDIMScheduler(DDIMScheduler):
         z = sample.to(torch.float64)
         return z.clone() if z is sample else z
 
-    def _workspace(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _workspace(self, z: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Two float64 buffers shaped like z (ε and x̂0 of one step), allocated once per shape and
         device: a step writes into them instead of allocating (and page-faulting) new temporaries.
         Their contents live only until the next step; nothing handed out aliases them."""
         w = self._work
-        if w is None or w[0].shape != z.shape or w[0].device != z.device:
+        if w is None or w[0].shape != z.shape or w[0].device != device:
             w = self._work = (torch.empty_like(z, dtype=torch.float64), torch.empty_like(z, dtype=torch.float64))
         return w
 
@@ -280,31 +319,48 @@ class BDIADDIMScheduler(DDIMScheduler):
     def _tracks_grad(*tensors) -> bool:
         """Autograd is recording through this step: the reused buffers (workspace, the state's
         buffer) would be overwritten while the graph still needs them, so the step allocates."""
-        return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors)
+        if not torch.is_grad_enabled():
+            return False
+        for x in tensors:
+            if x is not None and x.requires_grad:
+                return True
+        return False
 
-    def _eps_x0(self, model_output: torch.Tensor, t: int, z: torch.Tensor, use_clipped_model_output: bool):
+    def _eps_x0(self, model_output: torch.Tensor, t: int, z: torch.Tensor, use_clipped_model_output: bool,
+                tracks_grad: bool = True):
         """(ε, x̂0) in float64 at (z_i, t_i), post-processed exactly as DDIM does. ε-prediction
-        computes x̂0 = (z - √(1-ᾱ)·ε)/√ᾱ in the workspace: the kernels and roundings of
-        :func:`diffkit.denoisers.to_eps_x0`, without its temporaries."""
+        without autograd computes x̂0 = (z - √(1-ᾱ)·ε)/√ᾱ in the workspace
+        (:func:`diffkit.samplers.bdia.x0_from_eps_`: the kernels and roundings of
+        :func:`diffkit.denoisers.to_eps_x0`, without its temporaries); a float64 output is used as
+        ε as it is (only read), any other dtype is cast into the workspace once."""
         self._alpha_cumprod(t)  # range check
-        a, s = self._level_tensors(t, z.device)
-        if (self.config.prediction_type == "epsilon" and model_output.shape == z.shape
-                and not self._tracks_grad(model_output, z)):
-            eps, x0 = self._workspace(z)
-            eps.copy_(model_output)
-            torch.mul(eps, s, out=x0)
-            torch.sub(z, x0, out=x0)
-            x0.div_(a)
+        device = z.device
+        a, s = self._level_tensors(t, device)
+        in_place = self._eps_prediction and not tracks_grad and model_output.shape == z.shape
+        if in_place:
+            eps, x0 = self._workspace(z, device)
+            if model_output.dtype == torch.float64 and model_output.device == device:
+                eps = model_output
+            else:
+                eps.copy_(model_output)
+            x0_from_eps_(x0, z, eps, a, s)
         else:
             eps, x0 = to_eps_x0(model_output.to(torch.float64), z, a, s, self.config.prediction_type)
         if self.config.thresholding:
             x0 = self._threshold_sample(x0)
         elif self.config.clip_sample:
             r = self.config.clip_sample_range
-            x0 = x0.clamp_(-r, r) if self._work is not None and x0 is self._work[1] else x0.clamp(-r, r)
+            x0 = x0.clamp_(-r, r) if in_place else x0.clamp(-r, r)
         if use_clipped_model_output and (self.config.thresholding or self.config.clip_sample):
             eps = to_eps_x0(x0, z, a, s, "sample")[0]  # ε consistent with the clipped x̂0, as DDIM
         return eps, x0
+
+    @staticmethod
+    def _hand_out(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``x`` in ``dtype`` as a new tensor (a copy even when ``x`` already has that dtype: the
+        caller may keep and edit what it gets, and ``x`` is the scheduler's own state or buffer)."""
+        out = x.to(dtype)
+        return x.clone() if out is x else out
 
     # ------------------------------------------------------------------ step
     def step(
@@ -328,40 +384,45 @@ class BDIADDIMScheduler(DDIMScheduler):
         if self.num_inference_steps is None:
             raise ValueError(
                 "Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
-        if self.config.gamma == 0:
+        gamma = self.config.gamma
+        if gamma == 0:
             self._count(timestep)
             return super().step(model_output, timestep, sample, eta, use_clipped_model_output, generator,
                                 variance_noise, return_dict)
         if eta != 0:
             raise ValueError(
-                f"eta must be 0 with BDIADDIMScheduler(gamma={self.config.gamma}): BDIA is deterministic and its "
+                f"eta must be 0 with BDIADDIMScheduler(gamma={gamma}): BDIA is deterministic and its "
                 "exact inverse has no noise term; use gamma=0 (plain DDIM) for stochastic sampling")
         k, t = self._advance(timestep)
 
+        self._check_finite(model_output, k, t)  # first: the cast below then reads the output from cache
         z = self._state(sample)
-        eps, x0 = self._eps_x0(model_output, t, z, use_clipped_model_output)
-        # ε-prediction: the float64 copy of the output (finite iff the output is; no float32->64 temporary)
-        self._check_finite(eps if self._work is not None and eps is self._work[0] else model_output, k, t)
-        ac_prev = self._alpha_cumprod(self._target(t))
+        tracks_grad = self._tracks_grad(model_output, z, self._z_next)
+        eps, x0 = self._eps_x0(model_output, t, z, use_clipped_model_output, tracks_grad)
+        x0_out = self._hand_out(x0, sample.dtype)  # float64: never the workspace (or the model's output)
+        t_prev = self._target(t)
+        ac_prev = self._alpha_cumprod(t_prev)
         if self._z_next is None:  # first step: no z_{i+1} yet -> plain DDIM
             z_prev = ddim_map(x0, eps, ac_prev)
         else:
-            # into z_{i+1}'s buffer (ours, no longer needed): no new float64 state per step
-            reuse = not self._tracks_grad(self._z_next, z, eps, x0)
-            z_prev = bdia_step(self._z_next, z, eps, self._alpha_cumprod(self._t_next), self._alpha_cumprod(t),
-                               ac_prev, self.config.gamma, x0=x0, out=self._z_next if reuse else None)
+            # bdia_step's update with its weights computed once per pair of levels, written into
+            # z_{i+1}'s buffer (ours, no longer needed): no new float64 state per step
+            reuse = not (tracks_grad or self._tracks_grad(eps, x0))
+            key = (self._t_next, t_prev)  # the two levels the weights depend on
+            w = self._weights.get(key)
+            if w is None:
+                w = self._weights[key] = bdia_weights(self._alpha_cumprod(self._t_next), ac_prev, gamma)
+            z_prev = bdia_combine(self._z_next, x0, eps, w, out=self._z_next if reuse else None)
         self._z_next, self._t_next = z, t
 
         # the returned latents are a normal tensor even under torch.inference_mode, so that its
         # version counter (which inference tensors lack) still tells whether it comes back unchanged
-        with torch.inference_mode(False) if torch.is_inference_mode_enabled() else contextlib.nullcontext():
-            out = z_prev.to(sample.dtype)
-            if out is z_prev:  # float64 latents: never hand out our own state tensor
-                out = z_prev.clone()
+        if torch.is_inference_mode_enabled():
+            with torch.inference_mode(False):
+                out = self._hand_out(z_prev, sample.dtype)
+        else:
+            out = self._hand_out(z_prev, sample.dtype)
         self._handed, self._handed_version, self._shadow = out, out._version, z_prev
-        x0_out = x0.to(sample.dtype)
-        if x0_out is x0:  # float64 latents: never hand out the workspace (or the model's output)
-            x0_out = x0.clone()
         if not return_dict:
             return (out, x0_out)
         return DDIMSchedulerOutput(prev_sample=out, pred_original_sample=x0_out)
@@ -402,7 +463,8 @@ class BDIADDIMScheduler(DDIMScheduler):
             next_timestep = grid[grid.index(t) - 1]
         t_next = int(next_timestep.detach().cpu()) if isinstance(next_timestep, torch.Tensor) else int(next_timestep)
         z = sample.to(torch.float64)
-        eps, x0 = self._eps_x0(model_output, t, z, use_clipped_model_output)
+        # not in the step's workspace: what inverse_step returns must survive later steps
+        eps, x0 = self._eps_x0(model_output, t, z, use_clipped_model_output, tracks_grad=True)
         z_next = bdia_inverse_step(prev_sample.to(torch.float64), z, eps, self._alpha_cumprod(t_next),
                                    self._alpha_cumprod(t), self._alpha_cumprod(self._target(t)), gamma, x0=x0)
         out, x0_out = z_next.to(sample.dtype), x0.to(sample.dtype)

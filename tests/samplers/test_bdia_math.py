@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from diffkit.denoisers import EpsModel
+from diffkit.denoisers import EpsModel, to_eps_x0
 from diffkit.samplers import edm, inversion
 from diffkit.samplers.bdia import (GAMMA_WARN_BELOW, InversionWarning, bdia_coefficients, bdia_inverse_step,
-                                   bdia_step, check_gamma, ddim_map)
+                                   bdia_combine, bdia_step, bdia_weights, check_gamma, ddim_map,
+                                   x0_from_eps_)
 from diffkit.samplers.bdia_ddim import BDIADDIMScheduler
 from diffkit.samplers.bdia_edm import BDIAEDMScheduler
 from diffkit.schedules import VPSchedule
@@ -52,6 +53,36 @@ def test_folded_form_equals_the_two_ddim_maps():
         spelled_inv = (z_prev - ddim_map(x0, eps, 0.45)) / gamma + ddim_map(x0, eps, 0.2)
         torch.testing.assert_close(bdia_inverse_step(z_prev, z, eps, 0.2, 0.3, 0.45, gamma), spelled_inv,
                                    rtol=1e-13, atol=1e-13)
+
+
+def _bits(x):
+    return x.view({torch.float64: torch.int64, torch.float32: torch.int32}[x.dtype])
+
+
+@pytest.mark.parametrize("numel", [1, 7, 64, 1000, 16387])  # vector bodies and scalar tails
+def test_in_place_x0_equals_the_reference_form_bit_for_bit(numel):
+    # the scheduler's in-place x̂0 (one buffer, three kernels) against to_eps_x0's ε branch
+    z, eps = _rand(2, numel, seed=numel).unbind(0)
+    for ac in (0.0047, 0.3, 0.99915):
+        a, s = torch.tensor(ac, dtype=torch.float64).sqrt(), torch.tensor(1 - ac, dtype=torch.float64).sqrt()
+        ref = to_eps_x0(eps, z, a, s, "epsilon")[1]
+        for alpha, std in ((a, s), (float(a), float(s))):
+            out = torch.full_like(z, float("nan"))
+            assert x0_from_eps_(out, z, eps, alpha, std) is out
+            assert torch.equal(_bits(out), _bits(ref)), (ac, (out - ref).abs().max())
+
+
+def test_combine_in_place_equals_the_new_tensor_form_and_the_weights_are_the_d_maps():
+    z_next, x0, eps = _rand(3, 2, 4, 8, 8, seed=9).unbind(0)
+    w = bdia_weights(0.2, 0.45, 0.9)
+    # the weights are the coefficients of the two D-maps (exact in floating point for these checks)
+    assert w[0] == 0.9 and w[1] == math.sqrt(0.45) - 0.9 * math.sqrt(0.2)
+    assert w[2] == math.sqrt(1 - 0.45) - 0.9 * math.sqrt(1 - 0.2)
+    fresh = bdia_combine(z_next, x0, eps, w)
+    buf = z_next.clone()
+    assert bdia_combine(buf, x0, eps, w, out=buf) is buf and torch.equal(_bits(buf), _bits(fresh))
+    spelled = 0.9 * (z_next - ddim_map(x0, eps, 0.2)) + ddim_map(x0, eps, 0.45)
+    torch.testing.assert_close(fresh, spelled, rtol=1e-13, atol=1e-13)
 
 
 def test_gamma_zero_is_ddim():

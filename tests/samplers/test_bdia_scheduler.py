@@ -232,6 +232,26 @@ def test_first_step_is_ddim_then_bdia_with_grid_neighbours():
     assert s.step_index == 10
 
 
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_steady_steps_equal_bdia_step_bit_for_bit_across_grids(spacing):
+    # the step combines with weights computed once per pair of levels (kept across set_timesteps):
+    # every step of loops on different grids must equal bdia_step on the same inputs, bit for bit
+    s = BDIADDIMScheduler(**dict(SD, timestep_spacing=spacing), gamma=0.8)
+    T = s.config.num_train_timesteps
+    for n in (10, 7, 10, 25):
+        s.set_timesteps(n)
+        ts = s.timesteps.tolist()
+        states = [sample_(n, torch.float64)]
+        for k, t in enumerate(ts):
+            eps = model(states[-1], t)
+            states.append(s.step(eps, t, states[-1]).prev_sample)
+            if k:
+                ac = [float(s.alphas_cumprod[v]) if v >= 0 else float(s.final_alpha_cumprod)
+                      for v in (ts[k - 1], t, t - T // n)]
+                expect = bdia_step(states[-3], states[-2], eps, *ac, 0.8)
+                assert torch.equal(bits(states[-1]), bits(expect)), (spacing, n, k)
+
+
 def test_scheduler_inverse_step_recovers_the_trajectory():
     s = BDIADDIMScheduler(**SD, gamma=0.94)
     s.set_timesteps(25)
@@ -246,6 +266,21 @@ def test_scheduler_inverse_step_recovers_the_trajectory():
     assert float((cur - z[0]).norm() / z[0].norm()) < 1e-12  # back to the latent passed at ts[0]
     with pytest.raises(ValueError, match="no noisier neighbour"):
         s.inverse_step(model(z[0], ts[0]), ts[0], z[0], z[1])
+
+
+def test_inverse_step_outputs_survive_later_steps():
+    # float64 latents: inverse_step's x̂0 must be its own tensor, not a buffer a later step overwrites
+    s = BDIADDIMScheduler(**SD, gamma=0.94)
+    s.set_timesteps(10)
+    ts = s.timesteps.tolist()
+    z = [sample_(5, torch.float64)]
+    for t in ts[:3]:
+        z.append(s.step(model(z[-1], t), t, z[-1]).prev_sample)
+    inv = s.inverse_step(model(z[2], ts[2]), ts[2], z[2], z[3])
+    kept = [inv.next_sample.clone(), inv.pred_original_sample.clone()]
+    for t in ts[3:6]:
+        z.append(s.step(model(z[-1], t), t, z[-1]).prev_sample)
+    assert torch.equal(inv.next_sample, kept[0]) and torch.equal(inv.pred_original_sample, kept[1])
 
 
 def test_float64_shadow_makes_low_precision_latents_follow_the_float64_run():
@@ -483,6 +518,59 @@ def test_a_timestep_that_is_not_the_next_one_raises(bad):
         s.step(model(x, t), t, x)
     with pytest.raises(ValueError, match="call set_timesteps before a new loop"):  # a tensor, as pipelines pass
         s.step(model(x, t), torch.tensor(t), x)
+    if t in ts:  # a view of the scheduler's own timesteps, as `for t in scheduler.timesteps` passes
+        with pytest.raises(ValueError, match="call set_timesteps before a new loop"):
+            s.step(model(x, t), s.timesteps[ts.index(t)], x)
+
+
+def test_views_of_timesteps_numbers_and_copies_walk_the_same_loop():
+    # views of `timesteps` take the step's shortcut to the next grid index; numbers and tensors
+    # that are not views take GridCursor.locate: both must walk the same loop, bit for bit
+    s = BDIADDIMScheduler(**SD, gamma=0.94)
+    s.set_timesteps(10)
+    views = _steps(s, sample_(), s.timesteps)
+    ints = _steps(s, sample_(), s.timesteps.tolist())
+    copies = _steps(s, sample_(), s.timesteps.clone())
+    assert torch.equal(views, ints) and torch.equal(views, copies)
+    s.set_timesteps(10)
+    s.set_begin_index(4)
+    assert torch.equal(_steps(s, sample_(), s.timesteps[4:]), _steps(s, sample_(), s.timesteps[4:].tolist()))
+    assert s.step_index == 10
+
+
+@pytest.mark.parametrize("dtype,big", [(torch.float32, 3e38), (torch.float64, 1e308)])
+def test_finite_outputs_whose_sum_overflows_pass_the_cpu_check(dtype, big):
+    # the CPU check sums the output (one reduction); a sum that overflows on finite values is
+    # re-checked element-wise, so only NaN/inf elements raise
+    s = BDIADDIMScheduler(**SD, gamma=0.5)
+    s.set_timesteps(10)
+    x = sample_(dtype=dtype)
+    for k, t in enumerate(s.timesteps[:2]):  # (the latents after the huge output would overflow the model)
+        out = torch.full_like(x, big) if k == 1 else model(x, t)
+        x = s.step(out, t, x).prev_sample
+    x = sample_(dtype=dtype)
+    s.set_timesteps(10)
+    with pytest.raises(NonFiniteOutputError, match=r"step 1 \(timestep 801\)"):
+        for k, t in enumerate(s.timesteps[:3]):
+            out = model(x, t)
+            if k == 1:
+                out[0, 0, 0, 0] = float("-inf")
+            x = s.step(out, t, x).prev_sample
+
+
+def test_a_float64_model_output_is_read_not_written_nor_handed_out():
+    # float64 outputs serve as ε without a copy: they must stay unchanged and unaliased
+    s = BDIADDIMScheduler(**SD, gamma=0.94)
+    s.set_timesteps(10)
+    x = sample_(dtype=torch.float64)
+    for t in s.timesteps[:4]:
+        out = model(x, t)
+        kept = out.clone()
+        o = s.step(out, t, x)
+        assert torch.equal(out, kept)
+        for handed in (o.prev_sample, o.pred_original_sample):
+            assert handed.untyped_storage().data_ptr() != out.untyped_storage().data_ptr()
+        x = o.prev_sample
 
 
 @pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only slows them

@@ -45,6 +45,7 @@ BENCHES = {
          "$.summary.kid_equal_n"), "--quick skips the equal-n comparison (helper C3 owns digits_quality.py)")),
     "digits_onestep_card": Bench(args=("--n", "500", "--teacher-n", "500"), committed=("digits_onestep",)),
     "disback_speed": Bench(committed=("disback_speed",)),
+    "distill_defaults": Bench(committed=("distill_defaults",)),
     "editing": Bench(committed=("editing",)),
     "fid_backends": Bench(committed=("fid_backends",), data_keyed=("backends", "pairwise_rel_diff")),
     "gauge": Bench(committed=("gauge",)),
@@ -53,7 +54,7 @@ BENCHES = {
     "radd_text": Bench(committed=("radd_text_a", "radd_text_b", "radd_text_cd")),
 }
 #: CPU-seconds of each quick run on this machine (1 thread), to start the longest first
-COST = {"radd_cache": 49, "digits_onestep_card": 28, "radd_text": 27, "bdia_edm": 22, "editing": 22, "gauge": 20,
+COST = {"radd_cache": 49, "distill_defaults": 30, "digits_onestep_card": 28, "radd_text": 27, "bdia_edm": 22, "editing": 22, "gauge": 20,
         "asset_cards": 13, "gauge_toy": 3, "disback_speed": 15, "digits_quality": 14, "fid_backends": 5}
 # not run here: fid_small_n (its own test, tests/metrics), disback_convergence (tests/distill; a minute of
 # training), gpu/run.py (tests/test_gpu_script.py), bdia_overhead (10 CPU-s more than the budget allows; it

@@ -62,13 +62,16 @@ def parse(argv=None):
                         "(FID-digits falls with n; the card's teacher figure is at n = 1000)")
     p.add_argument("--write-card", action="store_true")
     p.add_argument("--note", default="", help="extra line for the card's Training section (e.g. a second phase)")
+    p.add_argument("--results-name", default="digits_onestep",
+                   help="results file stem and the card's figure-marker name (default %(default)s; the second shipped "
+                        "generator uses digits_onestep_<mode>)")
     p.add_argument("--json", default=None,
-                   help="results file (default benchmarks/results/digits_onestep.json; --quick: none)")
+                   help="results file (default benchmarks/results/<results-name>.json; --quick: none)")
     a = p.parse_args(argv)
     if a.quick:
         a.seeds, a.speed_batch, a.write_card = "0", 20, False
     a.n = a.n or (100 if a.quick else 1000)
-    a.json = a.json or default_json("digits_onestep", a.quick)
+    a.json = a.json or default_json(a.results_name, a.quick)
     return a
 
 
@@ -136,12 +139,12 @@ def main(argv=None):
     if a.write_card:
         out = pipe(class_labels=[k % 10 for k in range(100)], seed=0, output_type="pt")
         save_grid(out.images, str(d / "samples.png"), nrow=10, upscale=4)
-        (d / "README.md").write_text(card(d, res, a.note))
+        (d / "README.md").write_text(card(d, res, a.note, a.results_name))
         print(f"wrote {d / 'README.md'} and {d / 'samples.png'}")
     return 0
 
 
-def card(d: Path, res: dict, note: str = "") -> str:
+def card(d: Path, res: dict, note: str = "", results_name: str = "digits_onestep") -> str:
     facts = json.loads((d / "distill.json").read_text()) if (d / "distill.json").exists() else {}
     cfg = facts.get("config", {})
     s1 = facts.get("stage1") or {}
@@ -162,7 +165,9 @@ def card(d: Path, res: dict, note: str = "") -> str:
               f"warm-up {cfg.get('warmup_steps')} steps, clip {cfg.get('grad_clip')})")
     stage1_line = (f"{s1.get('stage1_steps')} steps, {s1.get('nodes')} nodes, {s1.get('wall_time_s')} s"
                    if s1 else "none (mode without a path)")
-    return f"""# digits-onestep: a one-step generator distilled from the digits teacher
+    fig, src = f"<!-- fig:{results_name} -->", f"benchmarks/results/{results_name}.json"
+    held = _heldout_section(d, cfg.get('mode'))
+    return f"""# {d.name}: a one-step generator distilled from the digits teacher (mode `{cfg.get('mode')}`)
 
 A copy of the class-conditional digits teacher (`assets/digits-unet`, ε-prediction UNet2DModel,
 {n_params or '≈0.92 M'} parameters) trained by score distillation (`diffkit.distill.DisBackTrainer`,
@@ -172,7 +177,7 @@ x = x̂0(std_vp(t_g)·z, t_g) at generator timestep t_g = {facts.get('generator_
 
 ```python
 from diffkit.pipelines import load_pipeline
-pipe = load_pipeline("digits-onestep")                     # OneStepPipeline, 1 UNet call per image
+pipe = load_pipeline("{d.name}")                     # OneStepPipeline, 1 UNet call per image
 images = pipe(class_labels=[0, 1, 2], seed=0, output_type="pt").images   # [-1, 1]
 ```
 
@@ -185,9 +190,9 @@ images = pipe(class_labels=[0, 1, 2], seed=0, output_type="pt").images   # [-1, 
 One-step samples, class-balanced labels, n = {res['n']} per seed, noise of sample k from (seed, k); features
 of `assets/digits-features`; reference statistics of the train split. Teacher: DDIM-50, same protocol,
 n = {tq['n']}, seeds {','.join(map(str, tq['seeds']))} (`{tq['source']}`). Figures from
-`benchmarks/results/digits_onestep.json`:
+`{src}`:
 
-<!-- fig:digits_onestep -->
+{fig}
 Teacher FID-digits {tq['fid'][0]:.4f} ± {tq['fid'][1]:.4f}.
 
 | seed | FID-digits | KID | feature-net top-1 |
@@ -209,7 +214,7 @@ Teacher FID-digits {tq['fid'][0]:.4f} ± {tq['fid'][1]:.4f}.
 Images per second at batch {ips['batch']}, {res['machine']}, median of timed calls
 (the teacher samples with DDIM, 50 network evaluations per image; this generator with 1):
 
-<!-- fig:digits_onestep -->
+{fig}
 | sampler | images/s |
 |---|---|
 | this one-step generator | {ips['one_step']:.0f} |
@@ -219,7 +224,7 @@ Speed-up **{ips['speedup']:.0f}×**.
 <!-- /fig -->
 
 (The machine is shared; absolute numbers vary with load, the ratio less.)
-
+{held}
 ## Training
 
 | | |
@@ -236,10 +241,39 @@ Speed-up **{ips['speedup']:.0f}×**.
 
 {note}
 
-Settings were chosen by the convergence experiment (`benchmarks/disback_convergence.py`, README section
-"DisBack convergence"). Evaluate again with `diffkit bench digits_onestep_card --write-card`.
+Rebuild from scratch: `diffkit.assets.REBUILD['{d.name}']`. Evaluate again with
+`diffkit bench digits_onestep_card --model {d.name} --results-name {results_name} --write-card`.
 """
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _heldout_section(d: Path, mode: str) -> str:
+    """The held-out comparison of the shipped generators (benchmarks/results/onestep_heldout.json), if it holds
+    a generator trained in this one's ``mode`` (the generators are told apart by the mode that trained them)."""
+    try:
+        h = load_results("onestep_heldout")
+    except FileNotFoundError:
+        return ""
+    models = h["models"].values()
+    if mode not in [r["training"].get("mode") for r in models]:
+        return ""
+    t = h["teacher"]
+    rows = [f"| trained in mode `{r['training'].get('mode')}` | {r['fid'][0]:.4f} ± {r['fid'][1]:.4f} | "
+            f"{r['fid_ratio_teacher']:.2f}× | {r['top1'][0]:.3f} |" for r in models]
+    better = h["models"][h["better"]]["training"].get("mode")
+    return f"""
+## Held-out comparison of the shipped one-step generators
+
+Seeds {', '.join(map(str, h['seeds']))} (never used to choose a checkpoint or a setting), n = {h['n']} per seed,
+same protocol; teacher DDIM-50 on the same seeds, measured in the same run
+(`diffkit bench onestep_heldout`, `benchmarks/results/onestep_heldout.json`):
+
+<!-- fig:onestep_heldout -->
+| generator | FID-digits | × teacher | top-1 |
+|---|---|---|---|
+| teacher, DDIM-50 | {t['fid'][0]:.4f} ± {t['fid'][1]:.4f} | — | {t['top1'][0]:.3f} |
+{chr(10).join(rows)}
+<!-- /fig -->
+
+The one with the lower mean FID-digits on these seeds ships as `assets/digits-onestep`: the one trained in
+mode `{better}`.
+"""

@@ -114,7 +114,8 @@ def parse_args(argv=None):
     a = p.parse_args(argv)
     base = QUICK if a.quick else PHASES[a.phase]
     for k, v in base.items():
-        setattr(a, k, v)
+        if k != "seeds":  # --seeds picks this call's subset of the phase's seeds
+            setattr(a, k, v)
     a.all_seeds = [int(s) for s in str(base["seeds"]).split(",")]
     a.seed_list = a.all_seeds if a.seeds is None else [int(s) for s in a.seeds.split(",")]
     a.arm_list = [s.strip() for s in a.arms.split(",")]

@@ -346,8 +346,10 @@ def summarise(a, recs: list[dict], checks: dict) -> dict:
                     c = arms["C"]["thresholds"][name][axis]
                     speed[f"C vs {other} | {name} | {axis}"] = _speedups(o, c, a.all_seeds)
     decisive = DECISIVE[1 if a.quick else a.phase]
-    ver = (verdict(arms, decisive, a.all_seeds) if all(x in arms for x in "BCD") and all(k in thr for k in decisive)
+    complete = [s for s in a.all_seeds if all(s in by[x] for x in "BCD")]  # seeds whose B, C and D all ran
+    ver = (verdict(arms, decisive, complete) if complete and all(k in thr for k in decisive)
            else {"verdict": "not all arms ran", "rule": RULE})
+    ver["seeds"] = complete
     return {"thresholds": thr, "decisive": list(decisive), "g0_fid": g0_fid, "teacher_fid_ddim50": teacher_fid(),
             "arms": arms, "speedups": speed, "verdict": ver, "stage1_step_in_gen_steps": ratio,
             "path_checks": checks,

@@ -487,14 +487,29 @@ def main(argv=None):
     if missing and not (a.report and a.phase == 2):
         print(f"{len(missing)} run(s) still to do: {missing}; rerun to continue")
         return 0
+    partial = {f"{arm}-seed{s}": json.loads(f.read_text()) for arm, s in missing
+               if (f := a.out / f"{arm}-seed{s}" / "evals.json").is_file()}  # unfinished runs' curves so far
     summary = summarise(a, recs, checks)
     machine = (f"{platform.machine()} {os.cpu_count()}-core CPU, torch {torch.__version__}, "
                f"{torch.get_num_threads()} thread(s)")
     out = {"phase": a.phase, "settings": settings(a), "machine": machine, "missing_runs": missing,
+           "unfinished_runs": partial,
            "wall_s_this_session": round(time.perf_counter() - t0, 1),
            "total_train_wall_s": round(sum(r["stage2_wall_s"] for r in recs) +
                                        sum({r["seed"]: r["stage1_wall_s"] for r in recs}.values()), 1),
            **summary, "runs": recs}
+    if a.phase == 2 and not a.quick:  # the pre-registered pilot (arm A, seed 0): its curve against the thresholds
+        arm, seed = PILOT
+        run = next((r for r in recs if (r["arm"], r["seed"]) == PILOT), None)
+        evals = run["evals"] if run else partial.get(f"{arm}-seed{seed}")
+        if evals:
+            g0 = evals[0]["fid"]
+            thr = {k: f * g0 for k, f in THRESHOLDS[2].items()}
+            curve = [(e["step"], e["fid"]) for e in evals]
+            out["pilot"] = {"run": f"{arm}-seed{seed}", "finished": run is not None, "g0_fid": g0,
+                            "last_step": evals[-1]["step"], "last_fid": evals[-1]["fid"],
+                            "best_fid": min(e["fid"] for e in evals), "thresholds": thr,
+                            "steps_to": {k: steps_to(curve, t) for k, t in thr.items()}}
     if a.json:
         write_results(out, a.json, script=__file__, argv=argv)
     print_table(summary, a)

@@ -33,6 +33,7 @@ from diffkit.metrics.digits import (balanced_labels, fid_digits, load_reference_
                                     top1_accuracy)
 from diffkit.models.digits_features import load_feature_net
 from diffkit.pipelines import load_pipeline
+from diffkit.weights import file_sha256
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import save_results  # noqa: E402  (sibling module of the scripts)
@@ -122,7 +123,12 @@ def main(argv=None):
                       "speedup_met": r["speedup"] >= GOALS["speedup_min"]}
         r["training"] = training_facts(d)
         r["folder"] = str(d.resolve().relative_to(ROOT)) if d.resolve().is_relative_to(ROOT) else str(d)
-        models[m] = r
+        # the weights themselves identify the generator (a shipped folder may be renamed after this run)
+        r["unet_sha256"] = file_sha256(d / "unet" / "diffusion_pytorch_model.safetensors")
+        key = r["training"].get("mode") or m
+        if key in models:
+            raise SystemExit(f"--models: two generators trained in mode {key!r}; the results key them by mode")
+        models[key] = r
     best = min(models, key=lambda m: models[m]["fid"][0])
     data = {"seeds": a.seed_list, "n": a.n, "speed_batch": a.speed_batch, "goals": GOALS, "teacher": t,
             "models": models, "better": best}
@@ -131,9 +137,10 @@ def main(argv=None):
     print(f"{'teacher DDIM-50':<40} {'':<12} {t['fid'][0]:>8.4f} ± {t['fid'][1]:.4f} {1.0:>10.2f} "
           f"{t['top1'][0]:>7.3f} {t['images_per_s']:>8.1f} {1.0:>9.1f}")
     for m, r in models.items():
-        print(f"{m:<40} {str(r['training'].get('mode')):<12} {r['fid'][0]:>8.4f} ± {r['fid'][1]:.4f} "
+        print(f"{r['folder']:<40} {str(r['training'].get('mode')):<12} {r['fid'][0]:>8.4f} ± {r['fid'][1]:.4f} "
               f"{r['fid_ratio_teacher']:>10.2f} {r['top1'][0]:>7.3f} {r['images_per_s']:>8.0f} {r['speedup']:>9.1f}")
-    print(f"better (lower mean FID-digits on seeds {a.seed_list}): {best}")
+    print(f"better (lower mean FID-digits on seeds {a.seed_list}): the generator trained in mode {best} "
+          f"({models[best]['folder']})")
     save_results(data, NAME, json_path=a.json, quick=a.quick, script=__file__, argv=argv)
     return 0
 

@@ -231,6 +231,8 @@ def _report_final_fid(evaluate, teacher_pipe, output, trainer, n: int) -> dict:
 
 def demo_step(ctx):
     """One-step samples of the shipped distilled generator beside the teacher's DDIM samples."""
+    import json
+
     import torch
 
     from diffkit.images import save_grid
@@ -256,7 +258,9 @@ def demo_step(ctx):
         cls = f"; feature-net top-1 of the one-step samples {top1_accuracy(x1, labels):.2f}"
     except AssetError as e:  # the feature-net asset is optional for the demo
         cls = f"; no class check ({e})"
-    ctx.say(f"- One-step generator (assets/digits-onestep, DisBack trainer in warm-critic mode): "
+    facts = Path(one.name_or_path or "") / "distill.json"
+    mode = json.loads(facts.read_text()).get("config", {}).get("mode") if facts.is_file() else None
+    ctx.say(f"- One-step generator (assets/digits-onestep, DisBack trainer in {mode or 'an unrecorded'} mode): "
             f"20 images in {t1 - t0:.3f} s "
             f"(1 evaluation each) vs the teacher's DDIM-{steps} in {t2 - t1:.2f} s{cls} -> "
             f"`{Path(path).name}` (rows 1-2 one-step, rows 3-4 teacher)")

@@ -277,3 +277,7 @@ same protocol; teacher DDIM-50 on the same seeds, measured in the same run
 The one with the lower mean FID-digits on these seeds ships as `assets/digits-onestep`: the one trained in
 mode `{better}`.
 """
+
+
+if __name__ == "__main__":
+    sys.exit(main())

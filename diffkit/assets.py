@@ -23,6 +23,23 @@ from diffkit.weights import WeightsError, check_manifest
 __all__ = ["REBUILD", "assets_root", "asset_path", "rebuild_hint", "verify_asset", "corrupt_asset", "AssetError",
            "CorruptAssetError", "shipped_asset_target"]
 
+
+
+def _onestep_rebuild(mode: str, output: str, stage1: str) -> str:
+    """The three commands that train a one-step digits generator (about 40 CPU-min on one thread): 4,000
+    generator steps at lr_G 3e-5 / EMA 0.99, resumed to 5,500 at 1e-5 / 0.999, then to 9,500 at 5e-6."""
+    first = (f"diffkit distill --teacher assets/digits-unet --mode {mode} --generator-timestep 399 --lr-generator 3e-5 "
+             f"--lr-fake 1e-4 --warmup-steps 50 --ema-decay 0.99 {stage1} --batch-size 32 --fake-updates 1 --seed 0 "
+             f"--max-steps 4000 --cpu --output {output} --replace-asset")
+    return (f"{first}, then the same with --lr-generator 1e-5 --ema-decay 0.999 --max-steps 5500 --resume, then with "
+            f"--lr-generator 5e-6 --ema-decay 0.999 --max-steps 9500 --resume")
+
+
+_STAGE1 = {"warm-critic": "--stage1-steps 400 --stage1-lr 1e-4 --path-spacing even --path-nodes 5 --steps-per-node 100",
+           "disback": "--stage1-steps 400 --stage1-lr 1e-5 --path-spacing log-progress --progress-candidates 8 "
+                      "--path-nodes 5 --steps-per-node 50"}  # the Stage-1 path of each generator
+
+
 #: name -> (what it is, the command that rebuilds it). Writing into the shipped assets folder
 #: needs ``--replace-asset`` (the training commands refuse it otherwise).
 REBUILD = {
@@ -32,13 +49,15 @@ REBUILD = {
                         "diffkit train-features --output assets/digits-features --replace-asset"),
     "text-radd": ("the character-level RADD text model",
                   "diffkit text train --output assets/text-radd --replace-asset"),
-    "digits-onestep": ("the one-step digits generator",
-                       "diffkit distill --teacher assets/digits-unet --mode warm-critic --generator-timestep 399 "
-                       "--lr-generator 3e-5 --warmup-steps 50 --ema-decay 0.99 --stage1-steps 400 --path-nodes 5 "
-                       "--steps-per-node 100 --max-steps 4000 --cpu --output assets/digits-onestep --replace-asset, "
-                       "then the same with --lr-generator 1e-5 --ema-decay 0.999 --max-steps 5500 --resume, then with "
-                       "--lr-generator 5e-6 --ema-decay 0.999 --max-steps 9500 --resume"),
+    "digits-onestep": ("the shipped one-step digits generator (trained by DisBack; the better of the two on held-out "
+                       "seeds, benchmarks/results/onestep_heldout.json)",
+                       _onestep_rebuild("disback", "assets/digits-onestep", _STAGE1["disback"])),
+    "digits-onestep-warm-critic": ("the one-step digits generator trained in warm-critic mode (shipped beside it)",
+                                   _onestep_rebuild("warm-critic", "assets/digits-onestep-warm-critic",
+                                                    _STAGE1["warm-critic"])),
 }
+
+
 
 
 class AssetError(FileNotFoundError):

@@ -43,7 +43,8 @@ BENCHES = {
     "digits_quality": Bench(committed=("digits_quality",), data_keyed=("guidance",), quick_lacks=(
         ("$.per_seed[].equal_n", "$.per_seed[].fid_equal_n", "$.per_seed[].kid_equal_n", "$.summary.fid_equal_n",
          "$.summary.kid_equal_n"), "--quick skips the equal-n comparison (helper C3 owns digits_quality.py)")),
-    "digits_onestep_card": Bench(args=("--n", "500", "--teacher-n", "500"), committed=("digits_onestep",)),
+    "digits_onestep_card": Bench(args=("--n", "500", "--teacher-n", "500"),
+                                 committed=("digits_onestep", "digits_onestep_warm_critic")),
     "disback_speed": Bench(committed=("disback_speed",)),
     "distill_defaults": Bench(committed=("distill_defaults",)),
     "editing": Bench(committed=("editing",)),

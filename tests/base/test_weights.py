@@ -36,6 +36,7 @@ SHIPPED = ASSETS
 ASSETS = {
     "digits-unet": ("unet/diffusion_pytorch_model.safetensors", load_pipeline),
     "digits-onestep": ("unet/diffusion_pytorch_model.safetensors", load_pipeline),
+    "digits-onestep-warm-critic": ("unet/diffusion_pytorch_model.safetensors", load_pipeline),
     "text-radd": ("transformer/diffusion_pytorch_model.safetensors", load_pipeline),
     "digits-features": ("model.safetensors", load_feature_net),
 }

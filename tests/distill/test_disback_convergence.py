@@ -92,8 +92,8 @@ def test_quick_run_writes_results_and_resumes(tmp_path):
     # B, C and D share a seed's Stage-1 path (checked once per seed); C walks it back to the teacher,
     # D holds its last node for C's path phase, B targets the teacher throughout
     runs = {(r["arm"], r["seed"]): r for r in res["runs"]}
-    assert [s["node"] for s in runs["C", 0]["switches"]] == [2, 0]
-    assert [(s["step"], s["node"]) for s in runs["D", 0]["switches"]] == [(0, 3), (2, 0)]
+    assert [(s["step"], s["node"]) for s in runs["C", 0]["switches"]] == [(0, 2), (2, 1), (4, 0)]
+    assert [(s["step"], s["node"]) for s in runs["D", 0]["switches"]] == [(0, 3), (4, 0)]
     assert [s["node"] for s in runs["B", 0]["switches"]] == [0]
     assert runs["A", 0]["stage1_steps"] == 0 and runs["C", 0]["stage1_steps"] == 6
     assert set(res["path_checks"]) == {"0", "1"} and "verdict" in res["verdict"]

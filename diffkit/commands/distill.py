@@ -216,12 +216,10 @@ def _report_final_fid(evaluate, teacher_pipe, output, trainer, n: int) -> dict:
     t_g = trainer.generator_timestep
     gen = load_pipeline(output).to(teacher_pipe.unet.device)
     record = {"seed": 0, **compare_with_initial(evaluate, gen, teacher_pipe, t_g, trainer.step), "n": n}
-    r = {"fid": record["fid"], "top1": record["top1"]}
-    r0 = {"fid": record["g0_fid"], "top1": record["g0_top1"]}
-    ratio = record["ratio"]
     verdict = "improved on G⁰" if record["improved"] else "did NOT improve on G⁰"
-    print(f"FID-digits (n = {n}, seed 0, one step): {r['fid']:.3f} (top-1 {r['top1']:.3f}) vs G⁰'s {r0['fid']:.3f} "
-          f"(the teacher's x̂0 at t_g = {t_g}, top-1 {r0['top1']:.3f}): ratio {ratio:.2f}, {verdict}")
+    print(f"FID-digits (n = {n}, seed 0, one step): {record['fid']:.3f} (top-1 {record['top1']:.3f}) vs G⁰'s "
+          f"{record['g0_fid']:.3f} (the teacher's x̂0 at t_g = {t_g}, top-1 {record['g0_top1']:.3f}): "
+          f"ratio {record['ratio']:.2f}, {verdict}")
     path = trainer.run_dir / trainer.summary_file
     summary = json.loads(path.read_text()) if path.is_file() else {}
     summary["final_fid"] = record

@@ -11,6 +11,17 @@ Full size on this 2-core machine, one torch thread per process: phase 1 is 12 ru
 steps with 21 FID evaluations each plus three Stage-1 paths and their path checks (~75 CPU-min);
 phase 2 is 12 runs of 2,000 steps (~2 CPU-hours; the results file says how far it got).
 
+Stage-1 length (phase 1): a seed's path is recorded with ``stage1_steps`` = 400 steps; while the path check
+rejects it, it is re-recorded at the next length of ``stage1_extend`` (800, 1200, 1600; the last is walked
+even if rejected), and B, C and D of that seed start from the accepted path. This rule was added after the
+first run, in which seeds 1 and 2 failed the check's ``end`` criterion at 400 steps and were walked anyway;
+no single length passes every seed (``diffkit bench disback_path --lengths``,
+benchmarks/results/disback_path_lengths.json), so each seed gets the first length its check accepts. It is
+chosen on the path check alone, before any Stage 2 ran with it; arm A, which reads no Stage-1 setting, kept
+its runs (:func:`same_settings`; a test shows its training unchanged), and so did seed 0's B, C and D (400
+steps accepted). Rejected recordings are diagnostics like the check and are not counted as compute. Phase 2
+ran before the rule (``stage1_extend`` empty: its seed-0 path, rejected, was walked).
+
 One code path (``DisBackTrainer``), hyper-parameters shared by every arm and fixed in :data:`PHASES`
 before any arm ran; the arms differ only in the fake-score initialisation and the target
 (docs/methods/disback.md):
@@ -83,14 +94,16 @@ RULE = ("Per decisive threshold and seed: C 'wins' when it reaches the threshold
 #: from benchmarks/results/digits_quality.json)
 TEACHER_MULTIPLES = (3.0, 2.0)
 
-_SHARED = dict(batch_size=32, fake_updates=1, stage1_steps=400, stage1_lr=1e-5, path_spacing="log-progress",
-               progress_candidates=8, path_nodes=5, steps_per_node=50, lr_generator=3e-5, lr_fake=1e-4,
-               warmup_steps=50, ema_decay=0.99, eval_every=50, eval_n=1000, check_n=500, seeds="0,1,2")
+_SHARED = dict(batch_size=32, fake_updates=1, stage1_steps=400, stage1_extend=[800, 1200, 1600], stage1_lr=1e-5,
+               path_spacing="log-progress", progress_candidates=8, path_nodes=5, steps_per_node=50,
+               lr_generator=3e-5, lr_fake=1e-4, warmup_steps=50, ema_decay=0.99, eval_every=50, eval_n=1000,
+               check_n=500, seeds="0,1,2")
 PHASES = {1: dict(_SHARED, max_steps=1000, generator_timestep=399),
-          2: dict(_SHARED, max_steps=2000, generator_timestep=999)}
-QUICK = dict(max_steps=6, batch_size=8, fake_updates=1, stage1_steps=6, stage1_lr=1e-5, path_spacing="log-progress",
-             progress_candidates=2, path_nodes=3, steps_per_node=2, lr_generator=3e-5, lr_fake=1e-4, warmup_steps=2,
-             generator_timestep=399, ema_decay=0.9, eval_every=2, eval_n=50, check_n=20, seeds="0,1")
+          2: dict(_SHARED, stage1_extend=[], max_steps=2000, generator_timestep=999)}  # ran before the extension
+QUICK = dict(max_steps=6, batch_size=8, fake_updates=1, stage1_steps=6, stage1_extend=[8], stage1_lr=1e-5,
+             path_spacing="log-progress", progress_candidates=2, path_nodes=3, steps_per_node=2, lr_generator=3e-5,
+             lr_fake=1e-4, warmup_steps=2, generator_timestep=399, ema_decay=0.9, eval_every=2, eval_n=50,
+             check_n=20, seeds="0,1")
 #: the pilot of phase 2 (run first; its curve is recorded before the other arms run)
 PILOT = ("A", 0)
 
@@ -148,9 +161,11 @@ def stage1_cost_ratio(fake_updates: int) -> float:
     return 4.0 / (4.0 * fake_updates + 5.0)
 
 
-def config(a, arm: str, seed: int):
+def config(a, arm: str, seed: int, stage1_steps: int | None = None):
+    """The arm's DisBackConfig (``stage1_steps``: the seed's Stage-1 length, default the phase's first)."""
     return DisBackConfig(mode=ARMS[arm], max_steps=a.max_steps, batch_size=a.batch_size, fake_updates=a.fake_updates,
-                         stage1_steps=a.stage1_steps, stage1_lr=a.stage1_lr, path_spacing=a.path_spacing,
+                         stage1_steps=a.stage1_steps if stage1_steps is None else stage1_steps,
+                         stage1_lr=a.stage1_lr, path_spacing=a.path_spacing,
                          progress_candidates=a.progress_candidates, path_nodes=a.path_nodes,
                          steps_per_node=a.steps_per_node, lr_generator=a.lr_generator, lr_fake=a.lr_fake,
                          warmup_steps=a.warmup_steps, generator_timestep=a.generator_timestep,
@@ -158,20 +173,54 @@ def config(a, arm: str, seed: int):
                          checkpoint_every=a.eval_every * 2, keep_checkpoints=1, progress=False)
 
 
-def stage1(a, pipe, seed: int) -> tuple:
-    """The seed's shared Stage-1 path (recorded once, resumable) and its path check (run once)."""
-    rec = DisBackTrainer(pipe.unet, pipe.scheduler.config, config(a, "C", seed), a.out / f"stage1-seed{seed}",
-                         cpu=True)
+def stage1_lengths(a) -> list[int]:
+    """The Stage-1 lengths tried in turn for a seed: the phase's ``stage1_steps``, then ``stage1_extend``."""
+    return [a.stage1_steps, *a.stage1_extend]
+
+
+def stage1_files(a, seed: int, steps: int) -> tuple[Path, Path]:
+    """(Stage-1 folder, path-check JSON) of one seed and length (the first length keeps the plain names)."""
+    tag = "" if steps == a.stage1_steps else f"-{steps}"
+    return a.out / f"stage1-seed{seed}{tag}", a.out / f"path-check-seed{seed}{tag}.json"
+
+
+def chosen_length(a, seed: int) -> int | None:
+    """The seed's Stage-1 length: the first whose path check accepted (else the last), None while unknown."""
+    lengths = stage1_lengths(a)
+    for steps in lengths:
+        f = stage1_files(a, seed, steps)[1]
+        if not f.exists():
+            return None
+        if json.loads(f.read_text())["accepted"]:
+            return steps
+    return lengths[-1]
+
+
+def seed_path(a, pipe, seed: int) -> tuple:
+    """The seed's Stage-1 path shared by B, C and D: recorded at the first length, re-recorded at the next
+    length of ``stage1_extend`` while the path check rejects it (the last one is walked even if rejected)."""
+    for steps in stage1_lengths(a):
+        m, check = stage1(a, pipe, seed, steps)
+        if check["accepted"]:
+            break
+    return m, check
+
+
+def stage1(a, pipe, seed: int, steps: int | None = None) -> tuple:
+    """One Stage-1 recording of the seed (``steps`` long, default the first length; resumable) and its path
+    check (run once)."""
+    steps = a.stage1_steps if steps is None else steps
+    folder, f = stage1_files(a, seed, steps)
+    rec = DisBackTrainer(pipe.unet, pipe.scheduler.config, config(a, "C", seed, steps), folder, cpu=True)
     t0, c0 = time.perf_counter(), time.process_time()
     m = rec.run_stage1()
-    f = a.out / f"path-check-seed{seed}.json"
     if not f.exists():
         check = evaluate_path(m, pipe, a.generator_timestep, n=a.check_n, seed=seed)
         check["stage1_wall_s"] = float(m.info.get("wall_time_s", time.perf_counter() - t0))
         check["stage1_cpu_s_this_call"] = time.process_time() - c0
         check["node_steps"] = [n["step"] for n in m.nodes]
         write_json_atomically(f, check)
-        print(f"[stage 1 seed {seed}] nodes at {check['node_steps']}; path check "
+        print(f"[stage 1 seed {seed}, {steps} steps] nodes at {check['node_steps']}; path check "
               f"{'accepted' if check['accepted'] else 'FAILED ' + ','.join(check['failed'])}", flush=True)
     return m, json.loads(f.read_text())
 
@@ -181,7 +230,8 @@ def run_one(a, pipe, evaluators, arm: str, seed: int) -> dict:
     cfg = config(a, arm, seed)
     stage1_dir, t1 = None, 0.0
     if cfg.needs_path:
-        m, _ = stage1(a, pipe, seed)
+        m, _ = seed_path(a, pipe, seed)
+        cfg = config(a, arm, seed, int(m.info["stage1_steps"]))
         stage1_dir, t1 = m.directory, float(m.info.get("wall_time_s", 0.0))
     if seed not in evaluators:
         evaluators[seed] = fid_digits_evaluator(n=a.eval_n, seed=seed)
@@ -203,6 +253,22 @@ def run_one(a, pipe, evaluators, arm: str, seed: int) -> dict:
 def settings(a) -> dict:
     keys = [k for k in (QUICK if a.quick else PHASES[a.phase]) if k != "seeds"]
     return {k: getattr(a, k) for k in keys} | {"seeds": a.all_seeds, "teacher": str(a.teacher), "phase": a.phase}
+
+
+#: settings only Stage 1 reads: arm A (vanilla, no Stage 1) never reads them, so its runs stay valid when they change
+STAGE1_KEYS = ("stage1_steps", "stage1_extend", "stage1_lr", "path_spacing", "progress_candidates")
+#: the Stage-1 length settings: B, C and D are checked against the length their seed's path took instead
+LENGTH_KEYS = ("stage1_steps", "stage1_extend")
+
+
+def same_settings(recorded, current: dict, arm: str) -> bool:
+    """Whether a finished run was made with the current settings, apart from the Stage-1 keys for arm A and
+    the Stage-1 length keys for B, C and D (whose record's ``stage1_steps`` must be the seed's chosen length)."""
+    if not isinstance(recorded, dict):
+        return False
+    skip = STAGE1_KEYS if ARMS[arm] == "vanilla" else LENGTH_KEYS
+    strip = lambda d: {k: v for k, v in d.items() if k not in skip}  # noqa: E731
+    return strip(recorded) == strip(current)
 
 
 # ---------------------------------------------------------------------------- analysis
@@ -327,7 +393,7 @@ def summarise(a, recs: list[dict], checks: dict) -> dict:
                  "best_fid": _ms([min(e["fid"] for e in r["evals"]) for r in runs.values()]),
                  "auc_steps": _ms([auc(c, T) for c in curves.values()]),
                  "auc_compute": _ms([auc(c, T) for c in ccurves.values()]),
-                 "stage1_gen_step_equiv": next(iter(runs.values()))["stage1_steps"] * ratio,
+                 "stage1_gen_step_equiv": {s: r["stage1_steps"] * ratio for s, r in runs.items()},
                  "stage1_wall_s": _ms([r["stage1_wall_s"] for r in runs.values()]),
                  "stage2_wall_s": _ms([r["stage2_wall_s"] for r in runs.values()]),
                  "thresholds": {}}
@@ -421,7 +487,8 @@ def plot(summary, a) -> None:
     for arm, e in summary["arms"].items():
         x = np.array(e["steps"], dtype=float)
         m, s = np.array(e["fid_mean"]), np.array(e["fid_std"])
-        for ax, off in ((axes[0], 0.0), (axes[1], e["stage1_gen_step_equiv"])):
+        s1 = e["stage1_gen_step_equiv"]  # per seed (a seed's path may be longer): the mean curve sits at the mean
+        for ax, off in ((axes[0], 0.0), (axes[1], float(np.mean(list(s1.values()))))):
             ax.plot(x + off, m, "-o", ms=3, color=colors[arm], label=ARM_NAMES[arm])
             ax.fill_between(x + off, np.maximum(m - s, 1e-4), m + s, color=colors[arm], alpha=0.2)
             if off:
@@ -456,8 +523,10 @@ def main(argv=None):
             f = a.out / "results" / f"{arm}-seed{seed}.json"
             if f.exists():
                 r = json.loads(f.read_text())
-                if r.get("settings") != settings(a):
-                    raise SystemExit(f"{f} was made with other settings; delete {a.out} or use --out")
+                if not same_settings(r.get("settings"), settings(a), arm) or (
+                        arm != "A" and r.get("stage1_steps") != chosen_length(a, seed)):
+                    raise SystemExit(f"{f} was made with other settings (or another Stage-1 length than seed "
+                                     f"{seed}'s path took: {chosen_length(a, seed)}); delete it, or use --out")
                 recs.append(r)
             elif seed in a.seed_list and arm in a.arm_list:
                 todo.append((arm, seed))
@@ -469,7 +538,7 @@ def main(argv=None):
         pipe.set_progress_bar_config(disable=True)
         if a.stage1_only:
             for seed in a.seed_list:
-                stage1(a, pipe, seed)
+                seed_path(a, pipe, seed)
             return 0
         evaluators = {}
         for i, (arm, seed) in enumerate(todo):
@@ -480,8 +549,12 @@ def main(argv=None):
             e = recs[-1]["evals"][-1]
             print(f"[{arm} seed {seed}] FID {e['fid']:.4f} top-1 {e['top1']:.3f} at step {e['step']} "
                   f"({time.perf_counter() - t:.0f} s)", flush=True)
-    checks = {s: json.loads(f.read_text()) for s in a.all_seeds
-              if (f := a.out / f"path-check-seed{s}.json").exists()}
+    lengths = {s: chosen_length(a, s) for s in a.all_seeds}
+    checks = {s: json.loads(stage1_files(a, s, n)[1].read_text()) for s, n in lengths.items() if n is not None}
+    attempts = {s: [{"stage1_steps": n, "accepted": c["accepted"], "failed": c["failed"],
+                     "last_fd_g0": c["criteria"]["end"]["value"], "end_limit": c["criteria"]["end"]["limit"]}
+                    for n in stage1_lengths(a) if (f := stage1_files(a, s, n)[1]).exists()
+                    and (c := json.loads(f.read_text()))] for s in a.all_seeds}
     done = {(r["arm"], r["seed"]) for r in recs}
     missing = [(arm, s) for s in a.all_seeds for arm in ARMS if (arm, s) not in done]
     if missing and not (a.report and a.phase == 2):
@@ -490,6 +563,8 @@ def main(argv=None):
     partial = {f"{arm}-seed{s}": json.loads(f.read_text()) for arm, s in missing
                if (f := a.out / f"{arm}-seed{s}" / "evals.json").is_file()}  # unfinished runs' curves so far
     summary = summarise(a, recs, checks)
+    summary["path_attempts"] = attempts
+    summary["stage1_steps_per_seed"] = lengths
     machine = (f"{platform.machine()} {os.cpu_count()}-core CPU, torch {torch.__version__}, "
                f"{torch.get_num_threads()} thread(s)")
     out = {"phase": a.phase, "settings": settings(a), "machine": machine, "missing_runs": missing,

@@ -2,9 +2,10 @@
 
     diffkit bench disback_path                 # full run -> benchmarks/results/disback_path.json (resumable)
     python benchmarks/disback_path.py --quick --json /tmp/p.json   # tiny settings, CI plumbing check
+    diffkit bench disback_path --lengths       # Stage-1 length × seed -> disback_path_lengths.json
 
-Records Stage 1 on ``assets/digits-unet`` with the convergence experiment's settings
-(benchmarks/disback_convergence.py: 400 Stage-1 steps, batch 32, 5 nodes, generator timestep
+Records Stage 1 on ``assets/digits-unet`` with the first convergence run's settings
+(benchmarks/disback_convergence.py then: 400 Stage-1 steps, batch 32, 5 nodes, generator timestep
 399, seed 0) for each variant of Stage 1's learning rate and snapshot spacing listed in
 :data:`VARIANTS` (fixed here before any run; the first is the experiment's own path), and runs
 the path check (:func:`diffkit.metrics.path_check.evaluate_path`: every node's DSM loss on G⁰
@@ -17,6 +18,12 @@ Each variant's record goes to ``<out>/<variant>/check.json``; a rerun skips fini
 thread: about 3 CPU-minutes per variant (Stage 1 65 CPU-s, the check 110 CPU-s; lr1e-4-even),
 ~18 CPU-minutes for all six; on the shared machine (load ~15) one variant took ~25 min of wall
 time. ``--variants`` runs a subset (two single-thread processes may run different variants at once).
+
+``--lengths`` records the convergence experiment's own Stage 1 (lr 1e-5, log-progress; its
+``stage1()``, the check with seed = the path's seed) for every length × seed of :data:`LENGTHS` into
+``<out>/lengths/s<steps>/`` and reports which lengths every seed passes; the experiment's Stage-1
+length is the shortest such (``--length-runs 800:0,1600:2`` runs a subset: two processes side by
+side). Each path costs its Stage 1 plus one check (``stage1_cpu_s_this_call`` and ``cpu_time_s`` in the records).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import disback_convergence as convergence  # noqa: E402  (the experiment whose Stage 1 --lengths records)
 from _results import save_results  # noqa: E402
 
 from diffkit.atomic import write_json_atomically  # noqa: E402
@@ -52,9 +60,16 @@ VARIANTS = [
     ("lr1e-5-even", 1e-5, "even"),
     ("lr3e-6-log-progress", 3e-6, "log-progress"),
 ]
-#: the convergence experiment's Stage-1 settings (benchmarks/disback_convergence.py FULL)
+#: the first convergence run's Stage-1 settings (benchmarks/disback_convergence.py, 400 steps then)
 FULL = dict(stage1_steps=400, path_nodes=5, batch_size=32, generator_timestep=399, progress_candidates=8,
             seed=0, n=500, steps=50)
+#: ``--lengths``: Stage-1 length × seed with the convergence experiment's own recording and check (its
+#: ``stage1()``: lr 1e-5, log-progress, the path check at n = 500 with seed = the path's seed). Added after
+#: that experiment's seeds 1 and 2 failed ``end`` at 400 steps. The plan was lengths doubling from 400 and the
+#: shortest length every seed passes; 1200 was added when 800 and 1600 each failed one seed. No length passes
+#: all three (seed 0's last drop falls under the floor once its last node nears G⁰), so the experiment
+#: re-records each seed at the next length while its check rejects it (disback_convergence.py ``stage1_extend``).
+LENGTHS = {"full": dict(steps=(400, 800, 1200, 1600), seeds=(0, 1, 2)), "quick": dict(steps=(6, 12), seeds=(0,))}
 QUICK = dict(stage1_steps=6, path_nodes=3, batch_size=4, generator_timestep=399, progress_candidates=2,
              seed=0, n=20, steps=5)
 
@@ -66,6 +81,10 @@ def parse_args(argv=None):
     p.add_argument("--out", default=None, help="run folder (default runs/disback_path[_quick])")
     p.add_argument("--variants", default=None, help="comma-separated variant names (default: all)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
+    p.add_argument("--lengths", action="store_true",
+                   help="also the Stage-1 lengths × seeds of the convergence experiment's recording (LENGTHS)")
+    p.add_argument("--length-runs", default=None,
+                   help="only these length:seed runs this call, e.g. 800:0,1600:2 (the report needs all)")
     p.add_argument("--json", default=None, help="results file (default benchmarks/results/disback_path.json; "
                                                 "--quick writes only to an explicit --json)")
     a = p.parse_args(argv)
@@ -105,6 +124,53 @@ def run_variant(a, pipe, name: str, lr: float, spacing: str) -> dict:
     return out
 
 
+def run_length(a, pipe, steps: int, seed: int) -> dict:
+    """One Stage-1 length × seed, recorded and checked exactly as the convergence experiment does."""
+    ca = convergence.parse_args(["--quick"] if a.quick else [])
+    ca.stage1_steps, ca.out = steps, a.out / "lengths" / f"s{steps}"
+    m, check = convergence.stage1(ca, pipe, seed)
+    last = check["criteria"]["end"]
+    return {"stage1_steps": steps, "seed": seed, "accepted": check["accepted"], "failed": check["failed"],
+            "last_fd_g0": last["value"], "end_limit": last["limit"], "node_steps": check["node_steps"],
+            "stage1_lr": ca.stage1_lr, "path_spacing": ca.path_spacing, "check": check}
+
+
+def lengths(a, pipe) -> int:
+    grid = LENGTHS["quick" if a.quick else "full"]
+    runs = [(s, k) for s in grid["steps"] for k in grid["seeds"]]
+    todo = runs if a.length_runs is None else [tuple(int(x) for x in r.split(":")) for r in a.length_runs.split(",")]
+    bad = [r for r in todo if r not in runs]
+    if bad:
+        raise SystemExit(f"--length-runs: {bad} not in the grid {runs} (length:seed)")
+    for steps, seed in todo:
+        run_length(a, pipe, steps, seed)
+    done = {(s, k) for s, k in runs if (a.out / "lengths" / f"s{s}" / f"path-check-seed{k}.json").exists()}
+    if done != set(runs):
+        print(f"still to do (length:seed): {sorted(set(runs) - done)}")
+        return 0
+    results = [run_length(a, pipe, s, k) for s, k in runs]  # all finished: read back
+    print(f"{'Stage-1 steps':<14} {'seed':<5} {'accepted':<9} {'last node → G⁰':<16} {'limit (2 × floor)':<18} "
+          f"{'node steps':<28} failed")
+    for r in results:
+        print(f"{r['stage1_steps']:<14} {r['seed']:<5} {str(r['accepted']):<9} {r['last_fd_g0']:<16.4f} "
+              f"{r['end_limit']:<18.4f} {str(r['node_steps']):<28} {','.join(r['failed'])}")
+    ok = [s for s in grid["steps"] if all(r["accepted"] for r in results if r["stage1_steps"] == s)]
+    chosen = ok[0] if ok else None
+    first = {k: next((r["stage1_steps"] for r in results if r["seed"] == k and r["accepted"]), None)
+             for k in grid["seeds"]}
+    print(f"shortest length at which every seed's path is accepted: {chosen}; first accepted length per seed "
+          f"(the experiment's extension): {first}")
+    data = {"grid": {"steps": list(grid["steps"]), "seeds": list(grid["seeds"])}, "teacher": str(a.teacher),
+            "threads": a.threads, "rule": {"criteria": list(CRITERIA), "end_factor": END_FACTOR,
+                                           "geometric_tolerance": GEOMETRIC_TOLERANCE,
+                                           "max_loss_share": MAX_LOSS_SHARE},
+            "choice": "the shortest length at which every seed's path is accepted", "chosen": chosen,
+            "accepted_lengths": ok, "first_accepted_per_seed": first, "runs": results}
+    json_path = a.json or (None if a.quick else ROOT / "benchmarks" / "results" / f"{NAME}_lengths.json")
+    save_results(data, f"{NAME}_lengths", json_path=json_path, quick=a.quick, script=__file__)
+    return 0
+
+
 def print_table(results: list[dict]) -> None:
     print(f"{'variant':<22} {'accepted':<9} {'node steps':<28} {'distance to G⁰ (teacher..N)':<44} "
           f"{'DSM-loss shares':<32} failed")
@@ -121,6 +187,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     pipe = load_pipeline(a.teacher)
     pipe.set_progress_bar_config(disable=True)
+    if a.lengths:
+        return lengths(a, pipe)
     table = {v[0]: v for v in VARIANTS}
     results = []
     for name in a.variants:

@@ -179,11 +179,11 @@ def test_quick_run_writes_the_committed_schema(name, quick):
 def test_the_table_names_every_committed_results_file():
     """A bench marked pending has no committed file; every committed file belongs to a bench here or to the
     listed ones that run elsewhere."""
-    # fid_small_n (tests/metrics), disback_convergence (both phases) and disback_path (training; the path check
-    # is tested in tests/distill/test_path_check.py), gpu (tests/test_gpu_script.py),
+    # fid_small_n (tests/metrics), disback_convergence (both phases) and disback_path (and its --lengths file;
+    # training; the path check is tested in tests/distill/test_path_check.py), gpu (tests/test_gpu_script.py),
     # bdia_overhead (over the time budget)
-    elsewhere = {"disback_convergence", "disback_convergence_t999", "disback_path", "fid_small_n", "gpu",
-                 "bdia_overhead"}
+    elsewhere = {"disback_convergence", "disback_convergence_t999", "disback_path", "disback_path_lengths",
+                 "fid_small_n", "gpu", "bdia_overhead"}
     named = {s for b in BENCHES.values() for s in b.committed}
     stems = {p.stem for p in RESULTS.glob("*.json")}
     assert not (stems - named - elsewhere), f"results without a quick-schema check: {sorted(stems - named - elsewhere)}"

@@ -95,10 +95,40 @@ def test_quick_run_writes_results_and_resumes(tmp_path):
     assert [(s["step"], s["node"]) for s in runs["C", 0]["switches"]] == [(0, 2), (2, 1), (4, 0)]
     assert [(s["step"], s["node"]) for s in runs["D", 0]["switches"]] == [(0, 3), (4, 0)]
     assert [s["node"] for s in runs["B", 0]["switches"]] == [0]
-    assert runs["A", 0]["stage1_steps"] == 0 and runs["C", 0]["stage1_steps"] == 6
+    # a seed's path rejected by the check is re-recorded at the next length (the tiny paths always fail: the
+    # last length is walked, with every attempt recorded)
+    assert runs["A", 0]["stage1_steps"] == 0 and runs["C", 0]["stage1_steps"] == runs["B", 1]["stage1_steps"] == 8
+    assert res["stage1_steps_per_seed"] == {"0": 8, "1": 8}
+    assert [t["stage1_steps"] for t in res["path_attempts"]["0"]] == [6, 8]
+    assert not any(t["accepted"] for t in res["path_attempts"]["1"])
     assert set(res["path_checks"]) == {"0", "1"} and "verdict" in res["verdict"]
     assert res["verdict"]["rule"] == bench.RULE
     assert js.with_suffix(".png").stat().st_size > 1000
+
+
+def test_arm_a_does_not_read_the_stage1_settings(tmp_path, monkeypatch):
+    # arm A's finished runs are kept when only Stage-1 settings change (same_settings): justified only if A's
+    # training is bit-identical under other Stage-1 settings; any other arm's run is refused
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # main() sets both; restored after the test
+    threads = torch.get_num_threads()
+
+    def run_a(out, **change):
+        monkeypatch.setattr(bench, "QUICK", dict(bench.QUICK, **change))
+        assert bench.main(["--quick", "--out", str(out), "--arms", "A", "--seeds", "0", "--max-runs", "1"]) == 0
+        return json.loads((out / "results" / "A-seed0.json").read_text())
+
+    try:
+        r1 = run_a(tmp_path / "a")
+        r2 = run_a(tmp_path / "b", stage1_steps=9, stage1_extend=[10], stage1_lr=3e-5, path_spacing="even",
+                   progress_candidates=3)
+    finally:
+        torch.set_num_threads(threads)
+    assert [e["fid"] for e in r1["evals"]] == [e["fid"] for e in r2["evals"]]
+    assert r1["settings"]["stage1_steps"] == 6 and r2["settings"]["stage1_steps"] == 9
+    assert bench.same_settings(r1["settings"], r2["settings"], "A")
+    assert not any(bench.same_settings(r1["settings"], r2["settings"], arm) for arm in "BCD")
+    assert not bench.same_settings(r1["settings"], dict(r2["settings"], lr_fake=1.0), "A")
+    assert not bench.same_settings(None, r2["settings"], "A")
 
 
 # ---------------------------------------------------------------------------- the shipped asset

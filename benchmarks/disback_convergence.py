@@ -500,7 +500,7 @@ def plot(summary, a) -> None:
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[0].set_xlabel("generator steps")
-    axes[1].set_xlabel("total compute incl. Stage 1 (generator-step equivalents)")
+    axes[1].set_xlabel("total compute incl. Stage 1 (generator-step equivalents; mean Stage 1 of the seeds)")
     axes[0].set_ylabel(f"FID-digits (EMA generator, n={a.eval_n})")
     axes[0].legend()
     fig.suptitle(f"Phase {a.phase} (generator timestep {a.generator_timestep}): DisBack vs its controls on the digits "

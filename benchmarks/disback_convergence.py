@@ -8,7 +8,8 @@
     python benchmarks/disback_convergence.py --quick --json X.json   # tiny settings, CI plumbing check
 
 Full size on this 2-core machine, one torch thread per process: phase 1 is 12 runs of 1,000 generator
-steps with 21 FID evaluations each plus three Stage-1 paths and their path checks (~75 CPU-min);
+steps with 21 FID evaluations each plus three Stage-1 paths and their path checks (~75 CPU-min, plus
+~4 CPU-min per re-recorded path);
 phase 2 is 12 runs of 2,000 steps (~2 CPU-hours; the results file says how far it got).
 
 Stage-1 length (phase 1): a seed's path is recorded with ``stage1_steps`` = 400 steps; while the path check
@@ -20,7 +21,8 @@ benchmarks/results/disback_path_lengths.json), so each seed gets the first lengt
 chosen on the path check alone, before any Stage 2 ran with it; arm A, which reads no Stage-1 setting, kept
 its runs (:func:`same_settings`; a test shows its training unchanged), and so did seed 0's B, C and D (400
 steps accepted). Rejected recordings are diagnostics like the check and are not counted as compute. Phase 2
-ran before the rule (``stage1_extend`` empty: its seed-0 path, rejected, was walked).
+ran before the rule (``stage1_extend`` empty: its paths, rejected because the distance to G⁰ rises along the
+nodes, are walked as recorded; a longer Stage 1 was not tried there).
 
 One code path (``DisBackTrainer``), hyper-parameters shared by every arm and fixed in :data:`PHASES`
 before any arm ran; the arms differ only in the fake-score initialisation and the target
@@ -500,7 +502,7 @@ def plot(summary, a) -> None:
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[0].set_xlabel("generator steps")
-    axes[1].set_xlabel("total compute incl. Stage 1 (generator-step equivalents; mean Stage 1 of the seeds)")
+    axes[1].set_xlabel("compute incl. Stage 1 (generator-step equiv., seeds' mean Stage 1)")
     axes[0].set_ylabel(f"FID-digits (EMA generator, n={a.eval_n})")
     axes[0].legend()
     fig.suptitle(f"Phase {a.phase} (generator timestep {a.generator_timestep}): DisBack vs its controls on the digits "

@@ -21,9 +21,10 @@ time. ``--variants`` runs a subset (two single-thread processes may run differen
 
 ``--lengths`` records the convergence experiment's own Stage 1 (lr 1e-5, log-progress; its
 ``stage1()``, the check with seed = the path's seed) for every length × seed of :data:`LENGTHS` into
-``<out>/lengths/s<steps>/`` and reports which lengths every seed passes; the experiment's Stage-1
-length is the shortest such (``--length-runs 800:0,1600:2`` runs a subset: two processes side by
-side). Each path costs its Stage 1 plus one check (``stage1_cpu_s_this_call`` and ``cpu_time_s`` in the records).
+``<out>/lengths/s<steps>/`` and reports which lengths every seed passes and each seed's first accepted
+length (none passes every seed, so the experiment takes the latter; ``--length-runs 800:0,1600:2`` runs a
+subset: two processes side by side). Each path costs its Stage 1 plus one check
+(``stage1_cpu_s_this_call`` and ``cpu_time_s`` in the records).
 """
 
 from __future__ import annotations
@@ -82,13 +83,25 @@ def parse_args(argv=None):
     p.add_argument("--variants", default=None, help="comma-separated variant names (default: all)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
     p.add_argument("--lengths", action="store_true",
-                   help="also the Stage-1 lengths × seeds of the convergence experiment's recording (LENGTHS)")
+                   help="instead of the variants: the Stage-1 lengths × seeds of the convergence experiment's "
+                        "recording (LENGTHS) -> disback_path_lengths.json")
     p.add_argument("--length-runs", default=None,
                    help="only these length:seed runs this call, e.g. 800:0,1600:2 (the report needs all)")
     p.add_argument("--json", default=None, help="results file (default benchmarks/results/disback_path.json; "
                                                 "--quick writes only to an explicit --json)")
     a = p.parse_args(argv)
     a.size = QUICK if a.quick else FULL
+    grid = LENGTHS["quick" if a.quick else "full"]
+    a.length_grid = [(n, k) for n in grid["steps"] for k in grid["seeds"]]
+    if a.length_runs is not None:
+        try:
+            a.length_runs = [tuple(int(x) for x in r.split(":", 1)) for r in a.length_runs.split(",")]
+        except ValueError:
+            p.error(f"--length-runs: expected length:seed pairs separated by commas, e.g. 800:0,1600:2; "
+                    f"got {a.length_runs!r}")
+        bad = [r for r in a.length_runs if r not in a.length_grid]
+        if bad:
+            p.error(f"--length-runs: {bad} not in the grid {a.length_grid} (length:seed)")
     a.out = Path(a.out or ROOT / "runs" / ("disback_path_quick" if a.quick else "disback_path"))
     names = [v[0] for v in VARIANTS]
     default = names[:2] if a.quick else names  # --quick: the plumbing of two variants
@@ -137,12 +150,8 @@ def run_length(a, pipe, steps: int, seed: int) -> dict:
 
 def lengths(a, pipe) -> int:
     grid = LENGTHS["quick" if a.quick else "full"]
-    runs = [(s, k) for s in grid["steps"] for k in grid["seeds"]]
-    todo = runs if a.length_runs is None else [tuple(int(x) for x in r.split(":")) for r in a.length_runs.split(",")]
-    bad = [r for r in todo if r not in runs]
-    if bad:
-        raise SystemExit(f"--length-runs: {bad} not in the grid {runs} (length:seed)")
-    for steps, seed in todo:
+    runs = a.length_grid
+    for steps, seed in runs if a.length_runs is None else a.length_runs:
         run_length(a, pipe, steps, seed)
     done = {(s, k) for s, k in runs if (a.out / "lengths" / f"s{s}" / f"path-check-seed{k}.json").exists()}
     if done != set(runs):
@@ -166,8 +175,7 @@ def lengths(a, pipe) -> int:
                                            "max_loss_share": MAX_LOSS_SHARE},
             "choice": "the shortest length at which every seed's path is accepted", "chosen": chosen,
             "accepted_lengths": ok, "first_accepted_per_seed": first, "runs": results}
-    json_path = a.json or (None if a.quick else ROOT / "benchmarks" / "results" / f"{NAME}_lengths.json")
-    save_results(data, f"{NAME}_lengths", json_path=json_path, quick=a.quick, script=__file__)
+    save_results(data, f"{NAME}_lengths", json_path=a.json, quick=a.quick, script=__file__)
     return 0
 
 

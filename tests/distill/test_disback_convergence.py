@@ -153,8 +153,10 @@ def test_path_lengths_bench_records_each_length_with_the_experiments_own_stage1(
     try:
         assert disback_path.main(argv + ["--length-runs", "6:0"]) == 0
         assert "still to do (length:seed): [(12, 0)]" in capsys.readouterr().out and not js.exists()
-        with pytest.raises(SystemExit, match=r"--length-runs: \[\(7, 0\)\] not in the grid"):
-            disback_path.main(argv + ["--length-runs", "7:0"])
+        for bad, says in (("7:0", "--length-runs: [(7, 0)] not in the grid"), ("6-0", "--length-runs: expected")):
+            with pytest.raises(SystemExit):
+                disback_path.main(argv + ["--length-runs", bad])
+            assert says in capsys.readouterr().err
         assert disback_path.main(argv) == 0
     finally:
         torch.set_num_threads(threads)

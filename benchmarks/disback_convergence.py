@@ -208,6 +208,14 @@ def seed_path(a, pipe, seed: int) -> tuple:
     return m, check
 
 
+def attempt(steps: int, check: dict) -> dict:
+    """One Stage-1 recording's check in brief: its length, verdict, failed criteria, last node's distance to G⁰
+    and the end limit."""
+    end = check["criteria"]["end"]
+    return {"stage1_steps": steps, "accepted": check["accepted"], "failed": check["failed"],
+            "last_fd_g0": end["value"], "end_limit": end["limit"]}
+
+
 def stage1(a, pipe, seed: int, steps: int | None = None) -> tuple:
     """One Stage-1 recording of the seed (``steps`` long, default the first length; resumable) and its path
     check (run once)."""
@@ -553,10 +561,8 @@ def main(argv=None):
                   f"({time.perf_counter() - t:.0f} s)", flush=True)
     lengths = {s: chosen_length(a, s) for s in a.all_seeds}
     checks = {s: json.loads(stage1_files(a, s, n)[1].read_text()) for s, n in lengths.items() if n is not None}
-    attempts = {s: [{"stage1_steps": n, "accepted": c["accepted"], "failed": c["failed"],
-                     "last_fd_g0": c["criteria"]["end"]["value"], "end_limit": c["criteria"]["end"]["limit"]}
-                    for n in stage1_lengths(a) if (f := stage1_files(a, s, n)[1]).exists()
-                    and (c := json.loads(f.read_text()))] for s in a.all_seeds}
+    attempts = {s: [attempt(n, json.loads(f.read_text())) for n in stage1_lengths(a)
+                    if (f := stage1_files(a, s, n)[1]).exists()] for s in a.all_seeds}
     done = {(r["arm"], r["seed"]) for r in recs}
     missing = [(arm, s) for s in a.all_seeds for arm in ARMS if (arm, s) not in done]
     if missing and not (a.report and a.phase == 2):

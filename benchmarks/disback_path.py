@@ -142,9 +142,7 @@ def run_length(a, pipe, steps: int, seed: int) -> dict:
     ca = convergence.parse_args(["--quick"] if a.quick else [])
     ca.stage1_steps, ca.out = steps, a.out / "lengths" / f"s{steps}"
     m, check = convergence.stage1(ca, pipe, seed)
-    last = check["criteria"]["end"]
-    return {"stage1_steps": steps, "seed": seed, "accepted": check["accepted"], "failed": check["failed"],
-            "last_fd_g0": last["value"], "end_limit": last["limit"], "node_steps": check["node_steps"],
+    return {**convergence.attempt(steps, check), "seed": seed, "node_steps": check["node_steps"],
             "stage1_lr": ca.stage1_lr, "path_spacing": ca.path_spacing, "check": check}
 
 

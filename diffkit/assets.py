@@ -24,7 +24,6 @@ __all__ = ["REBUILD", "assets_root", "asset_path", "rebuild_hint", "verify_asset
            "CorruptAssetError", "shipped_asset_target"]
 
 
-
 def _onestep_rebuild(mode: str, output: str, stage1: str) -> str:
     """The three commands that train a one-step digits generator (about 40 CPU-min on one thread): 4,000
     generator steps at lr_G 3e-5 / EMA 0.99, resumed to 5,500 at 1e-5 / 0.999, then to 9,500 at 5e-6."""
@@ -56,8 +55,6 @@ REBUILD = {
                                    _onestep_rebuild("warm-critic", "assets/digits-onestep-warm-critic",
                                                     _STAGE1["warm-critic"])),
 }
-
-
 
 
 class AssetError(FileNotFoundError):

@@ -14,7 +14,6 @@ G⁰'s (n = 500, seed 0, one step) and says whether it improved on G⁰.
 import argparse
 from pathlib import Path
 
-
 from diffkit.distill.config import MODES
 from diffkit.distill.disback import DisBackConfig, DisBackTrainer
 from diffkit.images import save_grid

@@ -17,6 +17,7 @@ diffkit.cli distill ...`` or torchrun (add ``--cpu`` on GPU-less machines).
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 import time
@@ -208,14 +209,12 @@ def _final_fid_evaluator(args, pipe):
 def _report_final_fid(evaluate, teacher_pipe, output, trainer, n: int) -> dict:
     """FID-digits of the exported generator beside G⁰'s (the teacher's x̂0 at the generator timestep; same n,
     seed, labels), printed and stored as ``final_fid`` in the run summary."""
-    import json
-
     from diffkit.atomic import write_text_atomically
     from diffkit.metrics.evaluators import compare_with_initial
 
     t_g = trainer.generator_timestep
     gen = load_pipeline(output).to(teacher_pipe.unet.device)
-    record = {"seed": 0, **compare_with_initial(evaluate, gen, teacher_pipe, t_g, trainer.step), "n": n}
+    record = {"seed": 0, **compare_with_initial(evaluate, gen, teacher_pipe, t_g, trainer.step)}
     verdict = "improved on G⁰" if record["improved"] else "did NOT improve on G⁰"
     print(f"FID-digits (n = {n}, seed 0, one step): {record['fid']:.3f} (top-1 {record['top1']:.3f}) vs G⁰'s "
           f"{record['g0_fid']:.3f} (the teacher's x̂0 at t_g = {t_g}, top-1 {record['g0_top1']:.3f}): "
@@ -229,8 +228,6 @@ def _report_final_fid(evaluate, teacher_pipe, output, trainer, n: int) -> dict:
 
 def demo_step(ctx):
     """One-step samples of the shipped distilled generator beside the teacher's DDIM samples."""
-    import json
-
     import torch
 
     from diffkit.images import save_grid

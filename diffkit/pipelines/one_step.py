@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import DDIMScheduler, DiffusionPipeline
 from torch import nn
 
 from diffkit.atomic import UmaskSaveMixin, replace_dir, staging_dir
@@ -62,8 +62,6 @@ class OneStepPipeline(UmaskSaveMixin, LocalFolderPipelineMixin, DiffusionPipelin
     def initial(cls, teacher_pipe, generator_timestep: Optional[int] = None) -> "OneStepPipeline":
         """G⁰, the generator distillation starts from: the teacher's own one-step x̂0 at
         ``generator_timestep`` (shares the teacher's UNet; a DDIM scheduler built from its config)."""
-        from diffusers import DDIMScheduler
-
         return cls(teacher_pipe.unet, DDIMScheduler.from_config(teacher_pipe.scheduler.config), generator_timestep)
 
     @property
